@@ -1,0 +1,10 @@
+"""The book's library: curvature operators, estimators, data, models and training.
+
+Chapters import from here and never re-implement it; the same code runs on CPU and GPU.
+"""
+
+from . import config, curvature, data, estimators, linear_operator, models, plotting, progress, train
+from .config import setup
+
+__all__ = ["config", "curvature", "data", "estimators", "linear_operator", "models", "plotting",
+           "progress", "train", "setup"]

@@ -1,0 +1,250 @@
+"""Small networks whose curvature the book studies.
+
+All builders take an optional ``seed``: with it, the initial weights are the
+same on every call regardless of the global random state (the global state
+is left untouched). Models are built on the CPU; move them with ``.to(device)``.
+
+* :func:`mlp` - fully connected network.
+* :func:`lenet` - LeNet-style CNN for 8x8 digits (2-D) or MNIST-1D (1-D).
+* :func:`small_resnet` - residual CNN, without normalization by default.
+* :func:`num_parameters` - parameter count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "num_parameters"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+
+
+# --------------------------------------------------------------------------- #
+# Argument checks
+# --------------------------------------------------------------------------- #
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def _activation(name: str) -> Callable[[], nn.Module]:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _dims(dims) -> int:
+    if dims not in (1, 2) or isinstance(dims, bool):
+        raise ValueError(f"dims must be 1 (signals) or 2 (images), got {dims!r}")
+    return dims
+
+
+def _build(seed: int | None, make: Callable[[], nn.Module]) -> nn.Module:
+    """Call ``make()`` with torch's CPU generator seeded by ``seed`` (if given).
+
+    ``fork_rng`` restores the global generator afterwards, so building a model
+    with a seed does not shift random numbers drawn later in a chapter.
+    """
+    if seed is None:
+        return make()
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+# --------------------------------------------------------------------------- #
+# MLP
+# --------------------------------------------------------------------------- #
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, *,
+        activation: str = "relu", bias: bool = True, seed: int | None = None) -> nn.Sequential:
+    """Fully connected network ``Linear -> act -> ... -> Linear``.
+
+    Args:
+        in_features: input dimension D.
+        hidden: widths of the hidden layers, e.g. ``[64, 64]``; empty gives
+            a linear model.
+        out_features: output dimension K (classes, or regression targets).
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"gelu"``.
+        bias: give every Linear layer a bias.
+        seed: seed for the initial weights (None: global generator).
+
+    Returns:
+        ``nn.Sequential`` mapping ``(N, D)`` to ``(N, K)``.
+    """
+    in_features = _positive_int(in_features, "in_features")
+    out_features = _positive_int(out_features, "out_features")
+    if isinstance(hidden, (int, str)) or not isinstance(hidden, Sequence):
+        raise TypeError(f"hidden must be a sequence of ints such as [64, 64], got {hidden!r}")
+    widths = [_positive_int(width, "each hidden width") for width in hidden]
+    act = _activation(activation)
+
+    def make() -> nn.Sequential:
+        layers: list[nn.Module] = []
+        sizes = [in_features, *widths]
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out, bias=bias), act()]
+        layers.append(nn.Linear(sizes[-1], out_features, bias=bias))
+        return nn.Sequential(*layers)
+
+    return _build(seed, make)
+
+
+# --------------------------------------------------------------------------- #
+# LeNet
+# --------------------------------------------------------------------------- #
+def lenet(in_channels: int = 1, num_classes: int = 10, *, image_size: int = 8,
+          conv1d: bool = False, width: int = 8, hidden: int = 64,
+          activation: str = "relu", seed: int | None = None) -> nn.Sequential:
+    """LeNet-style CNN: two (conv 3 -> act -> max-pool 2) stages, then two Linear layers.
+
+    Convolutions are padded ("same"), so each pooling halves the spatial
+    size (rounding down): 8x8 -> 4x4 -> 2x2, or length 40 -> 20 -> 10.
+
+    Args:
+        in_channels: input channels C.
+        num_classes: outputs K.
+        image_size: side S of square images, or the length L with ``conv1d``;
+            must be at least 4.
+        conv1d: use 1-D convolutions (signals such as MNIST-1D).
+        width: channels of the first conv; the second has ``2 * width``.
+        hidden: width of the hidden Linear layer.
+        activation: see :data:`ACTIVATIONS`.
+        seed: seed for the initial weights (None: global generator).
+
+    Returns:
+        ``nn.Sequential`` mapping ``(N, C, S, S)`` (or ``(N, C, L)``) to ``(N, K)``.
+    """
+    in_channels = _positive_int(in_channels, "in_channels")
+    num_classes = _positive_int(num_classes, "num_classes")
+    image_size = _positive_int(image_size, "image_size")
+    if image_size < 4:
+        raise ValueError(f"image_size must be at least 4 (two 2x poolings), got {image_size}")
+    width = _positive_int(width, "width")
+    hidden = _positive_int(hidden, "hidden")
+    act = _activation(activation)
+    Conv, Pool = (nn.Conv1d, nn.MaxPool1d) if conv1d else (nn.Conv2d, nn.MaxPool2d)
+    pooled = image_size // 2 // 2
+    flat = 2 * width * (pooled if conv1d else pooled * pooled)
+
+    def make() -> nn.Sequential:
+        return nn.Sequential(
+            Conv(in_channels, width, kernel_size=3, padding=1), act(), Pool(2),
+            Conv(width, 2 * width, kernel_size=3, padding=1), act(), Pool(2),
+            nn.Flatten(),
+            nn.Linear(flat, hidden), act(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    return _build(seed, make)
+
+
+# --------------------------------------------------------------------------- #
+# Small ResNet
+# --------------------------------------------------------------------------- #
+def _norm_layer(norm: str | None, channels: int, dims: int) -> nn.Module:
+    if norm is None:
+        return nn.Identity()
+    return (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(channels)
+
+
+class ResidualBlock(nn.Module):
+    """``x -> act(x + norm(conv(act(norm(conv(x))))))`` with channel count preserved.
+
+    Input and output shapes are equal: ``(N, C, L)`` or ``(N, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, *, dims: int = 2, norm: str | None = None,
+                 activation: str = "relu"):
+        super().__init__()
+        Conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        # A bias before a BatchNorm is redundant (BN removes the mean).
+        bias = norm is None
+        self.conv1 = Conv(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.norm1 = _norm_layer(norm, channels, dims)
+        self.conv2 = Conv(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.norm2 = _norm_layer(norm, channels, dims)
+        self.act = _activation(activation)()
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = self.act(self.norm1(self.conv1(x)))
+        branch = self.norm2(self.conv2(branch))
+        return self.act(x + branch)
+
+
+def small_resnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 16,
+                 num_blocks: int = 2, dims: int = 2, norm: str | None = None,
+                 activation: str = "relu", seed: int | None = None) -> nn.Sequential:
+    """Residual CNN: stem conv, ``num_blocks`` residual blocks, global average pool, Linear.
+
+    There is no normalization by default: BatchNorm in training mode couples
+    the examples of a batch, which breaks the per-example structure that
+    GGN/Fisher computations rely on. ``norm="batch"`` adds it for comparison.
+    The spatial size is kept throughout (the inputs here are tiny), so any
+    input size works.
+
+    Args:
+        in_channels: input channels C.
+        num_classes: outputs K.
+        width: channels inside the network.
+        num_blocks: number of residual blocks (0 allowed: stem + head only).
+        dims: 2 for images ``(N, C, H, W)``, 1 for signals ``(N, C, L)``.
+        norm: None or ``"batch"``.
+        activation: see :data:`ACTIVATIONS`.
+        seed: seed for the initial weights (None: global generator).
+
+    Returns:
+        ``nn.Sequential`` mapping ``(N, C, H, W)`` (or ``(N, C, L)``) to ``(N, K)``.
+    """
+    in_channels = _positive_int(in_channels, "in_channels")
+    num_classes = _positive_int(num_classes, "num_classes")
+    width = _positive_int(width, "width")
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
+        raise ValueError(f"num_blocks must be a non-negative int, got {num_blocks!r}")
+    dims = _dims(dims)
+    if norm not in (None, "batch"):
+        raise ValueError(f"norm must be None or 'batch', got {norm!r}")
+    act = _activation(activation)
+    Conv = nn.Conv1d if dims == 1 else nn.Conv2d
+    Pool = nn.AdaptiveAvgPool1d if dims == 1 else nn.AdaptiveAvgPool2d
+
+    def make() -> nn.Sequential:
+        stem = [Conv(in_channels, width, kernel_size=3, padding=1, bias=norm is None)]
+        if norm is not None:
+            stem.append(_norm_layer(norm, width, dims))
+        return nn.Sequential(
+            *stem, act(),
+            *[ResidualBlock(width, dims=dims, norm=norm, activation=activation)
+              for _ in range(num_blocks)],
+            Pool(1), nn.Flatten(),
+            nn.Linear(width, num_classes),
+        )
+
+    return _build(seed, make)
+
+
+def num_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
+    """Count the scalar parameters of ``model``.
+
+    Args:
+        model: any ``nn.Module``.
+        trainable_only: count only parameters with ``requires_grad``.
+
+    Returns:
+        Number of scalars, i.e. the dimension of the parameter space.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

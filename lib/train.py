@@ -1,0 +1,337 @@
+"""A plain, reproducible training loop with per-epoch hooks.
+
+The loop is deliberately simple (no early stopping, schedulers or
+checkpointing) so that a chapter's results depend only on what it shows.
+The ``callback`` hook lets a chapter measure, e.g., the top Hessian
+eigenvalue at every epoch, including before training starts::
+
+    def top_eig(epoch, model):
+        return eigvalsh(hessian(model, loss_fn, data), k=1)[0].item()
+
+    history = train(model, loss_fn, (X, y), optimizer, epochs=20,
+                    batch_size=64, callback=top_eig)
+    history.records   # [(0, ...), (1, ...), ..., (20, ...)]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lib.data import Split, batches
+from lib.progress import progress
+
+__all__ = ["History", "train", "accuracy", "evaluate"]
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class History:
+    """What :func:`train` measured, one entry per completed epoch.
+
+    Attributes:
+        epochs: epoch numbers ``1, 2, ...``.
+        train_loss: mean training loss over each epoch's mini-batches, each
+            measured just before its update (the usual "running" loss). With
+            ``reduction="sum"`` it is the sum over the epoch instead.
+        eval_loss: loss on ``eval_data`` after each epoch (empty without it).
+        eval_accuracy: accuracy on ``eval_data`` after each epoch; empty
+            without ``eval_data`` or for real-valued (regression) targets.
+        records: ``(epoch, value)`` for every non-None value the callback
+            returned, starting with epoch 0 (before training).
+        diverged: True if training stopped early on a non-finite loss.
+    """
+
+    epochs: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    records: list[tuple[int, Any]] = field(default_factory=list)
+    diverged: bool = False
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+def _model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU if it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(item, Tensor) for item in data))
+
+
+def _check_pair(X: Any, y: Any, name: str) -> None:
+    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a pair of tensors (X, y)")
+    if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: X has shape {tuple(X.shape)} but y has shape {tuple(y.shape)}; "
+                         "they need the same number of examples along dim 0")
+
+
+def _fixed_batches(data: Any) -> list[Batch]:
+    """Validate an iterable of ``(X, y)`` batches and return it as a list."""
+    if isinstance(data, Split):
+        raise TypeError("pass split.train (an (X, y) pair), not the whole Split")
+    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        raise TypeError("data must be an (X, y) pair of tensors or an iterable of (X, y) batches, "
+                        f"got {type(data).__name__}")
+    batch_list = list(data)
+    if not batch_list:
+        raise ValueError("data contains no batches")
+    for index, batch in enumerate(batch_list):
+        if not _is_tensor_pair(batch):
+            raise TypeError(f"batch {index} is not an (X, y) pair of tensors")
+        _check_pair(*batch, name=f"batch {index}")
+    return batch_list
+
+
+def _reduction(loss_fn: Callable) -> str:
+    # Losses without a `reduction` attribute (plain functions) are treated
+    # as averaging, like torch's default.
+    return getattr(loss_fn, "reduction", "mean")
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_labels(scores: Tensor, y: Tensor) -> None:
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"accuracy needs class scores of shape (N, K) with K >= 2, "
+                         f"got model output of shape {tuple(scores.shape)}")
+    if y.is_floating_point() or y.ndim != 1:
+        raise ValueError(f"accuracy needs integer labels of shape (N,), got {y.dtype} "
+                         f"of shape {tuple(y.shape)}")
+
+
+def _chunks(X: Tensor, y: Tensor, batch_size: int | None) -> list[Batch]:
+    if batch_size is None:
+        return [(X, y)]
+    return batches(X, y, _check_int(batch_size, "batch_size", 1))
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation
+# --------------------------------------------------------------------------- #
+@torch.no_grad()
+def accuracy(model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int | None = None) -> float:
+    """Fraction of examples whose highest-scoring class is the label.
+
+    The model runs in eval mode (its previous mode is restored) on the
+    model's device.
+
+    Args:
+        model: maps ``(N, ...)`` inputs to class scores ``(N, K)``.
+        X: inputs, shape ``(N, ...)``.
+        y: int64 labels, shape ``(N,)``.
+        batch_size: evaluate in chunks of this size to bound memory
+            (None: all at once).
+
+    Returns:
+        Accuracy in [0, 1].
+    """
+    _check_pair(X, y, "accuracy data")
+    device, was_training = _model_device(model), model.training
+    model.eval()
+    try:
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for X_chunk, y_chunk in _chunks(X, y, batch_size):
+            scores = model(X_chunk.to(device))
+            _check_labels(scores, y_chunk)
+            correct += (scores.argmax(dim=1) == y_chunk.to(device)).sum()
+    finally:
+        model.train(was_training)
+    return correct.item() / X.shape[0]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tensor,
+             *, batch_size: int | None = None) -> float:
+    """Loss of ``model`` on ``(X, y)`` in eval mode.
+
+    Args:
+        model: maps ``(N, ...)`` to outputs ``(N, K)``.
+        loss_fn: e.g. ``nn.CrossEntropyLoss()``; with ``reduction="mean"`` the
+            result is the mean over all N examples, with ``"sum"`` the sum,
+            whatever ``batch_size`` is.
+        X: inputs, shape ``(N, ...)``.
+        y: targets, shape ``(N,)`` or ``(N, K)``.
+        batch_size: evaluate in chunks of this size (None: all at once).
+
+    Returns:
+        The loss as a Python float.
+    """
+    _check_pair(X, y, "evaluation data")
+    device, was_training = _model_device(model), model.training
+    average = _reduction(loss_fn) == "mean"
+    model.eval()
+    try:
+        total = torch.zeros((), device=device)
+        for X_chunk, y_chunk in _chunks(X, y, batch_size):
+            loss = loss_fn(model(X_chunk.to(device)), y_chunk.to(device))
+            total += loss * X_chunk.shape[0] if average else loss
+    finally:
+        model.train(was_training)
+    return total.item() / X.shape[0] if average else total.item()
+
+
+# --------------------------------------------------------------------------- #
+# Training
+# --------------------------------------------------------------------------- #
+def _run_epoch(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+               epoch_batches: list[Batch], device: torch.device) -> float:
+    """One pass over ``epoch_batches``; returns the epoch's training loss."""
+    model.train()
+    average = _reduction(loss_fn) == "mean"
+    total, count = torch.zeros((), device=device), 0
+    for X_batch, y_batch in epoch_batches:
+        X_batch, y_batch = X_batch.to(device), y_batch.to(device)
+        first_loss: list[Tensor] = []
+
+        def closure() -> Tensor:
+            # A closure works for every torch optimizer, including LBFGS,
+            # which evaluates it several times per step.
+            optimizer.zero_grad()
+            loss = loss_fn(model(X_batch), y_batch)
+            loss.backward()
+            first_loss.append(loss.detach())
+            return loss
+
+        optimizer.step(closure)
+        # Accumulate on the device and convert once per epoch, to avoid a
+        # GPU synchronisation after every batch.
+        total += first_loss[0] * X_batch.shape[0] if average else first_loss[0]
+        count += X_batch.shape[0]
+    return total.item() / count if average else total.item()
+
+
+def _record(history: History, callback: Callable | None, epoch: int, model: nn.Module) -> None:
+    if callback is None:
+        return
+    was_training = model.training
+    model.eval()  # curvature needs per-example outputs, which BN-in-train-mode breaks
+    try:
+        value = callback(epoch, model)
+    finally:
+        model.train(was_training)
+    if value is not None:
+        history.records.append((epoch, value))
+
+
+def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+          data: tuple[Tensor, Tensor] | Iterable[Batch], optimizer: torch.optim.Optimizer, *,
+          epochs: int, batch_size: int | None = None, seed: int = 0,
+          callback: Callable[[int, nn.Module], Any] | None = None,
+          eval_data: tuple[Tensor, Tensor] | None = None, desc: str | None = None) -> History:
+    """Train ``model`` with ``optimizer`` for ``epochs`` passes over ``data``.
+
+    Args:
+        model: network; batches are moved to its device.
+        loss_fn: e.g. ``nn.CrossEntropyLoss()`` or ``nn.MSELoss()``.
+        data: either an ``(X, y)`` pair of tensors with shapes ``(N, ...)``,
+            ``(N, ...)``, cut into mini-batches every epoch, or an iterable of
+            ``(X_batch, y_batch)`` pairs used in the same order every epoch.
+        optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
+        epochs: number of passes (0 only runs the epoch-0 callback).
+        batch_size: mini-batch size for an ``(X, y)`` pair; None means full
+            batch. Must be None when ``data`` is already batched.
+        seed: seeds the generator that reshuffles ``(X, y)`` every epoch, so
+            the batch order does not depend on global random state.
+        callback: ``callback(epoch, model)`` called once before training
+            (epoch 0) and after every epoch, with the model in eval mode and
+            gradients enabled; non-None return values go to ``History.records``.
+        eval_data: optional ``(X, y)`` evaluated after every epoch.
+        desc: label of the progress bar (see :mod:`lib.progress`).
+
+    Returns:
+        :class:`History`. If the training loss becomes NaN or infinite,
+        training stops after that epoch with ``history.diverged = True`` and a
+        warning (divergence at large step sizes is something chapters show).
+        The model's train/eval mode is restored at the end.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable, e.g. nn.CrossEntropyLoss()")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    epochs = _check_int(epochs, "epochs", 0)
+    if batch_size is not None:
+        batch_size = _check_int(batch_size, "batch_size", 1)
+    seed = _check_int(seed, "seed", 0)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable as callback(epoch, model)")
+    if eval_data is not None:
+        if not _is_tensor_pair(eval_data):
+            raise TypeError("eval_data must be an (X, y) pair of tensors")
+        _check_pair(*eval_data, name="eval_data")
+
+    if _is_tensor_pair(data):
+        X, y = data
+        _check_pair(X, y, "data")
+        fixed = None
+    else:
+        if batch_size is not None:
+            raise ValueError("batch_size must be None when data is already a list of batches")
+        fixed = _fixed_batches(data)
+
+    device, was_training = _model_device(model), model.training
+    generator = torch.Generator().manual_seed(seed)
+    history = History()
+    _record(history, callback, 0, model)
+    bar = progress(range(1, epochs + 1), desc=desc)
+    try:
+        for epoch in bar:
+            if fixed is None:
+                size = batch_size or X.shape[0]
+                epoch_batches = batches(X, y, size, shuffle=size < X.shape[0], generator=generator)
+            else:
+                epoch_batches = fixed
+            loss = _run_epoch(model, loss_fn, optimizer, epoch_batches, device)
+            history.epochs.append(epoch)
+            history.train_loss.append(loss)
+            postfix = {"loss": f"{loss:.4g}"}
+            if eval_data is not None:
+                postfix.update(_evaluate_epoch(history, model, loss_fn, *eval_data))
+            bar.set_postfix(postfix)
+            if not math.isfinite(loss):
+                history.diverged = True
+                warnings.warn(f"training loss became {loss} at epoch {epoch}; stopping early",
+                              RuntimeWarning, stacklevel=2)
+                break
+            _record(history, callback, epoch, model)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return history
+
+
+def _evaluate_epoch(history: History, model: nn.Module, loss_fn: Callable,
+                    X: Tensor, y: Tensor) -> dict[str, str]:
+    """Append eval loss (and accuracy for integer labels) to ``history``."""
+    history.eval_loss.append(evaluate(model, loss_fn, X, y))
+    postfix = {"eval_loss": f"{history.eval_loss[-1]:.4g}"}
+    if not y.is_floating_point():
+        history.eval_accuracy.append(accuracy(model, X, y))
+        postfix["eval_acc"] = f"{history.eval_accuracy[-1]:.3f}"
+    return postfix

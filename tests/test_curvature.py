@@ -1,0 +1,312 @@
+"""Curvature operators against dense float64 references built independently.
+
+The references never use lib's closed forms: Hessians come from ``torch.func.hessian`` of
+the flattened loss, Jacobians from ``torch.func.jacrev``, loss Hessians in output space
+from ``torch.func.hessian`` of the per-sample loss, and Fishers from per-sample parameter
+gradients at every label (exact) or at the data labels (empirical).
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian as func_hessian, jacrev, vmap, grad as func_grad
+
+from lib import curvature
+
+RTOL = 1e-6
+
+
+def _mlp(act):
+    return nn.Sequential(nn.Linear(3, 4), act(), nn.Linear(4, 3))
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
+
+
+def _linear():
+    return nn.Sequential(nn.Linear(3, 3))
+
+
+def make_problem(arch: str, loss_name: str, reduction: str, seed: int = 0, n: int = 10):
+    """A tiny float64 model, loss and a dataset split into two uneven batches."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = {"tanh": lambda: _mlp(nn.Tanh), "relu": lambda: _mlp(nn.ReLU), "conv": _cnn,
+             "linear": _linear}[arch]().double()
+    X = torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64) if arch == "conv" else \
+        torch.randn(n, 3, generator=g, dtype=torch.float64)
+    if loss_name == "ce":
+        y = torch.randint(0, 3, (n,), generator=g)
+        loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    else:
+        y = torch.randn(n, 3, generator=g, dtype=torch.float64)
+        loss_fn = nn.MSELoss(reduction=reduction)
+    data = [(X[:4], y[:4]), (X[4:], y[4:])]
+    return model, loss_fn, data, X, y
+
+
+def flat_params(model):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def unflatten(flat):
+        out, i = {}, 0
+        for name, shape in zip(names, shapes):
+            k = math.prod(shape)
+            out[name] = flat[i:i + k].reshape(shape)
+            i += k
+        return out
+
+    return theta, unflatten
+
+
+def dense_hessian(model, loss_fn, X, y):
+    theta, unflatten = flat_params(model)
+    return func_hessian(lambda t: loss_fn(functional_call(model, unflatten(t), (X,)), y))(theta)
+
+
+def loss_scale(loss_fn, X, num_outputs):
+    if loss_fn.reduction == "sum":
+        return 1.0
+    return 1.0 / (len(X) * (num_outputs if isinstance(loss_fn, nn.MSELoss) else 1))
+
+
+def per_sample_loss(loss_fn, f, y):
+    """l(f_n, y_n) with the reduction's constant removed (sum-reduced single sample)."""
+    kind = type(loss_fn)(reduction="sum")
+    return kind(f[None], y[None])
+
+
+def dense_ggn(model, loss_fn, X, y):
+    theta, unflatten = flat_params(model)
+    J = jacrev(lambda t: functional_call(model, unflatten(t), (X,)))(theta)  # (N, C, d)
+    out = model(X).detach()
+    H_out = torch.stack([func_hessian(lambda f: per_sample_loss(loss_fn, f, y[n]))(out[n])
+                         for n in range(len(X))])  # (N, C, C)
+    return loss_scale(loss_fn, X, out.shape[1]) * torch.einsum("nci,ncd,ndj->ij", J, H_out, J)
+
+
+def per_sample_grads(model, loss_fn, X, labels):
+    theta, unflatten = flat_params(model)
+
+    def one(x, label):
+        return func_grad(lambda t: per_sample_loss(
+            loss_fn, functional_call(model, unflatten(t), (x[None],))[0], label))(theta)
+
+    return vmap(one)(X, labels)  # (N, d)
+
+
+def dense_fisher_exact_ce(model, loss_fn, X):
+    """c sum_n sum_c p_nc g_nc g_nc^T, enumerating every label."""
+    probs = model(X).detach().softmax(dim=1)
+    F = 0.0
+    for c in range(probs.shape[1]):
+        g = per_sample_grads(model, loss_fn, X, torch.full((len(X),), c))
+        F = F + torch.einsum("n,ni,nj->ij", probs[:, c], g, g)
+    return loss_scale(loss_fn, X, probs.shape[1]) * F
+
+
+def dense_empirical_fisher(model, loss_fn, X, y):
+    g = per_sample_grads(model, loss_fn, X, y)
+    return loss_scale(loss_fn, X, model(X).shape[1]) * g.T @ g
+
+
+def assert_close(actual, expected, rtol=RTOL):
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = (actual - expected).abs().max() / scale
+    assert err < rtol, f"relative error {float(err):.2e}"
+
+
+CASES = [(a, l, r) for a in ("tanh", "relu", "conv") for l in ("ce", "mse") for r in ("mean", "sum")]
+
+
+@pytest.mark.parametrize("arch,loss_name,reduction", CASES)
+@pytest.mark.parametrize("mode", curvature.HESSIAN_MODES)
+def test_hessian_matches_dense(arch, loss_name, reduction, mode):
+    model, loss_fn, data, X, y = make_problem(arch, loss_name, reduction)
+    H = curvature.hessian(model, loss_fn, data, mode=mode)
+    assert_close(H.to_dense(), dense_hessian(model, loss_fn, X, y))
+
+
+@pytest.mark.parametrize("arch,loss_name,reduction", CASES)
+def test_ggn_matches_dense(arch, loss_name, reduction):
+    model, loss_fn, data, X, y = make_problem(arch, loss_name, reduction)
+    assert_close(curvature.ggn(model, loss_fn, data).to_dense(), dense_ggn(model, loss_fn, X, y))
+
+
+@pytest.mark.parametrize("arch,reduction", [(a, r) for a in ("tanh", "conv") for r in ("mean", "sum")])
+def test_exact_fisher_matches_label_enumeration_and_ggn_for_cross_entropy(arch, reduction):
+    model, loss_fn, data, X, y = make_problem(arch, "ce", reduction)
+    F = curvature.fisher(model, loss_fn, data, kind="exact").to_dense()
+    assert_close(F, dense_fisher_exact_ce(model, loss_fn, X))
+    assert_close(F, dense_ggn(model, loss_fn, X, y))
+
+
+@pytest.mark.parametrize("arch,loss_name,reduction", CASES)
+def test_empirical_fisher_matches_per_sample_gradients(arch, loss_name, reduction):
+    model, loss_fn, data, X, y = make_problem(arch, loss_name, reduction)
+    F = curvature.fisher(model, loss_fn, data, kind="empirical").to_dense()
+    assert_close(F, dense_empirical_fisher(model, loss_fn, X, y))
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "mse"])
+def test_ggn_equals_hessian_for_a_model_linear_in_its_parameters(loss_name):
+    model, loss_fn, data, X, y = make_problem("linear", loss_name, "mean")
+    G = curvature.ggn(model, loss_fn, data).to_dense()
+    assert_close(G, curvature.hessian(model, loss_fn, data).to_dense())
+    assert_close(G, dense_hessian(model, loss_fn, X, y))
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "mse"])
+def test_mc_fisher_converges_to_exact(loss_name):
+    model, loss_fn, data, X, y = make_problem("tanh", loss_name, "mean")
+    exact = curvature.fisher(model, loss_fn, data, kind="exact").to_dense()
+    errors = []
+    for samples in (10, 1000):
+        mc = curvature.fisher(model, loss_fn, data, kind="mc", num_samples=samples, seed=1)
+        errors.append(float(torch.linalg.norm(mc.to_dense() - exact) / torch.linalg.norm(exact)))
+    # Error shrinks like 1/sqrt(S): a factor of 10 between S = 10 and S = 1000.
+    assert errors[1] < errors[0] / 4
+    assert errors[1] < 0.1
+
+
+def test_mc_fisher_is_unbiased_across_seeds():
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "sum")
+    exact = curvature.fisher(model, loss_fn, data, kind="exact").to_dense()
+    draws = torch.stack([curvature.fisher(model, loss_fn, data, kind="mc", seed=s).to_dense()
+                         for s in range(200)])
+    mean, sem = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
+    z = ((mean - exact).abs() / sem.clamp_min(1e-12))[sem > 1e-9]
+    assert float((z > 4).float().mean()) < 0.01
+
+
+def test_mc_fisher_is_a_fixed_symmetric_matrix():
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    F = curvature.fisher(model, loss_fn, data, kind="mc", num_samples=3, seed=5)
+    D1, D2 = F.to_dense(), F.to_dense(chunk_size=7)
+    assert torch.equal(D1, D2) or torch.allclose(D1, D2, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(D1, D1.T, atol=1e-14)
+    other = curvature.fisher(model, loss_fn, data, kind="mc", num_samples=3, seed=6).to_dense()
+    assert not torch.allclose(D1, other)
+
+
+def test_vector_forms_agree():
+    model, loss_fn, data, X, y = make_problem("conv", "ce", "mean")
+    H = curvature.hessian(model, loss_fn, data)
+    D = H.to_dense()
+    V = torch.randn(H.shape[0], 3, dtype=torch.float64)
+    assert_close(H @ V, D @ V)
+    assert_close(H @ V[:, 0], D @ V[:, 0])
+    as_params = H @ H._split(V[:, 0])
+    assert [t.shape for t in as_params] == [p.shape for p in model.parameters()]
+    assert_close(torch.cat([t.reshape(-1) for t in as_params]), D @ V[:, 0])
+
+
+def test_dataset_given_as_single_pair_or_one_shot_iterator():
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    ref = curvature.ggn(model, loss_fn, data).to_dense()
+    assert_close(curvature.ggn(model, loss_fn, (X, y)).to_dense(), ref)
+    assert_close(curvature.ggn(model, loss_fn, iter(data)).to_dense(), ref)
+
+
+def test_gradient_matches_autograd_on_the_full_batch():
+    model, loss_fn, data, X, y = make_problem("relu", "mse", "mean")
+    g = torch.autograd.grad(loss_fn(model(X), y), list(model.parameters()))
+    assert_close(curvature.gradient(model, loss_fn, data), torch.cat([t.reshape(-1) for t in g]))
+
+
+def test_operator_algebra_and_damped_inverse():
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    H = curvature.hessian(model, loss_fn, data)
+    G = curvature.ggn(model, loss_fn, data)
+    Hd, Gd = H.to_dense(), G.to_dense()
+    eye = torch.eye(H.shape[0], dtype=torch.float64)
+    assert_close((H + 2.0 * G - G).to_dense(), Hd + Gd)
+    assert_close((G @ H).to_dense(), Gd @ Hd)
+    inv = G.damped_inverse(1e-2, tol=1e-12)
+    assert_close((inv @ H).to_dense(), torch.linalg.solve(Gd + 1e-2 * eye, Hd), rtol=1e-5)
+
+
+def test_float32_model_runs_in_float32():
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    model = model.float()
+    data = [(Xb.float(), yb) for Xb, yb in data]
+    H = curvature.hessian(model, loss_fn, data)
+    assert H.dtype == torch.float32
+    assert (H @ torch.ones(H.shape[0])).dtype == torch.float32
+
+
+# -- bad input -----------------------------------------------------------------------------
+@pytest.fixture
+def problem():
+    return make_problem("tanh", "ce", "mean")
+
+
+def test_wrong_vector_size_raises(problem):
+    model, loss_fn, data, X, y = problem
+    H = curvature.hessian(model, loss_fn, data)
+    with pytest.raises(ValueError, match="shape"):
+        H @ torch.ones(H.shape[0] + 1, dtype=torch.float64)
+
+
+def test_nan_vector_raises(problem):
+    model, loss_fn, data, X, y = problem
+    v = torch.ones(curvature.ggn(model, loss_fn, data).shape[0], dtype=torch.float64)
+    v[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        curvature.ggn(model, loss_fn, data) @ v
+
+
+def test_integer_vector_raises(problem):
+    model, loss_fn, data, X, y = problem
+    H = curvature.hessian(model, loss_fn, data)
+    with pytest.raises(TypeError, match="floating"):
+        H @ torch.ones(H.shape[0], dtype=torch.int64)
+
+
+def test_unknown_fisher_kind_raises(problem):
+    model, loss_fn, data, X, y = problem
+    with pytest.raises(ValueError, match="kind 'bogus'"):
+        curvature.fisher(model, loss_fn, data, kind="bogus")
+
+
+def test_unknown_hessian_mode_raises(problem):
+    model, loss_fn, data, X, y = problem
+    with pytest.raises(ValueError, match="mode 'sideways'"):
+        curvature.hessian(model, loss_fn, data, mode="sideways")
+
+
+def test_empty_data_raises(problem):
+    model, loss_fn, data, X, y = problem
+    with pytest.raises(ValueError, match="empty"):
+        curvature.hessian(model, loss_fn, [])
+    with pytest.raises(ValueError, match="empty"):
+        curvature.ggn(model, loss_fn, [(X[:0], y[:0])])
+
+
+def test_unsupported_loss_and_reduction_raise(problem):
+    model, loss_fn, data, X, y = problem
+    with pytest.raises(ValueError, match="unsupported loss"):
+        curvature.ggn(model, nn.L1Loss(), data)
+    with pytest.raises(ValueError, match="reduction"):
+        curvature.ggn(model, nn.CrossEntropyLoss(reduction="none"), data)
+
+
+def test_training_mode_dropout_raises(problem):
+    model, loss_fn, data, X, y = problem
+    noisy = nn.Sequential(model, nn.Dropout(0.5))
+    with pytest.raises(ValueError, match="model.eval"):
+        curvature.hessian(noisy, loss_fn, data)
+    noisy.eval()
+    curvature.hessian(noisy, loss_fn, data)
+
+
+def test_wrong_parameter_shapes_raise(problem):
+    model, loss_fn, data, X, y = problem
+    H = curvature.hessian(model, loss_fn, data)
+    with pytest.raises(ValueError, match="shapes"):
+        H @ [torch.zeros(2, 2, dtype=torch.float64)]

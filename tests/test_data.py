@@ -1,0 +1,303 @@
+"""Tests for lib.data: loaders, caching, batching and synthetic data."""
+
+import random
+import sys
+import types
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+
+from lib import data
+from lib.data import Split, batches, load_digits, load_mnist1d, load_torchvision
+
+
+# --------------------------------------------------------------------------- #
+# Split
+# --------------------------------------------------------------------------- #
+def _toy_split():
+    return Split(torch.zeros(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]),
+                 torch.zeros(2, 3), torch.tensor([4, 0]))
+
+
+def test_split_properties():
+    split = _toy_split()
+    assert split.n_features == 3
+    assert split.n_classes == 5  # max label over train and test + 1
+    assert split.train[0] is split.X_train and split.test[1] is split.y_test
+    moved = split.to("cpu")
+    assert isinstance(moved, Split) and moved.n_classes == 5
+    assert "n_classes=5" in repr(split)
+
+
+def test_split_regression_has_no_classes():
+    split = Split(torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(2, 1), torch.zeros(2, 1))
+    assert split.n_classes is None
+
+
+def test_split_rejects_inconsistent_tensors():
+    with pytest.raises(ValueError, match="X_train has 3 examples but y_train has 2"):
+        Split(torch.zeros(3, 2), torch.zeros(2), torch.zeros(1, 2), torch.zeros(1))
+    with pytest.raises(ValueError, match="feature shape"):
+        Split(torch.zeros(3, 2), torch.zeros(3), torch.zeros(1, 4), torch.zeros(1))
+    with pytest.raises(TypeError, match="X_test"):
+        Split(torch.zeros(3, 2), torch.zeros(3), np.zeros((1, 2)), torch.zeros(1))
+
+
+# --------------------------------------------------------------------------- #
+# Digits
+# --------------------------------------------------------------------------- #
+def test_load_digits_shapes_and_standardization():
+    split = load_digits()
+    assert split.X_train.shape == (1347, 64) and split.X_test.shape == (450, 64)
+    assert split.y_train.dtype == torch.long and split.n_classes == 10
+    assert split.X_train.dtype == torch.float32
+    # Standardized with training statistics: per-pixel mean 0, std 1 (or 0 for blank pixels).
+    assert split.X_train.mean(0).abs().max() < 1e-5
+    stds = split.X_train.std(0, unbiased=False)
+    assert torch.all(((stds - 1).abs() < 1e-4) | (stds < 1e-6))
+    assert set(split.y_train.tolist()) == set(range(10))
+
+
+def test_load_digits_image_and_reproducible():
+    flat = load_digits(seed=3)
+    image = load_digits(seed=3, image=True, dtype=torch.float64)
+    assert image.X_train.shape == (1347, 1, 8, 8) and image.X_train.dtype == torch.float64
+    assert torch.allclose(image.X_train.reshape(-1, 64).float(), flat.X_train)
+    assert torch.equal(load_digits(seed=3).X_train, flat.X_train)
+    assert not torch.equal(load_digits(seed=4).y_train, flat.y_train)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"test_size": 0.0}, ValueError), ({"test_size": 1.5}, ValueError),
+    ({"test_size": "0.2"}, TypeError), ({"seed": -1}, ValueError), ({"seed": 0.5}, TypeError),
+    ({"dtype": torch.int64}, TypeError), ({"dtype": "float32"}, TypeError),
+])
+def test_load_digits_bad_input(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        load_digits(**kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# MNIST-1D (generated once per test session into a temporary cache)
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def mnist1d_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("mnist1d_cache")
+
+
+@pytest.fixture(scope="module")
+def mnist1d(mnist1d_root):
+    return load_mnist1d(root=mnist1d_root)
+
+
+def test_mnist1d_standard_shapes(mnist1d):
+    assert mnist1d.X_train.shape == (4000, 40) and mnist1d.X_test.shape == (1000, 40)
+    assert mnist1d.n_classes == 10 and set(mnist1d.y_train.tolist()) == set(range(10))
+    assert abs(mnist1d.X_train.mean().item()) < 1e-4
+    assert abs(mnist1d.X_train.std(unbiased=False).item() - 1) < 1e-4
+
+
+def test_mnist1d_cache_is_plain_npz_and_reused(mnist1d, mnist1d_root, monkeypatch):
+    files = sorted(p.name for p in mnist1d_root.iterdir())
+    assert files == ["mnist1d_seed42_v1.npz"]  # no temporary files left behind
+    with np.load(mnist1d_root / files[0], allow_pickle=False) as cache:
+        assert set(cache.files) == {"x", "y", "x_test", "y_test"}
+
+    def fail(seed):
+        raise AssertionError("should have read the cache")
+
+    monkeypatch.setattr(data, "_generate_mnist1d", fail)
+    again = load_mnist1d(root=mnist1d_root, image=True)
+    assert again.X_train.shape == (4000, 1, 40)
+    assert torch.equal(again.X_train[:, 0], mnist1d.X_train)
+
+
+def test_mnist1d_generation_leaves_global_rng_alone(mnist1d_root, monkeypatch):
+    # Generation is real but small: shrink the data set to keep the test fast.
+    import mnist1d.data as package
+
+    original = package.get_dataset_args
+
+    def small_args(*args, **kwargs):
+        result = original(*args, **kwargs)
+        result.num_samples = 100
+        return result
+
+    monkeypatch.setattr(package, "get_dataset_args", small_args)
+    random.seed(0)
+    np.random.seed(0)
+    expected = (random.random(), np.random.rand())
+    random.seed(0)
+    np.random.seed(0)
+    split = load_mnist1d(root=mnist1d_root / "small", seed=7)
+    assert (random.random(), np.random.rand()) == expected
+    assert split.X_train.shape == (80, 40)
+
+
+def test_mnist1d_corrupt_cache_is_regenerated(tmp_path, monkeypatch):
+    fake = {"x": np.ones((8, 40)), "y": np.arange(8) % 10, "x_test": np.zeros((2, 40)),
+            "y_test": np.array([1, 2])}
+    monkeypatch.setattr(data, "_generate_mnist1d", lambda seed: fake)
+    path = tmp_path / "mnist1d_seed42_v1.npz"
+    path.write_bytes(b"not a zip file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        split = load_mnist1d(root=tmp_path)
+    assert split.X_train.shape == (8, 40)
+    with np.load(path, allow_pickle=False) as cache:
+        assert cache["x"].shape == (8, 40)
+
+
+def test_relative_root_resolves_from_repo_root():
+    assert data.resolve_root("data") == Path(data.__file__).resolve().parent.parent / "data"
+    assert data.resolve_root("/tmp/x") == Path("/tmp/x")
+    with pytest.raises(TypeError, match="root"):
+        data.resolve_root(3)
+
+
+def test_mnist1d_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="seed"):
+        load_mnist1d(root=tmp_path, seed=-2)
+    with pytest.raises(TypeError, match="dtype"):
+        load_mnist1d(root=tmp_path, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------- #
+# torchvision (no network here: only fakes and the not-downloaded path)
+# --------------------------------------------------------------------------- #
+def test_torchvision_missing_without_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        load_torchvision("mnist", root=tmp_path)
+
+
+def test_torchvision_unknown_name():
+    with pytest.raises(ValueError, match="imagenet"):
+        load_torchvision("imagenet")
+
+
+def _fake_torchvision(monkeypatch, dataset_class):
+    import torchvision
+
+    fake_module = types.SimpleNamespace(MNIST=dataset_class, CIFAR10=dataset_class)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", fake_module)
+    monkeypatch.setattr(torchvision, "datasets", fake_module)
+
+
+def test_torchvision_download_failure_is_clear(tmp_path, monkeypatch):
+    class Offline:
+        def __init__(self, root, train, download):
+            if download:
+                raise URLError("Name or service not known")
+            raise RuntimeError("Dataset not found or corrupted.")
+
+    _fake_torchvision(monkeypatch, Offline)
+    with pytest.raises(RuntimeError, match="no network"):
+        load_torchvision("mnist", root=tmp_path, download=True)
+    with pytest.raises(FileNotFoundError):
+        load_torchvision("MNIST", root=tmp_path)
+
+
+def test_torchvision_arrays_are_standardized(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+
+    class FakeGrey:
+        def __init__(self, root, train, download):
+            n = 20 if train else 5
+            self.data = torch.as_tensor(rng.integers(0, 256, (n, 6, 6)), dtype=torch.uint8)
+            self.targets = torch.arange(n) % 10
+
+    class FakeColour:
+        def __init__(self, root, train, download):
+            n = 20 if train else 5
+            self.data = rng.integers(0, 256, (n, 4, 4, 3)).astype(np.uint8)
+            self.targets = list(range(n))
+
+    monkeypatch.setattr(data, "_open_torchvision", lambda cls, root, train, download:
+                        (FakeColour if cls.startswith("CIFAR") else FakeGrey)(root, train, download))
+    grey = load_torchvision("mnist", root=tmp_path)
+    assert grey.X_train.shape == (20, 1, 6, 6) and grey.n_classes == 10
+    assert abs(grey.X_train.mean().item()) < 1e-5
+    colour = load_torchvision("cifar100", root=tmp_path, flatten=True)
+    assert colour.X_train.shape == (20, 48) and colour.n_classes == 100
+    per_channel = colour.X_train.reshape(20, 3, 16).transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(per_channel.std(1, unbiased=False), torch.ones(3), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- #
+# batches
+# --------------------------------------------------------------------------- #
+def test_batches_cover_data_in_order():
+    X, y = torch.arange(10.0).reshape(10, 1), torch.arange(10)
+    parts = batches(X, y, 4)
+    assert [len(b[1]) for b in parts] == [4, 4, 2]
+    assert torch.equal(torch.cat([b[1] for b in parts]), y)
+
+
+def test_batches_shuffle_is_seeded_and_a_permutation():
+    X, y = torch.arange(10.0).reshape(10, 1), torch.arange(10)
+    first = batches(X, y, 3, shuffle=True, generator=torch.Generator().manual_seed(1))
+    second = batches(X, y, 3, shuffle=True, generator=torch.Generator().manual_seed(1))
+    labels = torch.cat([b[1] for b in first])
+    assert torch.equal(labels, torch.cat([b[1] for b in second]))
+    assert sorted(labels.tolist()) == list(range(10)) and not torch.equal(labels, y)
+    for X_batch, y_batch in first:  # inputs stay paired with their labels
+        assert torch.equal(X_batch[:, 0].long(), y_batch)
+
+
+@pytest.mark.parametrize("args, kwargs, error", [
+    ((torch.zeros(3, 1), torch.zeros(2), 2), {}, ValueError),
+    ((torch.zeros(3, 1), torch.zeros(3), 0), {}, ValueError),
+    ((torch.zeros(3, 1), torch.zeros(3), 1.5), {}, TypeError),
+    ((np.zeros((3, 1)), torch.zeros(3), 2), {}, TypeError),
+    ((torch.zeros(3, 1), torch.zeros(3), 2), {"shuffle": True, "generator": 1}, TypeError),
+])
+def test_batches_bad_input(args, kwargs, error):
+    with pytest.raises(error):
+        batches(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# Synthetic data
+# --------------------------------------------------------------------------- #
+def test_make_sine():
+    X, y = data.make_sine(500, seed=1)
+    assert X.shape == (500, 1) and y.shape == (500, 1)
+    assert X.min() >= 0 and X.max() <= 8
+    residual = y - torch.sin(X)
+    assert abs(residual.std().item() - 0.3) < 0.05
+    assert torch.equal(data.make_sine(500, seed=1)[1], y)
+    assert not torch.equal(data.make_sine(500, seed=2)[1], y)
+    X0, y0 = data.make_sine(10, noise=0.0)
+    assert torch.allclose(y0, torch.sin(X0))
+
+
+def test_make_regression():
+    X, y, w = data.make_regression(200, 4, noise=0.0, seed=0, return_coef=True)
+    assert X.shape == (200, 4) and y.shape == (200, 1) and w.shape == (4, 1)
+    assert torch.allclose(X @ w, y, atol=1e-5)
+    assert len(data.make_regression(10, 2)) == 2
+
+
+def test_make_teacher_classification():
+    X, y = data.make_teacher_classification(300, 5, 4, seed=0)
+    assert X.shape == (300, 5) and y.shape == (300,) and y.dtype == torch.long
+    assert y.min() >= 0 and y.max() < 4 and len(set(y.tolist())) > 1
+    assert torch.equal(data.make_teacher_classification(300, 5, 4, seed=0)[1], y)
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: data.make_sine(0), ValueError),
+    (lambda: data.make_sine(10, noise=-1), ValueError),
+    (lambda: data.make_sine(10, low=2, high=1), ValueError),
+    (lambda: data.make_sine(10, dtype=torch.int32), TypeError),
+    (lambda: data.make_regression(10, 0), ValueError),
+    (lambda: data.make_regression("10"), TypeError),
+    (lambda: data.make_teacher_classification(10, 2, 1), ValueError),
+    (lambda: data.make_teacher_classification(10, 2, 3, hidden=0), ValueError),
+])
+def test_synthetic_bad_input(call, error):
+    with pytest.raises(error):
+        call()

@@ -1,0 +1,155 @@
+"""Tests for lib.models: shapes, seeding, per-example structure and bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+from lib.models import ACTIVATIONS, lenet, mlp, num_parameters, small_resnet
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _all_parameters_get_gradients(model: nn.Module, x: torch.Tensor) -> bool:
+    model(x).square().sum().backward()
+    return all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- #
+# MLP
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_shapes_and_structure(activation):
+    model = mlp(5, [7, 3], 2, activation=activation, seed=0)
+    assert isinstance(model, nn.Sequential)
+    assert model(torch.randn(4, 5)).shape == (4, 2)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(5, 7), (7, 3), (3, 2)]
+    assert sum(isinstance(m, ACTIVATIONS[activation]) for m in model) == 2
+
+
+def test_mlp_without_hidden_layers_is_linear():
+    model = mlp(3, [], 1, bias=False, seed=0)
+    assert len(model) == 1 and num_parameters(model) == 3
+
+
+def test_num_parameters_counts_and_respects_trainable_only():
+    model = mlp(2, [3], 1, seed=0)
+    assert num_parameters(model) == 2 * 3 + 3 + 3 * 1 + 1
+    model[0].weight.requires_grad_(False)
+    assert num_parameters(model) == 7
+    assert num_parameters(model, trainable_only=False) == 13
+    with pytest.raises(TypeError, match="nn.Module"):
+        num_parameters([torch.zeros(2)])
+
+
+def test_seed_makes_initialization_reproducible_and_keeps_global_rng():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = mlp(4, [8], 3, seed=5)
+    assert torch.equal(torch.rand(1), expected_next)  # global generator untouched
+    assert _same_parameters(a, mlp(4, [8], 3, seed=5))
+    assert not _same_parameters(a, mlp(4, [8], 3, seed=6))
+    assert _same_parameters(lenet(seed=1), lenet(seed=1))
+    assert _same_parameters(small_resnet(seed=1), small_resnet(seed=1))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"in_features": 0}, ValueError, "in_features"),
+    ({"in_features": 2.0}, TypeError, "in_features"),
+    ({"out_features": True}, TypeError, "out_features"),
+    ({"hidden": 16}, TypeError, "hidden"),
+    ({"hidden": "16"}, TypeError, "hidden"),
+    ({"hidden": [16, 0]}, ValueError, "hidden width"),
+    ({"activation": "swish"}, ValueError, "swish"),
+    ({"seed": -1}, ValueError, "seed"),
+])
+def test_mlp_bad_input(kwargs, error, message):
+    arguments = {"in_features": 3, "hidden": [4], "out_features": 2, **kwargs}
+    with pytest.raises(error, match=message):
+        mlp(**arguments)
+
+
+# --------------------------------------------------------------------------- #
+# LeNet
+# --------------------------------------------------------------------------- #
+def test_lenet_2d_on_8x8_digits():
+    model = lenet(seed=0)
+    x = torch.randn(5, 1, 8, 8)
+    assert model(x).shape == (5, 10)
+    assert _all_parameters_get_gradients(model, x)
+
+
+def test_lenet_1d_on_mnist1d_length():
+    model = lenet(1, 10, image_size=40, conv1d=True, width=4, hidden=16, seed=0)
+    assert model(torch.randn(3, 1, 40)).shape == (3, 10)
+    assert any(isinstance(m, nn.Conv1d) for m in model)
+
+
+@pytest.mark.parametrize("size", [4, 7, 10, 28])
+def test_lenet_handles_sizes_not_divisible_by_four(size):
+    assert lenet(3, 5, image_size=size, seed=0)(torch.randn(2, 3, size, size)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"image_size": 3}, ValueError), ({"width": 0}, ValueError), ({"hidden": 2.5}, TypeError),
+    ({"in_channels": 0}, ValueError), ({"activation": None}, ValueError),
+])
+def test_lenet_bad_input(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        lenet(**kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# Small ResNet
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("dims, shape", [(2, (4, 1, 8, 8)), (1, (4, 1, 40))])
+def test_small_resnet_shapes(dims, shape):
+    model = small_resnet(1, 10, width=4, num_blocks=2, dims=dims, seed=0)
+    x = torch.randn(*shape)
+    assert model(x).shape == (4, 10)
+    assert _all_parameters_get_gradients(model, x)
+
+
+def test_small_resnet_has_no_batchnorm_by_default():
+    plain = small_resnet(seed=0)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
+    batch = small_resnet(norm="batch", seed=0)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in batch.modules()) == 1 + 2 * 2
+
+
+def test_without_norm_examples_do_not_interact_even_in_train_mode():
+    # Per-example curvature (GGN, Fisher) needs each output to depend only on
+    # its own input; BatchNorm in train mode breaks that, which is why it is off.
+    x = torch.randn(6, 1, 8, 8)
+    other = x.clone()
+    other[1:] = torch.randn(5, 1, 8, 8)
+    plain = small_resnet(width=4, seed=0).train()
+    assert torch.allclose(plain(x)[0], plain(other)[0])
+    batch = small_resnet(width=4, norm="batch", seed=0).train()
+    assert not torch.allclose(batch(x)[0], batch(other)[0])
+
+
+def test_small_resnet_zero_blocks():
+    model = small_resnet(2, 3, width=4, num_blocks=0, seed=0)
+    assert model(torch.randn(2, 2, 5, 5)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kwargs", [{"dims": 3}, {"dims": True}, {"norm": "layer"},
+                                    {"num_blocks": -1}, {"num_blocks": 1.0}, {"width": 0}])
+def test_small_resnet_bad_input(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        small_resnet(**kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_models_run_on_device(device):
+    for model, x in [(mlp(4, [8], 2, seed=0), torch.randn(3, 4)),
+                     (lenet(seed=0), torch.randn(3, 1, 8, 8)),
+                     (small_resnet(dims=1, width=4, seed=0), torch.randn(3, 1, 40))]:
+        out = model.to(device)(x.to(device))
+        assert out.device.type == device and torch.isfinite(out).all()
