@@ -30,6 +30,8 @@ The spectral estimators (:func:`trace`, :func:`eigvalsh`, :func:`spectral_densit
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -51,6 +53,20 @@ __all__ = [
 
 FISHER_KINDS = ("exact", "mc", "empirical")
 HESSIAN_MODES = ("reverse-over-reverse", "forward-over-reverse")
+
+
+@contextlib.contextmanager
+def _quiet_forward_ad():
+    """Silence torch's own deprecation notice when forward-mode AD first loads.
+
+    The first use of forward-mode AD in a process makes torch script some internal
+    decompositions, which emits a FutureWarning about ``torch.jit.script`` that is
+    neither the caller's business nor actionable; any other warning passes through.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated",
+                                category=FutureWarning)
+        yield
 
 
 # --------------------------------------------------------------------------------------
@@ -281,9 +297,10 @@ class HessianOperator(CurvatureOperator):
             _, hv = torch.func.jvp(torch.func.grad(loss_of), (primals,), (tangent,))
             return self._flat([hv[n] for n in self.names])
 
-        if V.shape[1] == 1:
-            return hvp(V[:, 0])[:, None].to(V.dtype)
-        return torch.vmap(hvp, in_dims=1, out_dims=1)(V).to(V.dtype)
+        with _quiet_forward_ad():
+            if V.shape[1] == 1:
+                return hvp(V[:, 0])[:, None].to(V.dtype)
+            return torch.vmap(hvp, in_dims=1, out_dims=1)(V).to(V.dtype)
 
 
 class GGNOperator(CurvatureOperator):
@@ -358,11 +375,12 @@ class GGNOperator(CurvatureOperator):
             return torch.func.jvp(lambda p: functional_call(self.model, p, (X,)),
                                   (primals,), (tangent,))[1]
 
-        return out, torch.vmap(jvp_of, in_dims=1)(V.to(self.dtype))
+        with _quiet_forward_ad():
+            return out, torch.vmap(jvp_of, in_dims=1)(V.to(self.dtype))
 
     def _output_and_jvp(self, X, tangent: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The outputs f(X) (with an autograd graph to the parameters) and J v."""
-        with fwAD.dual_level():
+        with _quiet_forward_ad(), fwAD.dual_level():
             duals = {n: fwAD.make_dual(p, t) for n, p, t in zip(self.names, self.params, tangent)}
             out = functional_call(self.model, duals, (X,))
             f, jv = fwAD.unpack_dual(out)

@@ -1,0 +1,32 @@
+"""Shared pytest setup for the book's tests.
+
+- Progress bars off (``BOOK_PROGRESS=0``, as the Makefile sets it), also for
+  kernels that papermill starts from this process.
+- A non-interactive matplotlib backend for code that plots inside the test
+  process. This is deliberately *not* done through ``MPLBACKEND``: that variable
+  would be inherited by notebook kernels and take away their inline figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("BOOK_PROGRESS", "0")
+
+try:  # matplotlib is a dependency, but keep conftest importable without it
+    import matplotlib
+
+    matplotlib.use("Agg")
+except ImportError:  # pragma: no cover
+    pass
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's root folder."""
+    return ROOT
