@@ -3,8 +3,9 @@
 Chapters import from here and never re-implement it; the same code runs on CPU and GPU.
 """
 
-from . import config, curvature, data, estimators, linear_operator, models, plotting, progress, train
+from . import (checkpoint, config, curvature, data, estimators, linear_operator, models, plotting,
+               progress, train)
 from .config import setup
 
-__all__ = ["config", "curvature", "data", "estimators", "linear_operator", "models", "plotting",
+__all__ = ["checkpoint", "config", "curvature", "data", "estimators", "linear_operator", "models", "plotting",
            "progress", "train", "setup"]

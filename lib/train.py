@@ -1,7 +1,7 @@
 """A plain, reproducible training loop with per-epoch hooks.
 
-The loop is deliberately simple (no early stopping, schedulers or
-checkpointing) so that a chapter's results depend only on what it shows.
+The loop is deliberately simple (no early stopping or schedulers) so that a
+chapter's results depend only on what it shows.
 The ``callback`` hook lets a chapter measure, e.g., the top Hessian
 eigenvalue at every epoch, including before training starts::
 
@@ -11,11 +11,17 @@ eigenvalue at every epoch, including before training starts::
     history = train(model, loss_fn, (X, y), optimizer, epochs=20,
                     batch_size=64, callback=top_eig)
     history.records   # [(0, ...), (1, ...), ..., (20, ...)]
+
+Long runs pass ``checkpoint=checkpoint_path("name")`` (see
+:mod:`lib.checkpoint`): the state after every epoch is saved atomically under
+``data/checkpoints/``, and calling :func:`train` again continues from it, or
+just returns the cached result once all epochs are done.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lib.data import Split, batches
+from lib.checkpoint import load_checkpoint, save_atomic
+from lib.data import Split, batches, resolve_root
 from lib.progress import progress
 
 __all__ = ["History", "train", "accuracy", "evaluate"]
@@ -237,11 +244,180 @@ def _record(history: History, callback: Callable | None, epoch: int, model: nn.M
         history.records.append((epoch, value))
 
 
+# --------------------------------------------------------------------------- #
+# Checkpointing
+# --------------------------------------------------------------------------- #
+_CHECKPOINT_VERSION = 1
+_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data for the run fingerprint (tuples become lists)."""
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if type(value) in _PLAIN_LEAVES:
+        return value
+    for kind in (bool, int, float, str):  # subclasses, e.g. numpy.float64
+        if isinstance(value, kind):
+            return kind(value)
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _data_shapes(data: Any) -> Any:
+    if _is_tensor_pair(data):
+        return [list(data[0].shape), list(data[1].shape)]
+    return [[list(X.shape), list(y.shape)] for X, y in data]
+
+
+def _fingerprint(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                 data: Any, batch_size: int | None, seed: int,
+                 eval_data: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
+    """What must not change between a run and its continuation (not ``epochs``)."""
+    return {
+        "model": {name: [list(p.shape), str(p.dtype)] for name, p in model.named_parameters()},
+        "optimizer": type(optimizer).__qualname__,
+        "optimizer_hyperparameters": [
+            {**{key: _plain(item) for key, item in group.items() if key != "params"},
+             "n_params": len(group["params"])}
+            for group in optimizer.param_groups],
+        "loss_fn": [type(loss_fn).__qualname__, _plain(getattr(loss_fn, "reduction", None))],
+        "data": _data_shapes(data),
+        "eval_data": None if eval_data is None else _data_shapes(eval_data),
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Human-readable list of where two fingerprints differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                found.append(f"{name}: not in checkpoint, now {current[key]!r}")
+            elif key not in current:
+                found.append(f"{name}: checkpoint {saved[key]!r}, now absent")
+            else:
+                found += _differences(saved[key], current[key], name)
+        return found
+    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
+            and any(isinstance(item, dict) for item in saved)):
+        found = []
+        for index, (old, new) in enumerate(zip(saved, current)):
+            found += _differences(old, new, f"{prefix}[{index}]")
+        return found
+    return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, now {current!r}"]
+
+
+def _unstorable(value: Any, where: str) -> str | None:
+    """Where ``value`` holds something ``weights_only`` loading refuses, else None."""
+    if type(value) in _PLAIN_LEAVES or type(value) in (Tensor, nn.Parameter):
+        return None
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            problem = _unstorable(item, f"{where}[{index}]")
+            if problem:
+                return problem
+        return None
+    if type(value) is dict:
+        for key, item in value.items():
+            problem = (_unstorable(key, f"key {key!r} of {where}")
+                       or _unstorable(item, f"{where}[{key!r}]"))
+            if problem:
+                return problem
+        return None
+    return f"{where} is a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _check_storable(history: History, checkpoint: Any) -> None:
+    if not history.records:
+        return
+    epoch, value = history.records[-1]
+    problem = _unstorable(value, "the value")
+    if problem:
+        raise TypeError(
+            f"callback returned a value at epoch {epoch} that cannot be stored in checkpoint "
+            f"{checkpoint} ({problem}); return None, numbers, strings, tensors, or lists, "
+            "tuples and dicts of those (e.g. float(x) for a numpy scalar), or train without "
+            "checkpoint=")
+
+
+def _rng_states(device: torch.device) -> dict[str, Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
+
+
+def _save_checkpoint(path: Any, fingerprint: dict[str, Any], model: nn.Module,
+                     optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                     history: History, device: torch.device) -> None:
+    save_atomic({
+        "version": _CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "epoch": history.epochs[-1],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "rng": _rng_states(device),
+        "history": {
+            "epochs": list(history.epochs),
+            "train_loss": list(history.train_loss),
+            "eval_loss": list(history.eval_loss),
+            "eval_accuracy": list(history.eval_accuracy),
+            "records": [[epoch, value] for epoch, value in history.records],
+            "diverged": history.diverged,
+        },
+    }, path)
+
+
+def _resume(path: Any, fingerprint: dict[str, Any], epochs: int, model: nn.Module,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            device: torch.device) -> History | None:
+    """Restore the run saved at ``path``; None if there is no checkpoint yet."""
+    state = load_checkpoint(path, map_location="cpu")
+    if state is None:
+        return None
+    if state.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has format version {state.get('version')!r}, "
+                         f"expected {_CHECKPOINT_VERSION}; delete it to recompute it")
+    differences = _differences(state["fingerprint"], fingerprint)
+    if differences:
+        raise ValueError(f"checkpoint {path} was written by a different run configuration; "
+                         "delete it or use another checkpoint name. Differences: "
+                         + "; ".join(differences))
+    if state["epoch"] > epochs:
+        raise ValueError(f"checkpoint {path} already holds {state['epoch']} epochs but "
+                         f"epochs={epochs}; pass epochs >= {state['epoch']} or use another "
+                         "checkpoint name")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"].cpu())
+    _set_rng_states(state["rng"], device)
+    saved = state["history"]
+    return History(epochs=list(saved["epochs"]), train_loss=list(saved["train_loss"]),
+                   eval_loss=list(saved["eval_loss"]), eval_accuracy=list(saved["eval_accuracy"]),
+                   records=[(epoch, value) for epoch, value in saved["records"]],
+                   diverged=bool(saved["diverged"]))
+
+
 def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
           data: tuple[Tensor, Tensor] | Iterable[Batch], optimizer: torch.optim.Optimizer, *,
           epochs: int, batch_size: int | None = None, seed: int = 0,
           callback: Callable[[int, nn.Module], Any] | None = None,
-          eval_data: tuple[Tensor, Tensor] | None = None, desc: str | None = None) -> History:
+          eval_data: tuple[Tensor, Tensor] | None = None, desc: str | None = None,
+          checkpoint: str | os.PathLike | None = None) -> History:
     """Train ``model`` with ``optimizer`` for ``epochs`` passes over ``data``.
 
     Args:
@@ -261,12 +437,52 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
             gradients enabled; non-None return values go to ``History.records``.
         eval_data: optional ``(X, y)`` evaluated after every epoch.
         desc: label of the progress bar (see :mod:`lib.progress`).
+        checkpoint: file to save the run to after every completed epoch and
+            to resume it from, e.g. ``lib.checkpoint.checkpoint_path("ch3-sgd")``
+            (under ``data/checkpoints/``); a relative path is taken from the
+            repository root, like ``root`` in :mod:`lib.data`. See
+            "Checkpoints" below.
+
+    Checkpoints:
+        After every completed epoch (including one that diverged) the file is
+        rewritten atomically (:func:`lib.checkpoint.save_atomic`) with the
+        model's and optimizer's ``state_dict``, the epoch number, all
+        :class:`History` fields (``records`` included), the state of the
+        generator that shuffles the batches, torch's global RNG state (CPU,
+        and CUDA for a model on a GPU; dropout and callbacks draw from it) and
+        a fingerprint of the run: the model's parameter names, shapes and
+        dtypes, the optimizer's class and hyper-parameters, the loss, the
+        shapes of ``data`` and ``eval_data``, ``batch_size`` and ``seed``.
+        ``epochs`` is not part of it, so a finished run can be extended.
+
+        If the file exists when ``train`` starts, it is loaded with
+        ``weights_only=True`` and, when its fingerprint matches, the model,
+        optimizer, generators and history are restored and training goes on
+        from the next epoch; with all ``epochs`` done already, nothing is
+        trained and the cached result is returned. The callback is not run
+        again for completed epochs (epoch 0 included): their records come from
+        the file. Continuing an interrupted run this way gives bit-identical
+        results to an uninterrupted one on the same device. A resumed run
+        that had diverged is not trained further.
+
+        Callback values must then be None, numbers, strings, tensors, or
+        lists, tuples and dicts of those, so the file loads with
+        ``weights_only=True``; anything else raises TypeError when it is
+        returned. Restored tensor records are on the CPU.
 
     Returns:
-        :class:`History`. If the training loss becomes NaN or infinite,
+        :class:`History` of all epochs, including those restored from
+        ``checkpoint``. If the training loss becomes NaN or infinite,
         training stops after that epoch with ``history.diverged = True`` and a
         warning (divergence at large step sizes is something chapters show).
         The model's train/eval mode is restored at the end.
+
+    Raises:
+        ValueError: if ``checkpoint`` is corrupt, was written by a run with a
+            different fingerprint (the message lists what differs) or holds
+            more than ``epochs`` epochs.
+        TypeError: if ``checkpoint`` is given and the callback returns a value
+            that cannot be stored in it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -285,6 +501,10 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         if not _is_tensor_pair(eval_data):
             raise TypeError("eval_data must be an (X, y) pair of tensors")
         _check_pair(*eval_data, name="eval_data")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a str or path, got {type(checkpoint).__name__}")
+        checkpoint = resolve_root(checkpoint)
 
     if _is_tensor_pair(data):
         X, y = data
@@ -297,9 +517,21 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
 
     device, was_training = _model_device(model), model.training
     generator = torch.Generator().manual_seed(seed)
-    history = History()
-    _record(history, callback, 0, model)
-    bar = progress(range(1, epochs + 1), desc=desc)
+    history = None
+    if checkpoint is not None:
+        fingerprint = _fingerprint(model, loss_fn, optimizer, data if fixed is None else fixed,
+                                   batch_size, seed, eval_data)
+        history = _resume(checkpoint, fingerprint, epochs, model, optimizer, generator, device)
+        if history is not None and history.diverged:
+            warnings.warn(f"checkpoint {checkpoint} holds a run that diverged at epoch "
+                          f"{len(history)}; not training it further", RuntimeWarning, stacklevel=2)
+    if history is None:
+        history = History()
+        _record(history, callback, 0, model)
+        if checkpoint is not None:
+            _check_storable(history, checkpoint)
+    first = len(history) + 1 if not history.diverged else epochs + 1
+    bar = progress(range(first, epochs + 1), desc=desc)
     try:
         for epoch in bar:
             if fixed is None:
@@ -318,8 +550,15 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                 history.diverged = True
                 warnings.warn(f"training loss became {loss} at epoch {epoch}; stopping early",
                               RuntimeWarning, stacklevel=2)
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, fingerprint, model, optimizer, generator,
+                                     history, device)
                 break
             _record(history, callback, epoch, model)
+            if checkpoint is not None:
+                _check_storable(history, checkpoint)
+                _save_checkpoint(checkpoint, fingerprint, model, optimizer, generator,
+                                 history, device)
     finally:
         bar.close()
         model.train(was_training)
