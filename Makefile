@@ -37,12 +37,12 @@ export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 # Same hash seed in every run (and kernel), so set/dict orders of strings repeat.
 export PYTHONHASHSEED := 0
 
-.PHONY: help install book test test-unit test-notebooks test-nbval clean
+.PHONY: help install book test test-unit test-notebooks test-nbval outputs clean
 
 help:
 	@echo "make book   build the executed HTML book into _build/html"
 	@echo "make test   unit tests, papermill runs of every chapter (tiny preset), nbval of every chapter"
-	@echo "(sub-targets: install, test-unit, test-notebooks, test-nbval, clean)"
+	@echo "(sub-targets: install, test-unit, test-notebooks, test-nbval, outputs, clean)"
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version.split()[0]'
@@ -74,6 +74,11 @@ test-notebooks: $(STAMP)
 test-nbval: $(STAMP)
 	$(PY) -m pytest chapters --nbval --nbval-current-env \
 	    --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout=600 $(PYTEST_ARGS)
+
+# Re-execute every chapter in place at its default preset (the stored outputs that
+# nbval compares); commit the result.
+outputs: $(STAMP)
+	$(PY) tools/execute_chapters.py
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

@@ -245,10 +245,24 @@ class CurvatureOperator(LinearOperator):
         return self.loss.scale(self.num_data, self.num_outputs)
 
     def _as_param_list(self, v: Tensor) -> list[Tensor]:
+        """Flat (d,) -> parameter-shaped tensors."""
         return [t.to(p.dtype) for t, p in zip(self._split(v), self.params)]
 
+    def _split_block(self, V: Tensor) -> list[Tensor]:
+        """Block (d, k) -> per parameter (k, *shape): the layout of batched tangents."""
+        sizes = [p.numel() for p in self.params]
+        return [b.T.reshape(V.shape[1], *p.shape).to(p.dtype)
+                for b, p in zip(V.split(sizes), self.params)]
+
     def _flat(self, tensors) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
+        """Parameter-shaped tensors (None: unused parameter, zero) -> flat (d,)."""
+        return torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1)
+                          for t, p in zip(tensors, self.params)])
+
+    def _flat_block(self, tensors, k: int) -> Tensor:
+        """Per parameter (k, *shape) (None: zero) -> block (d, k)."""
+        return torch.cat([(p.new_zeros(k, p.numel()) if t is None else t.reshape(k, -1))
+                          for t, p in zip(tensors, self.params)], dim=1).T
 
 
 class HessianOperator(CurvatureOperator):
@@ -275,16 +289,18 @@ class HessianOperator(CurvatureOperator):
         return result
 
     def _rr(self, X, y, V):
-        # One forward and one differentiable backward per batch serve every column.
+        # One forward and one differentiable backward per batch serve every column;
+        # a block of columns goes through the second backward at once (vmapped).
         loss = self._batch_loss(self.model(X), y)
         grads = torch.autograd.grad(loss, self.params, create_graph=True)
-        cols = []
-        for j in range(V.shape[1]):
-            hv = torch.autograd.grad(grads, self.params, grad_outputs=self._as_param_list(V[:, j]),
-                                     retain_graph=j + 1 < V.shape[1], allow_unused=True)
-            cols.append(self._flat([torch.zeros_like(p) if h is None else h
-                                    for h, p in zip(hv, self.params)]))
-        return torch.stack(cols, dim=1).to(V.dtype)
+        if V.shape[1] == 1:
+            hv = torch.autograd.grad(grads, self.params, grad_outputs=self._as_param_list(V[:, 0]),
+                                     allow_unused=True)
+            return self._flat(hv)[:, None].to(V.dtype)
+        with _quiet_forward_ad():
+            hv = torch.autograd.grad(grads, self.params, grad_outputs=self._split_block(V),
+                                     is_grads_batched=True, allow_unused=True)
+        return self._flat_block(hv, V.shape[1]).to(V.dtype)
 
     def _fr(self, X, y, V):
         primals = {n: p.detach() for n, p in zip(self.names, self.params)}
@@ -356,14 +372,13 @@ class GGNOperator(CurvatureOperator):
         return self._vjps(out, MU.reshape(V.shape[1], *out.shape)).to(V.dtype)
 
     def _vjps(self, out: Tensor, MU: Tensor) -> Tensor:
-        """J^T u for each u in MU (k, *out.shape) -> (d, k), reusing one backward graph."""
-        cols = []
-        for j in range(len(MU)):
-            grads = torch.autograd.grad(out, self.params, grad_outputs=MU[j],
-                                        retain_graph=j + 1 < len(MU), allow_unused=True)
-            cols.append(self._flat([torch.zeros_like(p) if g is None else g
-                                    for g, p in zip(grads, self.params)]))
-        return torch.stack(cols, dim=1)
+        """J^T u for each u in MU (k, *out.shape) -> (d, k), in one (vmapped) backward."""
+        if len(MU) == 1:
+            grads = torch.autograd.grad(out, self.params, grad_outputs=MU[0], allow_unused=True)
+            return self._flat(grads)[:, None]
+        grads = torch.autograd.grad(out, self.params, grad_outputs=MU, is_grads_batched=True,
+                                    allow_unused=True)
+        return self._flat_block(grads, len(MU))
 
     def _output_and_jvps(self, X, V) -> tuple[Tensor, Tensor]:
         """f(X) with a graph to the parameters and J v for every column of V: (k, *f.shape)."""
@@ -441,6 +456,5 @@ def gradient(model: nn.Module, loss_fn: nn.Module, data) -> Tensor:
     total = torch.zeros(op.shape[0], dtype=op.dtype, device=op.device)
     for X, y in op._batches():
         grads = torch.autograd.grad(op._batch_loss(model(X), y), op.params, allow_unused=True)
-        total += op._flat([torch.zeros_like(p) if g is None else g
-                           for g, p in zip(grads, op.params)])
+        total += op._flat(grads)
     return total
