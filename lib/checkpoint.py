@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lib.data import resolve_root
+from .data import resolve_root
 
 __all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "CHECKPOINT_SUFFIX"]
 

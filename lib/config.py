@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import check_seed
+
 __all__ = ["Settings", "setup", "resolve_device", "seed_everything"]
 
 # Names that `setup` fills in itself, so a preset may not use them as knobs.
 _RESERVED = ("preset", "device", "seed")
 
-# numpy's legacy global seeding accepts 0 <= seed < 2**32.
-_MAX_SEED = 2**32 - 1
 
 
 class Settings:
@@ -90,15 +90,6 @@ class Settings:
         return f"Settings({inner})"
 
 
-def _check_seed(seed: Any) -> int:
-    """Return ``seed`` if it is a usable seed, else raise TypeError/ValueError."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__} {seed!r}")
-    if not 0 <= seed <= _MAX_SEED:
-        raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {seed}")
-    return int(seed)
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's ``random``, numpy's and torch's global generators (CPU and CUDA).
 
@@ -109,7 +100,7 @@ def seed_everything(seed: int) -> torch.Generator:
         A fresh CPU ``torch.Generator`` seeded with ``seed``, for code that
         prefers an explicit generator over global state.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -39,6 +39,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ._checks import check_int
 from .estimators import eigvalsh, logdet, spectral_density, trace
 from .linear_operator import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                               IdentityOperator, LinearOperator, ProductOperator,
@@ -332,8 +333,7 @@ class GGNOperator(CurvatureOperator):
                  seed: int = 0):
         if kind not in ("ggn",) + FISHER_KINDS:
             raise ValueError(f"unknown Fisher kind '{kind}'; choose one of {FISHER_KINDS}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        check_int(num_samples, "num_samples")
         super().__init__(model, loss_fn, data)
         self.kind, self.num_samples, self.seed = kind, num_samples, seed
 

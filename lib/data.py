@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_seed
+
 __all__ = [
     "Split",
     "resolve_root",
@@ -129,22 +131,6 @@ def _check_float_dtype(dtype: torch.dtype) -> None:
             f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
 
 
-def _check_seed(seed: int, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int, got {type(seed).__name__} {seed!r}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"{name} must be in [0, 2**32 - 1], got {seed}")
-    return int(seed)
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
-
-
 def _check_non_negative_number(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
@@ -214,7 +200,7 @@ def load_digits(*, test_size: float = 0.25, seed: int = 0, image: bool = False,
         raise TypeError(f"test_size must be a float in (0, 1), got {type(test_size).__name__}")
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     _check_float_dtype(dtype)
 
     digits = sklearn_digits()
@@ -301,7 +287,7 @@ def load_mnist1d(*, root: str | os.PathLike = "data", seed: int = 42, image: boo
     Returns:
         Split with ``y`` int64 labels of shape ``(N,)``.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     _check_float_dtype(dtype)
     path = _mnist1d_cache_path(resolve_root(root), seed)
     arrays = _read_mnist1d_cache(path)
@@ -417,7 +403,7 @@ def batches(X: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = False,
     if not isinstance(X, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"X and y must be tensors, got {type(X).__name__} and {type(y).__name__}")
     _check_same_length(X, y)
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -445,11 +431,11 @@ def make_sine(n_samples: int = 100, *, noise: float = 0.3, low: float = 0.0, hig
     Returns:
         ``(X, y)``, both of shape ``(N, 1)`` (so they suit ``nn.MSELoss``).
     """
-    n_samples = _check_positive_int(n_samples, "n_samples")
+    n_samples = check_int(n_samples, "n_samples")
     noise = _check_non_negative_number(noise, "noise")
     if not low < high:
         raise ValueError(f"need low < high, got low={low}, high={high}")
-    generator = torch.Generator().manual_seed(_check_seed(seed))
+    generator = torch.Generator().manual_seed(check_seed(seed))
     _check_float_dtype(dtype)
     X = low + (high - low) * torch.rand(n_samples, 1, generator=generator, dtype=torch.float64)
     y = torch.sin(X) + noise * torch.randn(n_samples, 1, generator=generator, dtype=torch.float64)
@@ -475,10 +461,10 @@ def make_regression(n_samples: int = 100, n_features: int = 5, *, noise: float =
         ``(X, y)`` of shapes ``(N, D)`` and ``(N, 1)``; with ``return_coef``
         ``(X, y, w)`` with ``w`` of shape ``(D, 1)``.
     """
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    n_features = _check_positive_int(n_features, "n_features")
+    n_samples = check_int(n_samples, "n_samples")
+    n_features = check_int(n_features, "n_features")
     noise = _check_non_negative_number(noise, "noise")
-    generator = torch.Generator().manual_seed(_check_seed(seed))
+    generator = torch.Generator().manual_seed(check_seed(seed))
     _check_float_dtype(dtype)
     w = torch.randn(n_features, 1, generator=generator, dtype=torch.float64) / n_features**0.5
     X = torch.randn(n_samples, n_features, generator=generator, dtype=torch.float64)
@@ -508,13 +494,13 @@ def make_teacher_classification(n_samples: int = 1000, n_features: int = 10, n_c
     Returns:
         ``(X, y)`` of shapes ``(N, D)`` (dtype) and ``(N,)`` (int64 in [0, K)).
     """
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    n_features = _check_positive_int(n_features, "n_features")
-    n_classes = _check_positive_int(n_classes, "n_classes")
+    n_samples = check_int(n_samples, "n_samples")
+    n_features = check_int(n_features, "n_features")
+    n_classes = check_int(n_classes, "n_classes")
     if n_classes < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    hidden = _check_positive_int(hidden, "hidden")
-    generator = torch.Generator().manual_seed(_check_seed(seed))
+    hidden = check_int(hidden, "hidden")
+    generator = torch.Generator().manual_seed(check_seed(seed))
     _check_float_dtype(dtype)
     W1 = torch.randn(n_features, hidden, generator=generator, dtype=torch.float64) / n_features**0.5
     W2 = torch.randn(hidden, n_classes, generator=generator, dtype=torch.float64) / hidden**0.5

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._checks import check_int
 from .linear_operator import LinearOperator
 
 __all__ = ["trace", "eigvalsh", "lanczos", "spectral_density", "logdet", "SpectralDensity",
@@ -33,13 +34,6 @@ def _check_operator(op, need_symmetric: bool = False):
     if need_symmetric and not op.symmetric:
         raise ValueError("this estimator needs a symmetric operator; for G^-1 H use the "
                          "similar symmetric G^-1/2 H G^-1/2")
-
-
-def _check_positive_int(value, name: str):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def _rademacher(d: int, k: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
@@ -77,7 +71,7 @@ def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
             E[idx, idx - start] = 1.0
             total += float(op._matmat(E)[idx, idx - start].sum())
         return total
-    _check_positive_int(num_probes, "num_probes")
+    check_int(num_probes, "num_probes")
     generator = torch.Generator().manual_seed(seed)
     if method == "hutchinson":
         V = _rademacher(d, num_probes, op, generator)
@@ -108,7 +102,7 @@ def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, see
     """
     _check_operator(op, need_symmetric=True)
     d = op.shape[0]
-    _check_positive_int(num_steps, "num_steps")
+    check_int(num_steps, "num_steps")
     num_steps = min(num_steps, d)
     if v0 is None:
         generator = torch.Generator().manual_seed(seed)
@@ -166,7 +160,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
         Tensor of shape ``(k,)`` in the operator's dtype, descending.
     """
     _check_operator(op, need_symmetric=True)
-    _check_positive_int(k, "k")
+    check_int(k, "k")
     d = op.shape[0]
     if k > d:
         raise ValueError(f"k={k} exceeds the operator's dimension {d}")
@@ -245,8 +239,8 @@ def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 5
         :class:`SpectralDensity`.
     """
     _check_operator(op, need_symmetric=True)
-    _check_positive_int(num_probes, "num_probes")
-    _check_positive_int(num_steps, "num_steps")
+    check_int(num_probes, "num_probes")
+    check_int(num_steps, "num_steps")
     nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
@@ -274,8 +268,8 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
         The estimate as a Python float.
     """
     _check_operator(op, need_symmetric=True)
-    _check_positive_int(num_probes, "num_probes")
-    _check_positive_int(num_steps, "num_steps")
+    check_int(num_probes, "num_probes")
+    check_int(num_steps, "num_steps")
     nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
     used = weights > 0
     if bool((nodes[used] <= 0).any()):

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
+
 __all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "num_parameters"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -30,12 +32,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def _activation(name: str) -> Callable[[], nn.Module]:
@@ -84,11 +80,11 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, *,
     Returns:
         ``nn.Sequential`` mapping ``(N, D)`` to ``(N, K)``.
     """
-    in_features = _positive_int(in_features, "in_features")
-    out_features = _positive_int(out_features, "out_features")
+    in_features = check_int(in_features, "in_features")
+    out_features = check_int(out_features, "out_features")
     if isinstance(hidden, (int, str)) or not isinstance(hidden, Sequence):
         raise TypeError(f"hidden must be a sequence of ints such as [64, 64], got {hidden!r}")
-    widths = [_positive_int(width, "each hidden width") for width in hidden]
+    widths = [check_int(width, "each hidden width") for width in hidden]
     act = _activation(activation)
 
     def make() -> nn.Sequential:
@@ -127,13 +123,13 @@ def lenet(in_channels: int = 1, num_classes: int = 10, *, image_size: int = 8,
     Returns:
         ``nn.Sequential`` mapping ``(N, C, S, S)`` (or ``(N, C, L)``) to ``(N, K)``.
     """
-    in_channels = _positive_int(in_channels, "in_channels")
-    num_classes = _positive_int(num_classes, "num_classes")
-    image_size = _positive_int(image_size, "image_size")
+    in_channels = check_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
+    image_size = check_int(image_size, "image_size")
     if image_size < 4:
         raise ValueError(f"image_size must be at least 4 (two 2x poolings), got {image_size}")
-    width = _positive_int(width, "width")
-    hidden = _positive_int(hidden, "hidden")
+    width = check_int(width, "width")
+    hidden = check_int(hidden, "hidden")
     act = _activation(activation)
     Conv, Pool = (nn.Conv1d, nn.MaxPool1d) if conv1d else (nn.Conv2d, nn.MaxPool2d)
     pooled = image_size // 2 // 2
@@ -208,9 +204,9 @@ def small_resnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 16
     Returns:
         ``nn.Sequential`` mapping ``(N, C, H, W)`` (or ``(N, C, L)``) to ``(N, K)``.
     """
-    in_channels = _positive_int(in_channels, "in_channels")
-    num_classes = _positive_int(num_classes, "num_classes")
-    width = _positive_int(width, "width")
+    in_channels = check_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
+    width = check_int(width, "width")
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
         raise ValueError(f"num_blocks must be a non-negative int, got {num_blocks!r}")
     dims = _dims(dims)

@@ -13,6 +13,8 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ._checks import check_int
+
 __all__ = ["BOOK_STYLE", "COLORS", "use_style", "new_figure", "label"]
 
 # Colour-blind-safe palette (Okabe & Ito), used as the default colour cycle.
@@ -50,14 +52,6 @@ def use_style() -> None:
     mpl.rcParams.update(BOOK_STYLE)
 
 
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
 def new_figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None,
                height: float | None = None, squeeze: bool = True, **subplot_kw: Any):
     """Create a figure in the book's style with a grid of axes.
@@ -73,7 +67,7 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None,
     Returns:
         ``(fig, axes)`` like ``plt.subplots``, with constrained layout.
     """
-    ncols, nrows = _check_count(ncols, "ncols"), _check_count(nrows, "nrows")
+    ncols, nrows = check_int(ncols, "ncols"), check_int(nrows, "nrows")
     use_style()
     width = width if width is not None else min(_PANEL_WIDTH * ncols, 12.0)
     height = height if height is not None else _PANEL_HEIGHT * nrows

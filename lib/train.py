@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lib.checkpoint import load_checkpoint, save_atomic
-from lib.data import Split, batches, resolve_root
-from lib.progress import progress
+from ._checks import check_int
+from .checkpoint import load_checkpoint, save_atomic
+from .data import Split, batches, resolve_root
+from .progress import progress
 
 __all__ = ["History", "train", "accuracy", "evaluate"]
 
@@ -113,14 +114,6 @@ def _reduction(loss_fn: Callable) -> str:
     return getattr(loss_fn, "reduction", "mean")
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_labels(scores: Tensor, y: Tensor) -> None:
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"accuracy needs class scores of shape (N, K) with K >= 2, "
@@ -133,7 +126,7 @@ def _check_labels(scores: Tensor, y: Tensor) -> None:
 def _chunks(X: Tensor, y: Tensor, batch_size: int | None) -> list[Batch]:
     if batch_size is None:
         return [(X, y)]
-    return batches(X, y, _check_int(batch_size, "batch_size", 1))
+    return batches(X, y, check_int(batch_size, "batch_size", 1))
 
 
 # --------------------------------------------------------------------------- #
@@ -491,10 +484,10 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    epochs = _check_int(epochs, "epochs", 0)
+    epochs = check_int(epochs, "epochs", 0)
     if batch_size is not None:
-        batch_size = _check_int(batch_size, "batch_size", 1)
-    seed = _check_int(seed, "seed", 0)
+        batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", 0)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable as callback(epoch, model)")
     if eval_data is not None:

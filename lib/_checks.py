@@ -1,0 +1,28 @@
+"""Argument checks shared by the library's modules, so every error reads the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MAX_SEED = 2**32 - 1  # numpy's legacy global seeding accepts 0 <= seed < 2**32
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int; TypeError if it is not an integer (bools are not),
+    ValueError if it is below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Return ``seed`` as an int in ``[0, 2**32 - 1]``, else raise TypeError/ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int, got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, 2**32 - 1], got {seed}")
+    return int(seed)
