@@ -241,6 +241,14 @@ class CurvatureOperator(LinearOperator):
                 continue
             yield X.to(self.device), y.to(self.device)
 
+    def _sum_over_batches(self, batch_product) -> Tensor:
+        """sum over batches of batch_product(X, y); in place after the first batch."""
+        total = None
+        for X, y in self._batches():
+            result = batch_product(X, y)
+            total = result if total is None else total.add_(result)
+        return total
+
     @property
     def scale(self) -> float:
         return self.loss.scale(self.num_data, self.num_outputs)
@@ -281,13 +289,8 @@ class HessianOperator(CurvatureOperator):
         return self.scale * self.loss.summed(out, y)
 
     def _matmat(self, V):
-        result = torch.zeros_like(V)
-        for X, y in self._batches():
-            if self.mode == "reverse-over-reverse":
-                result += self._rr(X, y, V)
-            else:
-                result += self._fr(X, y, V)
-        return result
+        batch_product = self._rr if self.mode == "reverse-over-reverse" else self._fr
+        return self._sum_over_batches(lambda X, y: batch_product(X, y, V))
 
     def _rr(self, X, y, V):
         # One forward and one differentiable backward per batch serve every column;
@@ -351,13 +354,10 @@ class GGNOperator(CurvatureOperator):
         return torch.einsum("sbc,ksb->kbc", g, torch.einsum("sbc,kbc->ksb", g, U)) / g.shape[0]
 
     def _matmat(self, V):
-        result = torch.zeros_like(V)
         generator = None
         if self.kind == "mc":
             generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        for X, y in self._batches():
-            result += self._batch_matmat(X, y, V, generator)
-        return result
+        return self._sum_over_batches(lambda X, y: self._batch_matmat(X, y, V, generator))
 
     def _batch_matmat(self, X, y, V, generator):
         if V.shape[1] == 1:
