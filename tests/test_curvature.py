@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.func import functional_call, hessian as func_hessian, jacrev, vmap, grad as func_grad
 
@@ -310,3 +311,36 @@ def test_wrong_parameter_shapes_raise(problem):
     H = curvature.hessian(model, loss_fn, data)
     with pytest.raises(ValueError, match="shapes"):
         H @ [torch.zeros(2, 2, dtype=torch.float64)]
+
+
+# -- properties over random tiny networks ------------------------------------------------
+
+@settings(max_examples=15, deadline=None)
+@given(width=st.integers(1, 5), depth=st.integers(1, 2), act=st.sampled_from([nn.Tanh, nn.Sigmoid]),
+       loss_name=st.sampled_from(["ce", "mse"]), reduction=st.sampled_from(["mean", "sum"]),
+       n=st.integers(1, 9), split=st.integers(0, 9), seed=st.integers(0, 2 ** 16))
+def test_random_networks_match_dense_and_obey_the_identities(width, depth, act, loss_name,
+                                                             reduction, n, split, seed):
+    """For random architectures, batchings and seeds: H matches torch.func; G matches the
+    Jacobian reference, is symmetric PSD; the exact Fisher equals G."""
+    torch.manual_seed(seed)
+    layers, fan_in = [], 3
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), act()]
+        fan_in = width
+    model = nn.Sequential(*layers, nn.Linear(fan_in, 3)).double()
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    if loss_name == "ce":
+        y, loss_fn = torch.randint(0, 3, (n,), generator=g), nn.CrossEntropyLoss(reduction=reduction)
+    else:
+        y, loss_fn = torch.randn(n, 3, generator=g, dtype=torch.float64), nn.MSELoss(reduction=reduction)
+    k = min(split, n)
+    data = [(X[:k], y[:k]), (X[k:], y[k:])]  # one of the batches may be empty
+    H = curvature.hessian(model, loss_fn, data).to_dense()
+    G = curvature.ggn(model, loss_fn, data).to_dense()
+    assert_close(H, dense_hessian(model, loss_fn, X, y))
+    assert_close(G, dense_ggn(model, loss_fn, X, y))
+    assert_close(curvature.fisher(model, loss_fn, data, "exact").to_dense(), G)
+    torch.testing.assert_close(G, G.T, rtol=0, atol=1e-12)
+    assert float(torch.linalg.eigvalsh(G).min()) > -1e-10 * max(1.0, float(G.abs().max()))
