@@ -4,8 +4,8 @@ Chapters import from here and never re-implement it; the same code runs on CPU a
 """
 
 from . import (checkpoint, config, curvature, data, estimators, linear_operator, models, plotting,
-               progress, train)
+               progress, report, train)
 from .config import setup
 
 __all__ = ["checkpoint", "config", "curvature", "data", "estimators", "linear_operator", "models", "plotting",
-           "progress", "train", "setup"]
+           "progress", "report", "train", "setup"]

@@ -40,14 +40,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ._checks import check_int
-from .estimators import eigvalsh, logdet, spectral_density, trace
+from .estimators import eigvalsh, logdet, relative_difference, spectral_density, trace
 from .linear_operator import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                               IdentityOperator, LinearOperator, ProductOperator,
                               ScaledOperator, SumOperator)
 
 __all__ = [
     "hessian", "ggn", "fisher", "gradient", "CurvatureOperator", "HessianOperator",
-    "GGNOperator", "trace", "eigvalsh", "spectral_density", "logdet", "LinearOperator",
+    "GGNOperator", "trace", "eigvalsh", "relative_difference", "spectral_density", "logdet", "LinearOperator",
     "DenseOperator", "DiagonalOperator", "IdentityOperator", "SumOperator", "ScaledOperator",
     "ProductOperator", "DampedInverseOperator", "FISHER_KINDS", "HESSIAN_MODES",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor
 from ._checks import check_int
 from .linear_operator import LinearOperator
 
-__all__ = ["trace", "eigvalsh", "lanczos", "spectral_density", "logdet", "SpectralDensity",
+__all__ = ["trace", "eigvalsh", "relative_difference", "lanczos", "spectral_density", "logdet", "SpectralDensity",
            "TRACE_METHODS"]
 
 TRACE_METHODS = ("exact", "hutchinson", "hutchpp")
@@ -84,6 +84,32 @@ def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
     Q, _ = torch.linalg.qr(op._matmat(S))
     G_perp = G - Q @ (Q.T @ G)
     return float((Q * op._matmat(Q)).sum() + (G_perp * op._matmat(G_perp)).sum() / k)
+
+
+def relative_difference(a: LinearOperator, b: LinearOperator, num_probes: int = 30, *,
+                        seed: int = 0, sketch: Tensor | None = None) -> float:
+    """``||(A - B) S||_F / ||B S||_F`` for a Gaussian sketch ``S`` of shape ``(d, num_probes)``.
+
+    Since ``E[S S^T] = num_probes * I``, both norms estimate the Frobenius norms of
+    ``A - B`` and ``B`` (up to the same factor), so the ratio estimates the relative
+    Frobenius distance ``||A - B||_F / ||B||_F`` from ``2 * num_probes`` products.
+
+    Args:
+        a, b: operators of the same shape ``(d, d)``.
+        num_probes: columns of the sketch (ignored when ``sketch`` is given).
+        seed: seed of the sketch.
+        sketch: a fixed ``(d, k)`` sketch, to compare several pairs on the same vectors.
+    """
+    _check_operator(a)
+    _check_operator(b)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare operators of shapes {a.shape} and {b.shape}")
+    if sketch is None:
+        generator = torch.Generator().manual_seed(seed)
+        sketch = torch.randn(a.shape[0], check_int(num_probes, "num_probes"), generator=generator)
+    bs = b @ sketch.to(device=b.device, dtype=b.dtype)
+    diff = a @ sketch.to(device=a.device, dtype=a.dtype) - bs.to(a.dtype)
+    return float(diff.norm() / bs.norm())
 
 
 def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, seed: int = 0,

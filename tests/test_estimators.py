@@ -179,3 +179,13 @@ def test_estimators_reject_bad_input():
         op.damped_inverse(-1.0)
     with pytest.raises(ValueError, match="zero"):
         DiagonalOperator(torch.zeros(3)).inverse()
+
+
+def test_relative_difference_estimates_the_frobenius_distance():
+    A, B = random_symmetric(80, 20), random_symmetric(80, 21)
+    exact = float(torch.linalg.norm(A - B) / torch.linalg.norm(B))
+    estimate = curvature.relative_difference(DenseOperator(A), DenseOperator(B), 400, seed=0)
+    assert estimate == pytest.approx(exact, rel=0.1)
+    assert curvature.relative_difference(DenseOperator(A), DenseOperator(A)) == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        curvature.relative_difference(DenseOperator(A), DenseOperator(torch.eye(3, dtype=torch.float64)))
