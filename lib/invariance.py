@@ -49,6 +49,7 @@ __all__ = [
     "transform_hessian_at_critical_point", "transform_vector", "transform_covector",
     "transform_density_lebesgue", "transform_density_riemannian", "hessian_operator",
     "check_critical_point", "InvariantHessianOperator", "CongruenceOperator",
+    "laplace_log_marginal_likelihood",
 ]
 
 
@@ -472,3 +473,8 @@ def hessian_operator(H, metric=None, *, gradient=None, tol: float = 1e-6,
         raise ValueError(f"the Hessian has shape {H.shape} but the metric has shape {G.shape}")
     _warn_if_gradient(gradient, tol)
     return InvariantHessianOperator(H, G, cg_tol=cg_tol)
+
+
+# The Laplace evidence is built on the operator above; it is public here under the name
+# the chapters use (imported last: lib.laplace itself imports from this module).
+from .laplace import laplace_log_marginal_likelihood  # noqa: E402

@@ -1,0 +1,139 @@
+"""Cost of the metric-aware trace tr(G^-1 H) by Hutchinson, relative to 100 gradients.
+
+Setting (issue 3, on the foundation benchmark's problem from ``bench/curvature.py``): an
+MLP 784-512-256-10 with ReLU, cross-entropy (mean), one batch of 512 inputs, on the CPU
+with 2 threads by default. Measured in one run, round-robin (one call of each per round,
+so drift of the machine's speed hits all alike), medians over the rounds:
+
+* 100 gradients (100 separate forward + backward passes);
+* ``lib.invariance.hessian_operator(lib.curvature.hessian(...), G).trace("hutchinson",
+  num_probes=100)`` for ``G`` the identity and ``G`` a positive diagonal (Adam-like:
+  ``sqrt(mean of squared gradients) + 1e-8`` from a few sub-batch gradients, computed once
+  before timing), with lib's default reverse-over-reverse Hessian and, for comparison,
+  its forward-over-reverse mode. The 100 probes go through the operator as one ``(d, 100)`` block: one
+  forward and one differentiable backward, then a vmapped second backward.
+* K-FAC-style Kronecker metric: not in ``lib`` yet, reported as not available.
+
+Target in the issue: at most 3x the time of 100 gradients. The peak resident memory of
+the process is printed too (the ``(d, 100)`` block and the batched second backward are
+the largest allocations).
+
+Run: ``.venv/bin/python bench/invariance.py [--threads 2] [--rounds 3] [--device auto]``.
+This is a benchmark, not a test: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from lib import curvature  # noqa: E402
+from lib.config import resolve_device  # noqa: E402
+from lib.invariance import hessian_operator  # noqa: E402
+
+
+def _load_build():
+    """``build`` from bench/curvature.py (bench is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_curvature", ROOT / "bench" / "curvature.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build
+
+
+def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1e-8):
+    """``sqrt(mean_k g_k^2) + eps`` over the gradients of ``num_chunks`` sub-batches; ``(d,)``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    sq = None
+    for Xc, yc in zip(X.chunk(num_chunks), y.chunk(num_chunks)):
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_fn(model(Xc), yc), params)])
+        sq = g.square() if sq is None else sq + g.square()
+    return (sq / num_chunks).sqrt() + eps
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--gradients", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, loss_fn, data = _load_build()(device)
+    X, y = data[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    d = sum(p.numel() for p in params)
+
+    H = curvature.hessian(model, loss_fn, data)
+    diag = adam_like_diagonal(model, loss_fn, X, y)
+    E_identity = hessian_operator(H)
+    E_diagonal = hessian_operator(H, diag)
+    E_diagonal_fr = hessian_operator(curvature.hessian(model, loss_fn, data,
+                                                       mode="forward-over-reverse"), diag)
+
+    def gradients():
+        for _ in range(args.gradients):
+            torch.autograd.grad(loss_fn(model(X), y), params)
+
+    results = {}
+
+    def trace_of(E, key):
+        def run():
+            results[key] = E.trace("hutchinson", num_probes=args.probes)
+        return run
+
+    methods = {
+        f"{args.gradients} gradients": gradients,
+        f"tr(H), G = identity, Hutchinson {args.probes}": trace_of(E_identity, "identity"),
+        f"tr(G^-1 H), G = Adam-like diagonal, Hutchinson {args.probes}": trace_of(E_diagonal, "diagonal"),
+        "  same, Hessian mode forward-over-reverse": trace_of(E_diagonal_fr, "diagonal_fr"),
+    }
+    times = {name: [] for name in methods}
+    for _ in range(args.warmup):
+        for fn in methods.values():
+            fn()
+    for _ in range(args.rounds):
+        for name, fn in methods.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+
+    base = statistics.median(times[f"{args.gradients} gradients"])
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(f"MLP 784-512-256-10 (d = {d}), batch 512, cross-entropy; device {device}, "
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds (+{args.warmup} warm-up), "
+          f"torch {torch.__version__}")
+    print(f"{'quantity':58s} {'median s':>9s} {f'x {args.gradients} grads':>12s} {'target':>7s}")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        ratio = median / base
+        verdict = "" if name.endswith("gradients") else ("ok" if ratio <= 3.0 else "over")
+        print(f"{name:58s} {median:9.3f} {ratio:12.2f} {verdict:>7s}")
+    print(f"{'tr(G^-1 H), G = K-FAC (Kronecker)':58s} not available (no K-FAC in lib yet)")
+    print(f"estimates: tr(H) ~ {results['identity']:.4g}, tr(G^-1 H) with the diagonal ~ "
+          f"{results['diagonal']:.4g} (seed 0)")
+    print(f"peak resident memory of the process: {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
