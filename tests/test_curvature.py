@@ -344,3 +344,15 @@ def test_random_networks_match_dense_and_obey_the_identities(width, depth, act, 
     assert_close(curvature.fisher(model, loss_fn, data, "exact").to_dense(), G)
     torch.testing.assert_close(G, G.T, rtol=0, atol=1e-12)
     assert float(torch.linalg.eigvalsh(G).min()) > -1e-10 * max(1.0, float(G.abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "mc"])
+def test_products_in_column_chunks_equal_one_block(kind):
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    make = {"hessian": lambda: curvature.hessian(model, loss_fn, data),
+            "ggn": lambda: curvature.ggn(model, loss_fn, data),
+            "mc": lambda: curvature.fisher(model, loss_fn, data, "mc", num_samples=2, seed=3)}[kind]
+    whole, chunked = make(), make()
+    chunked.block_entries = 3 * chunked.shape[0]  # three columns per pass
+    V = torch.randn(whole.shape[0], 8, dtype=torch.float64)
+    assert_close(chunked @ V, whole @ V, rtol=1e-12)
