@@ -45,7 +45,7 @@ from .linear_operator import (DenseOperator, DiagonalOperator, IdentityOperator,
 from .reparam import Reparametrization
 
 __all__ = [
-    "euclidean_metric", "diagonal_metric", "dense_metric", "pullback_metric",
+    "euclidean_metric", "diagonal_metric", "adam_metric", "dense_metric", "pullback_metric",
     "transform_hessian_at_critical_point", "transform_vector", "transform_covector",
     "transform_density_lebesgue", "transform_density_riemannian", "hessian_operator",
     "check_critical_point", "InvariantHessianOperator", "CongruenceOperator",
@@ -86,6 +86,37 @@ def _symmetry_error(M: Tensor) -> float:
 
 def _symmetry_tol(dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).eps)
+
+
+def adam_metric(optimizer: torch.optim.Optimizer, params=None) -> DiagonalOperator:
+    """The metric Adam preconditions with, ``diag(sqrt(v_hat) + eps)``, read from its state.
+
+    ``v_hat = exp_avg_sq / (1 - beta2^step)`` is Adam's bias-corrected second moment.
+
+    Args:
+        optimizer: a ``torch.optim.Adam`` (or ``AdamW``) that has taken at least one step.
+        params: parameters in the order of the flat vector (default: the optimizer's, in
+            the order of its parameter groups; pass ``model.parameters()`` to match
+            ``lib.curvature`` operators of that model).
+
+    Returns:
+        A :class:`DiagonalOperator` of shape ``(d, d)``.
+    """
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise TypeError(f"expected torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    params = [p for g in optimizer.param_groups for p in g["params"]] if params is None \
+        else list(params)
+    parts = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        if id(p) not in groups or "exp_avg_sq" not in state:
+            raise ValueError("a parameter has no Adam state: is it optimized by this "
+                             "optimizer, and has the optimizer taken a step?")
+        group = groups[id(p)]
+        v_hat = state["exp_avg_sq"] / (1 - group["betas"][1] ** float(state["step"]))
+        parts.append((v_hat.sqrt() + group["eps"]).reshape(-1))
+    return DiagonalOperator(torch.cat(parts).detach())
 
 
 def dense_metric(matrix: Tensor) -> DenseOperator:

@@ -416,3 +416,25 @@ def test_gradient_norm_warning():
         warnings.simplefilter("error")
         hessian_operator(H, gradient=torch.full((3,), 1e-9, dtype=DT))
         assert check_critical_point(torch.zeros(3), tol=0.0) == 0.0
+
+
+def test_adam_metric_reads_the_bias_corrected_second_moment():
+    import lib.invariance as inv
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(3, 2))
+    b = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.Adam([w, b], lr=0.1, betas=(0.9, 0.99), eps=1e-6)
+    grads = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = ((w.sum(1) + b) ** 2).sum()
+        loss.backward()
+        grads.append(torch.cat([w.grad.reshape(-1), b.grad]).clone())
+        opt.step()
+    # v_t = (1 - beta2) sum_s beta2^(t-s) g_s^2, bias-corrected by 1 - beta2^t
+    v = sum((1 - 0.99) * 0.99 ** (2 - s) * g ** 2 for s, g in enumerate(grads)) / (1 - 0.99 ** 3)
+    torch.testing.assert_close(inv.adam_metric(opt).values, v.sqrt() + 1e-6)
+    with pytest.raises(TypeError, match="Adam"):
+        inv.adam_metric(torch.optim.SGD([w], lr=0.1))
+    with pytest.raises(ValueError, match="no Adam state"):
+        inv.adam_metric(torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]))
