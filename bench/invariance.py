@@ -43,12 +43,12 @@ from lib.config import resolve_device  # noqa: E402
 from lib.invariance import hessian_operator  # noqa: E402
 
 
-def _load_build():
-    """``build`` from bench/curvature.py (bench is not a package)."""
+def _curvature_bench():
+    """bench/curvature.py as a module (bench is not a package): its model and timing helpers."""
     spec = importlib.util.spec_from_file_location("bench_curvature", ROOT / "bench" / "curvature.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.build
+    return module
 
 
 def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1e-8):
@@ -59,11 +59,6 @@ def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1
         g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_fn(model(Xc), yc), params)])
         sq = g.square() if sq is None else sq + g.square()
     return (sq / num_chunks).sqrt() + eps
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main():
@@ -77,7 +72,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, loss_fn, data = _load_build()(device)
+    shared = _curvature_bench()
+    sync = shared.sync
+    model, loss_fn, data = shared.build(device)
     X, y = data[0]
     params = [p for p in model.parameters() if p.requires_grad]
     d = sum(p.numel() for p in params)
