@@ -65,6 +65,23 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def time_round_robin(methods: dict, rounds: int, warmup: int, device) -> dict:
+    """Call every method once per round, in turn, so drift of the machine's speed hits
+    all alike; returns {name: [seconds per call]} (warm-up calls are not timed)."""
+    times = {name: [] for name in methods}
+    for _ in range(warmup):
+        for fn in methods.values():
+            fn()
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -108,17 +125,7 @@ def main():
     except ImportError:
         print("curvlinops is not installed: skipping its column")
 
-    times = {name: [] for name in methods}
-    for _ in range(args.warmup):
-        for fn in methods.values():
-            fn()
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+    times = time_round_robin(methods, args.rounds, args.warmup, device)
 
     grad_time = statistics.median(times["gradient (autograd)"])
     print(f"MLP 784-512-256-10, batch 512, cross-entropy; device {device}, "

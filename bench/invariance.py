@@ -29,7 +29,6 @@ import importlib.util
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +72,6 @@ def main():
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     shared = _curvature_bench()
-    sync = shared.sync
     model, loss_fn, data = shared.build(device)
     X, y = data[0]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,17 +101,7 @@ def main():
         f"tr(G^-1 H), G = Adam-like diagonal, Hutchinson {args.probes}": trace_of(E_diagonal, "diagonal"),
         "  same, Hessian mode forward-over-reverse": trace_of(E_diagonal_fr, "diagonal_fr"),
     }
-    times = {name: [] for name in methods}
-    for _ in range(args.warmup):
-        for fn in methods.values():
-            fn()
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+    times = shared.time_round_robin(methods, args.rounds, args.warmup, device)
 
     base = statistics.median(times[f"{args.gradients} gradients"])
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
