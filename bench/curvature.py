@@ -65,6 +65,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def parse_common_args(doc: str, *, rounds: int, warmup: int, extra=()):
+    """Parse --threads/--rounds/--warmup/--device (plus ``extra``: (flag, type, default)
+    triples), set the thread count and resolve the device; returns (args, device)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    for flag, kind, default in extra:
+        parser.add_argument(flag, type=kind, default=default)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, resolve_device(args.device)
+
+
 def time_round_robin(methods: dict, rounds: int, warmup: int, device) -> dict:
     """Call every method once per round, in turn, so drift of the machine's speed hits
     all alike; returns {name: [seconds per call]} (warm-up calls are not timed)."""
@@ -83,14 +98,7 @@ def time_round_robin(methods: dict, rounds: int, warmup: int, device) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = parse_common_args(__doc__, rounds=40, warmup=5)
     model, loss_fn, data = build(device)
     params = [p for p in model.parameters() if p.requires_grad]
     X, y = data[0]

@@ -24,7 +24,6 @@ This is a benchmark, not a test: it prints numbers.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import resource
 import statistics
@@ -38,7 +37,6 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from lib import curvature  # noqa: E402
-from lib.config import resolve_device  # noqa: E402
 from lib.invariance import hessian_operator  # noqa: E402
 
 
@@ -61,17 +59,9 @@ def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--probes", type=int, default=100)
-    parser.add_argument("--gradients", type=int, default=100)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     shared = _curvature_bench()
+    args, device = shared.parse_common_args(
+        __doc__, rounds=3, warmup=1, extra=[("--probes", int, 100), ("--gradients", int, 100)])
     model, loss_fn, data = shared.build(device)
     X, y = data[0]
     params = [p for p in model.parameters() if p.requires_grad]

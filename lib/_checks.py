@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 MAX_SEED = 2**32 - 1  # numpy's legacy global seeding accepts 0 <= seed < 2**32
 
@@ -26,3 +27,15 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{name} must be an int in [0, 2**32 - 1], got {seed}")
     return int(seed)
+
+
+def check_square_matrix(matrix: Any, name: str) -> torch.Tensor:
+    """Return ``matrix`` if it is a finite, square, floating-point ``(d, d)`` tensor;
+    TypeError if it is not a floating tensor, ValueError otherwise."""
+    if not isinstance(matrix, torch.Tensor) or not torch.is_floating_point(matrix):
+        raise TypeError(f"{name} must be a floating-point tensor")
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{name} must be a square matrix, got shape {tuple(matrix.shape)}")
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError(f"{name} contains NaN or infinite entries")
+    return matrix

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_square_matrix
 from .estimators import TRACE_METHODS, eigvalsh as _lanczos_eigvalsh, logdet as _slq_logdet
 from .estimators import trace as _trace
 from .linear_operator import (DenseOperator, DiagonalOperator, IdentityOperator,
@@ -125,12 +126,7 @@ def dense_metric(matrix: Tensor) -> DenseOperator:
     Raises ``ValueError`` if the matrix is not square, not symmetric (relative Frobenius
     asymmetry above ``sqrt(eps)``) or not positive definite (its Cholesky factorization fails).
     """
-    if not isinstance(matrix, Tensor) or not torch.is_floating_point(matrix):
-        raise TypeError("matrix must be a floating-point tensor")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"a metric must be a square matrix, got shape {tuple(matrix.shape)}")
-    if not bool(torch.isfinite(matrix).all()):
-        raise ValueError("the metric contains NaN or infinite entries")
+    check_square_matrix(matrix, "the metric")
     asym = _symmetry_error(matrix)
     if asym > _symmetry_tol(matrix.dtype):
         raise ValueError(f"a metric must be symmetric; ||G - G^T|| / ||G|| = {asym:.3g}")

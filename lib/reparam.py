@@ -28,6 +28,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._checks import check_square_matrix
+
 __all__ = ["Reparametrization", "Scaling", "LinearMap", "Elementwise", "WeightNorm",
            "ELEMENTWISE_KINDS"]
 
@@ -198,12 +200,7 @@ class LinearMap(Reparametrization):
     """
 
     def __init__(self, A: Tensor, max_condition: float = 1e12):
-        if not isinstance(A, Tensor) or not torch.is_floating_point(A):
-            raise TypeError("A must be a floating-point tensor")
-        if A.ndim != 2 or A.shape[0] != A.shape[1]:
-            raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}")
-        if not bool(torch.isfinite(A).all()):
-            raise ValueError("A contains NaN or infinite entries")
+        check_square_matrix(A, "A")
         cond = float(torch.linalg.cond(A))
         if not math.isfinite(cond) or cond > max_condition:
             raise ValueError(f"A is singular or too ill-conditioned to invert (condition number "

@@ -78,22 +78,21 @@ def test_pyproject_pins_everything_exactly():
     assert pins["torchvision"] == "0.29.1"
 
 
-def test_every_pyproject_pin_is_in_environment_yml():
-    env = environment_pins()
-    for name, version in pyproject_pins().items():
-        assert name in env, f"{name}=={version} is in pyproject.toml but not in environment.yml"
-        assert env[name] == version, (
-            f"{name}: pyproject.toml pins {version}, environment.yml pins {env[name]}"
+def assert_pins_contained(pins, name, others, other_name):
+    """Every pin of ``name`` is in ``other_name`` with the same version."""
+    for package, version in pins.items():
+        assert package in others, f"{package}=={version} is in {name} but not in {other_name}"
+        assert others[package] == version, (
+            f"{package}: {name} pins {version}, {other_name} pins {others[package]}"
         )
+
+
+def test_every_pyproject_pin_is_in_environment_yml():
+    assert_pins_contained(pyproject_pins(), "pyproject.toml", environment_pins(), "environment.yml")
 
 
 def test_every_environment_yml_pin_is_in_pyproject():
-    pins = pyproject_pins()
-    for name, version in environment_pins().items():
-        assert name in pins, f"{name}=={version} is in environment.yml but not in pyproject.toml"
-        assert pins[name] == version, (
-            f"{name}: environment.yml pins {version}, pyproject.toml pins {pins[name]}"
-        )
+    assert_pins_contained(environment_pins(), "environment.yml", pyproject_pins(), "pyproject.toml")
 
 
 def test_environment_yml_python_and_local_package():
