@@ -3,7 +3,8 @@
 Everything here touches the matrix only through products ``A @ V``:
 
 * :func:`trace`: exact (``d`` products), Hutchinson, Hutch++;
-* :func:`eigvalsh`: the largest ``k`` eigenvalues by Lanczos with full re-orthogonalization;
+* :func:`eigvalsh`: the largest ``k`` eigenvalues by Lanczos with full re-orthogonalization,
+  also of the generalized problem ``A v = lambda M v`` (Lanczos in the ``M``-inner product);
 * :func:`spectral_density`: stochastic Lanczos quadrature (SLQ) of the eigenvalue density;
 * :func:`logdet`: ``log det A`` of a positive-definite operator by SLQ.
 
@@ -112,21 +113,55 @@ def relative_difference(a: LinearOperator, b: LinearOperator, num_probes: int = 
     return float(diff.norm() / bs.norm())
 
 
+def _apply64(op: LinearOperator, v: Tensor) -> Tensor:
+    """``op @ v`` for a float64 vector ``v``, computed in the operator's dtype."""
+    return op._matmat(v[:, None].to(op.dtype))[:, 0].to(torch.float64)
+
+
+def _check_metric(op: LinearOperator, metric, metric_solve):
+    if metric is None:
+        if metric_solve is not None:
+            raise ValueError("metric_solve needs a metric")
+        return None
+    _check_operator(metric)
+    if not metric.symmetric:
+        raise ValueError("a metric must be a symmetric operator")
+    if metric.shape != op.shape:
+        raise ValueError(f"the operator has shape {op.shape} but the metric has shape {metric.shape}")
+    if metric_solve is None:
+        return metric.damped_inverse(0.0, tol=1e-12)
+    _check_operator(metric_solve)
+    if metric_solve.shape != op.shape:
+        raise ValueError(f"metric_solve has shape {metric_solve.shape}, expected {op.shape}")
+    return metric_solve
+
+
 def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, seed: int = 0,
+            metric: LinearOperator | None = None, metric_solve: LinearOperator | None = None,
             return_basis: bool = False, _return_residual: bool = False):
     """Lanczos tridiagonalization with full re-orthogonalization.
 
+    With a ``metric`` ``M`` (symmetric positive definite), runs Lanczos on ``M^-1 A`` in
+    the ``M``-inner product ``<u, v>_M = u^T M v``, in which ``M^-1 A`` is self-adjoint:
+    the basis is ``M``-orthonormal (``Q^T M Q = I``), ``T = Q^T A Q``, and the Ritz values
+    approximate the generalized eigenvalues of ``A v = lambda M v``. Each step costs one
+    product with ``A``, one with ``M`` and one with ``metric_solve`` (``M^-1``, by default
+    conjugate gradients on ``M``); no factorization of ``M`` is needed.
+
     Args:
-        op: symmetric operator ``(d, d)``.
+        op: symmetric operator ``A`` of shape ``(d, d)``.
         num_steps: number of steps ``m <= d``; stops early at an invariant subspace.
         v0: start vector ``(d,)`` (random Gaussian from ``seed`` if ``None``).
-        return_basis: also return the orthonormal basis ``Q`` of shape ``(d, m)``.
+        metric: optional symmetric positive-definite ``(d, d)`` operator ``M``.
+        metric_solve: optional operator applying ``M^-1`` (default: CG to 1e-12).
+        return_basis: also return the basis ``Q`` of shape ``(d, m)``.
 
     Returns:
         ``(alpha, beta)`` float64 tensors of shapes ``(m,)`` and ``(m - 1,)``: the diagonal
         and off-diagonal of ``T = Q^T A Q``; with ``return_basis``, ``(alpha, beta, Q)``.
     """
     _check_operator(op, need_symmetric=True)
+    solve = _check_metric(op, metric, metric_solve)
     d = op.shape[0]
     check_int(num_steps, "num_steps")
     num_steps = min(num_steps, d)
@@ -135,23 +170,35 @@ def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, see
         v0 = torch.randn(d, generator=generator, dtype=torch.float64)
     v0 = v0.to(device=op.device, dtype=torch.float64)
     Q = torch.zeros(d, num_steps, dtype=torch.float64, device=op.device)
-    Q[:, 0] = v0 / v0.norm()
+    # MQ = M Q (= Q without a metric): the M-inner products of the re-orthogonalization.
+    MQ = Q if solve is None else torch.zeros_like(Q)
+
+    def normalize(w: Tensor, j: int) -> Tensor:
+        Mw = w if solve is None else _apply64(metric, w)
+        norm = torch.dot(w, Mw).clamp_min(0).sqrt()
+        if j < num_steps:
+            Q[:, j] = w / norm
+            if solve is not None:
+                MQ[:, j] = Mw / norm
+        return norm
+
+    normalize(v0, 0)
     alphas, betas = [], []
     residual = torch.zeros((), dtype=torch.float64)
     for j in range(num_steps):
-        w = op._matmat(Q[:, j:j + 1].to(op.dtype))[:, 0].to(torch.float64)
-        alpha = torch.dot(Q[:, j], w)
-        alphas.append(alpha)
+        w = _apply64(op, Q[:, j])
+        alphas.append(torch.dot(Q[:, j], w))
+        if solve is not None:
+            w = _apply64(solve, w)
         # Full re-orthogonalization, twice ("twice is enough"), against all earlier vectors.
         for _ in range(2):
-            w = w - Q[:, :j + 1] @ (Q[:, :j + 1].T @ w)
-        beta = w.norm()
+            w = w - Q[:, :j + 1] @ (MQ[:, :j + 1].T @ w)
+        beta = normalize(w, j + 1)
         if j + 1 == num_steps or beta <= 1e-10 * max(1.0, float(alphas[0].abs())):
             # last step, or an invariant subspace (T's eigenvalues are then exact)
             residual = beta
             break
         betas.append(beta)
-        Q[:, j + 1] = w / beta
     m = len(alphas)
     alpha = torch.stack(alphas).cpu()
     beta = torch.stack(betas).cpu() if betas else torch.zeros(0, dtype=torch.float64)
@@ -164,8 +211,13 @@ def _tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
 
 
 def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: int | None = None,
-             seed: int = 0) -> Tensor:
+             seed: int = 0, metric: LinearOperator | None = None,
+             metric_solve: LinearOperator | None = None) -> Tensor:
     """The ``k`` largest eigenvalues of a symmetric operator, in descending order.
+
+    With a ``metric`` ``M``, the ``k`` largest generalized eigenvalues of ``A v = lambda M v``
+    (Lanczos in the ``M``-inner product, see :func:`lanczos`); their accuracy is also
+    limited by that of ``metric_solve``.
 
     Runs Lanczos with full re-orthogonalization, growing the Krylov space until the
     residual bound ``|beta_m s_mi|`` of each of the top ``k`` Ritz values is below
@@ -181,11 +233,13 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
         tol: relative accuracy of the returned eigenvalues.
         max_steps: cap on the Krylov dimension (default ``d``).
         seed: seed of the random start vector.
+        metric, metric_solve: optional SPD metric ``M`` and an operator applying ``M^-1``.
 
     Returns:
         Tensor of shape ``(k,)`` in the operator's dtype, descending.
     """
     _check_operator(op, need_symmetric=True)
+    metric_solve = _check_metric(op, metric, metric_solve)
     check_int(k, "k")
     d = op.shape[0]
     if k > d:
@@ -193,7 +247,8 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
     max_steps = d if max_steps is None else min(max_steps, d)
     steps = min(max_steps, max(2 * k + 10, 20))
     while True:
-        alpha, beta, residual = lanczos(op, steps, seed=seed, _return_residual=True)
+        alpha, beta, residual = lanczos(op, steps, seed=seed, metric=metric,
+                                        metric_solve=metric_solve, _return_residual=True)
         m = len(alpha)
         evals, evecs = torch.linalg.eigh(_tridiagonal(alpha, beta))
         exhausted = m < steps or m == d  # invariant subspace or full space

@@ -374,8 +374,8 @@ class InvariantHessianOperator:
     ``S = B^-1 H B^-T`` (:attr:`whitened`), so ``eigvalsh`` can run Lanczos. For other
     operator metrics (e.g. a damped GGN) only products with ``G^-1`` by conjugate
     gradients are available: ``trace`` works (``tr(G^-1 H)``), ``logdet`` uses
-    ``log det H - log det G``, and ``eigvalsh`` with Lanczos raises
-    ``NotImplementedError`` (the generalized problem would need ``G^-1/2``).
+    ``log det H - log det G``, and ``eigvalsh`` runs Lanczos on ``G^-1 H`` in the
+    ``G``-inner product, where it is self-adjoint (one CG solve per step).
 
     Attributes:
         H, G: the operators. whitened: ``S`` or ``None`` for operator metrics.
@@ -409,8 +409,9 @@ class InvariantHessianOperator:
                  seed: int = 0) -> Tensor:
         """The ``k`` largest generalized eigenvalues of ``H v = lambda G v``, descending.
 
-        ``method="lanczos"`` runs matrix-free Lanczos on ``B^-1 H B^-T`` (identity, diagonal,
-        dense and pulled-back metrics only; ``NotImplementedError`` otherwise).
+        ``method="lanczos"`` is matrix-free: Lanczos on ``B^-1 H B^-T`` for identity,
+        diagonal, dense and pulled-back metrics (``G = B B^T``), and Lanczos on ``G^-1 H`` in
+        the ``G``-inner product with CG solves (tolerance ``cg_tol``) for other operators.
         ``method="exact"`` materializes ``H`` and ``G`` (small ``d`` only) and works for
         any metric. Returns a tensor of shape ``(k,)``.
         """
@@ -429,11 +430,10 @@ class InvariantHessianOperator:
         if method != "lanczos":
             raise ValueError(f"unknown eigvalsh method '{method}'; choose 'lanczos' or 'exact'")
         if self.whitened is None:
-            raise NotImplementedError(
-                "matrix-free generalized eigenvalues need a factorization G = B B^T, which is "
-                "available for identity, diagonal, dense and pulled-back metrics but not for a "
-                f"general operator metric ({type(self.G).__name__}); use method='exact' for "
-                "small d, or pass dense_metric(G.to_dense())")
+            # G^-1 H is self-adjoint in the G-inner product: Lanczos there needs products
+            # with H, G and G^-1 (CG), but no factorization of G.
+            return _lanczos_eigvalsh(self.H, k, tol=tol, seed=seed, metric=self.G,
+                                     metric_solve=self.G.damped_inverse(0.0, tol=self.cg_tol))
         return _lanczos_eigvalsh(self.whitened, k, tol=tol, seed=seed)
 
     def logdet(self, method: str = "exact", *, num_probes: int = 10, num_steps: int = 30,

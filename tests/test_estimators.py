@@ -79,6 +79,43 @@ def test_lanczos_basis_is_orthonormal_and_tridiagonalizes():
     torch.testing.assert_close(Q.T @ A @ Q, T, atol=1e-10, rtol=0)
 
 
+def test_generalized_lanczos_basis_is_metric_orthonormal():
+    """With a metric M: Q^T M Q = I, Q^T A Q = T, and the Ritz values are those of (A, M)."""
+    d, m = 40, 15
+    A = random_symmetric(d, 6)
+    M = random_symmetric(d, 7, spectrum=torch.linspace(0.1, 10.0, d, dtype=torch.float64))
+    alpha, beta, Q = lanczos(DenseOperator(A), m, metric=DenseOperator(M), return_basis=True)
+    torch.testing.assert_close(Q.T @ M @ Q, torch.eye(m, dtype=torch.float64), atol=1e-9, rtol=0)
+    T = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
+    torch.testing.assert_close(Q.T @ A @ Q, T, atol=1e-9, rtol=0)
+    alpha, beta = lanczos(DenseOperator(A), d, metric=DenseOperator(M))
+    ritz = torch.linalg.eigvalsh(torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1))
+    want = scipy.linalg.eigh(A.numpy(), M.numpy(), eigvals_only=True)
+    np.testing.assert_allclose(ritz.numpy(), want, rtol=1e-8, atol=1e-10)
+
+
+def test_generalized_eigvalsh_with_an_exact_metric_solve():
+    d = 25
+    A = random_symmetric(d, 8)
+    values = torch.linspace(0.5, 4.0, d, dtype=torch.float64)
+    got = curvature.eigvalsh(DenseOperator(A), 4, tol=1e-12, metric=DiagonalOperator(values),
+                             metric_solve=DiagonalOperator(values).inverse())
+    want = scipy.linalg.eigh(A.numpy(), torch.diag(values).numpy(), eigvals_only=True)[::-1][:4]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
+
+
+def test_generalized_lanczos_rejects_bad_metrics():
+    A = DenseOperator(random_symmetric(5, 9))
+    with pytest.raises(ValueError, match="metric has shape"):
+        lanczos(A, 3, metric=IdentityOperator(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="symmetric"):
+        lanczos(A, 3, metric=DenseOperator(torch.triu(torch.ones(5, 5, dtype=torch.float64))))
+    with pytest.raises(ValueError, match="needs a metric"):
+        lanczos(A, 3, metric_solve=IdentityOperator(5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="LinearOperator"):
+        lanczos(A, 3, metric=torch.eye(5, dtype=torch.float64))
+
+
 def test_lanczos_stops_at_an_invariant_subspace():
     A = torch.diag(torch.tensor([3.0, 3.0, 1.0, 1.0], dtype=torch.float64))
     alpha, beta = lanczos(DenseOperator(A), 4, seed=0)
