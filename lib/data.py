@@ -8,6 +8,7 @@ using *training* statistics only (the test set never leaks into them).
   cached as plain arrays under ``data/``.
 * :func:`load_torchvision` - MNIST, Fashion-MNIST, CIFAR-10/100 (for the
   larger "paper" presets; downloads only when asked to).
+* :func:`load` - any of the above by name, so a preset can name its data set.
 * :func:`make_sine`, :func:`make_regression`, :func:`make_teacher_classification`
   - small synthetic problems.
 
@@ -39,6 +40,8 @@ __all__ = [
     "load_mnist1d",
     "load_torchvision",
     "TORCHVISION_DATASETS",
+    "DATASETS",
+    "load",
     "batches",
     "make_sine",
     "make_regression",
@@ -379,6 +382,41 @@ def load_torchvision(name: str, *, root: str | os.PathLike = "data", download: b
         X_train, X_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
     return _to_split(X_train, np.asarray(train_set.targets), X_test, np.asarray(test_set.targets),
                      dtype, n_classes=n_classes)
+
+
+# --------------------------------------------------------------------------- #
+# One entry point by name
+# --------------------------------------------------------------------------- #
+DATASETS = ("digits", "mnist1d", *TORCHVISION_DATASETS)
+
+
+def load(name: str, *, image: bool = False, download: bool = False,
+         root: str | os.PathLike = "data", dtype: torch.dtype = torch.float32) -> Split:
+    """Load a classification data set by name (case and ``-``/``_`` are ignored).
+
+    Args:
+        name: one of :data:`DATASETS`: ``"digits"``, ``"mnist1d"``, ``"mnist"``,
+            ``"fashionmnist"``, ``"cifar10"``, ``"cifar100"`` (``"MNIST-1D"`` and
+            ``"CIFAR-10"`` are accepted too).
+        image: inputs shaped for convolutions, ``(N, C, H, W)`` or ``(N, 1, L)`` for
+            MNIST-1D; otherwise flat ``(N, D)``.
+        download: for the torchvision data sets, fetch missing files (needs network).
+        root: cache directory (MNIST-1D, torchvision).
+        dtype: floating dtype of ``X``.
+
+    Returns:
+        Split (see the individual loaders).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if key == "digits":
+        return load_digits(image=image, dtype=dtype)
+    if key == "mnist1d":
+        return load_mnist1d(root=root, image=image, dtype=dtype)
+    return load_torchvision(key, root=root, download=download, flatten=not image, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- #

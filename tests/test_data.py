@@ -301,3 +301,25 @@ def test_make_teacher_classification():
 def test_synthetic_bad_input(call, error):
     with pytest.raises(error):
         call()
+
+
+# --------------------------------------------------------------------------- #
+# load(name): one entry point
+# --------------------------------------------------------------------------- #
+def test_load_by_name_matches_the_loaders(mnist1d_root, mnist1d):
+    digits = data.load("digits", image=True)
+    torch.testing.assert_close(digits.X_train, load_digits(image=True).X_train)
+    m1d = data.load("MNIST-1D", image=True, root=mnist1d_root)
+    assert m1d.X_train.shape == (4000, 1, 40)
+    torch.testing.assert_close(m1d.X_train[:, 0], mnist1d.X_train)
+
+
+def test_load_by_name_passes_download_to_torchvision(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        data.load("CIFAR-10", root=tmp_path)
+
+
+@pytest.mark.parametrize("name, error", [("imagenet", ValueError), (3, TypeError)])
+def test_load_by_name_bad_input(name, error):
+    with pytest.raises(error, match="imagenet|string"):
+        data.load(name)
