@@ -26,13 +26,13 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .data import resolve_root
 
-__all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "CHECKPOINT_SUFFIX"]
+__all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "cached", "CHECKPOINT_SUFFIX"]
 
 CHECKPOINT_SUFFIX = ".pt"
 
@@ -166,3 +166,34 @@ def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints") -> 
     if not name.endswith(CHECKPOINT_SUFFIX):
         name += CHECKPOINT_SUFFIX
     return resolve_root(root) / name
+
+
+def cached(path: str | os.PathLike | None, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """The result stored at ``path`` under ``key``, or ``compute()``, saved atomically first.
+
+    For finished pieces of a long run (e.g. one seed's measurements): a rerun after an
+    interruption returns them from disk instead of recomputing them.
+
+    Args:
+        path: the cache file (see :func:`checkpoint_path`), or None to always compute.
+        key: plain data naming everything the result depends on (settings, seed). A file
+            holding another key is recomputed and overwritten, so a changed setting never
+            returns a stale result.
+        compute: called without arguments; must return tensors and plain Python data
+            (what ``weights_only`` loading accepts).
+
+    Returns:
+        The (cached) result.
+    """
+    if not isinstance(key, dict):
+        raise TypeError(f"key must be a dict of plain data, got {type(key).__name__}")
+    if not callable(compute):
+        raise TypeError(f"compute must be callable, got {type(compute).__name__}")
+    if path is None:
+        return compute()
+    state = load_checkpoint(path)
+    if state is not None and state.get("key") == key:
+        return state["result"]
+    result = compute()
+    save_atomic({"key": key, "result": result}, path)
+    return result

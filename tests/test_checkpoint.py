@@ -274,3 +274,34 @@ def test_relative_checkpoint_is_taken_from_repo_root(problem, monkeypatch, tmp_p
     assert seen == [REPO_ROOT / "data" / "checkpoints" / "never-written.pt"]
     with pytest.raises(TypeError, match="checkpoint"):
         _fit(problem, 3, epochs=0)
+
+
+# --------------------------------------------------------------------------- #
+# cached: finished results of a long run
+# --------------------------------------------------------------------------- #
+def test_cached_computes_once_per_key_and_recomputes_on_a_new_key(tmp_path):
+    from lib.checkpoint import cached
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"trace": 3.5 + len(calls), "values": torch.arange(3.0)}
+
+    path = tmp_path / "sub" / "row.pt"
+    first = cached(path, {"seed": 0, "lr": 0.1}, compute)
+    again = cached(path, {"seed": 0, "lr": 0.1}, compute)
+    assert len(calls) == 1 and again["trace"] == first["trace"] == 4.5
+    torch.testing.assert_close(again["values"], torch.arange(3.0))
+    changed = cached(path, {"seed": 0, "lr": 0.2}, compute)
+    assert len(calls) == 2 and changed["trace"] == 5.5
+    assert cached(None, {"seed": 0}, compute)["trace"] == 6.5  # no path: always computed
+
+
+def test_cached_bad_arguments(tmp_path):
+    from lib.checkpoint import cached
+
+    with pytest.raises(TypeError, match="key"):
+        cached(tmp_path / "a.pt", ["seed", 0], lambda: 1)
+    with pytest.raises(TypeError, match="compute"):
+        cached(tmp_path / "a.pt", {"seed": 0}, 3)
