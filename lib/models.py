@@ -7,6 +7,7 @@ is left untouched). Models are built on the CPU; move them with ``.to(device)``.
 * :func:`mlp` - fully connected network.
 * :func:`lenet` - LeNet-style CNN for 8x8 digits (2-D) or MNIST-1D (1-D).
 * :func:`small_resnet` - residual CNN, without normalization by default.
+* :func:`wide_resnet` - Wide ResNet (WRN-d-k) for CIFAR-sized images, with BatchNorm.
 * :func:`num_parameters` - parameter count.
 """
 
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 
 from ._checks import check_int
 
-__all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "num_parameters"]
+__all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "wide_resnet",
+           "WideBasicBlock", "num_parameters"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -226,6 +228,115 @@ def small_resnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 16
               for _ in range(num_blocks)],
             Pool(1), nn.Flatten(),
             nn.Linear(width, num_classes),
+        )
+
+    return _build(seed, make)
+
+
+# --------------------------------------------------------------------------- #
+# Wide ResNet
+# --------------------------------------------------------------------------- #
+class WideBasicBlock(nn.Module):
+    """Pre-activation block ``x + conv(drop(relu(bn(conv(relu(bn(x)))))))`` of a Wide ResNet.
+
+    Maps ``(N, C_in, H, W)`` to ``(N, C_out, H', W')`` with ``H' = ceil(H / stride)``.
+    When the shape changes (``C_in != C_out`` or ``stride != 1``) the shortcut
+    is a 1x1 convolution with that stride, applied, as in the authors' code,
+    to the pre-activated input ``relu(bn(x))``; otherwise it is the identity
+    on ``x`` itself.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        # Convolutions have no bias: each one feeds a BatchNorm (or the next
+        # block's), which removes the mean anyway.
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.shortcut = (None if in_channels == out_channels and stride == 1 else
+                         nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = self.relu(self.bn1(x))
+        branch = self.conv1(activated)
+        branch = self.conv2(self.drop(self.relu(self.bn2(branch))))
+        skip = x if self.shortcut is None else self.shortcut(activated)
+        return skip + branch
+
+
+def _dropout(dropout) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if not 0 <= dropout < 1:  # also rejects NaN
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def wide_resnet(depth: int = 16, widen_factor: int = 4, in_channels: int = 3,
+                num_classes: int = 10, *, dropout: float = 0.0,
+                seed: int | None = None) -> nn.Sequential:
+    """Wide ResNet WRN-``depth``-``widen_factor`` (Zagoruyko & Komodakis, 2016) for CIFAR.
+
+    A 3x3 conv stem with 16 channels, then three groups of ``n = (depth - 4) / 6``
+    :class:`WideBasicBlock` s with widths ``16k``, ``32k``, ``64k``
+    (``k = widen_factor``) whose first blocks have strides 1, 2, 2, then
+    BN-ReLU, global average pooling and a Linear layer. ``depth`` counts the
+    stem, the ``6n`` block convolutions and the Linear layer (the 1x1
+    shortcuts are not counted). WRN-16-4 has 2,748,890 parameters for 10
+    classes, WRN-28-10 has 36,479,194.
+
+    Unlike :func:`small_resnet` this network has BatchNorm, as in the paper:
+    in train mode the outputs of a batch's examples depend on each other, so
+    per-example curvature (GGN, Fisher) should be computed in eval mode (as
+    :func:`lib.train.train` does for its callback).
+
+    The weights keep PyTorch's default initialization (Kaiming-uniform
+    convolutions, BatchNorm scale 1 and shift 0), not the reference code's
+    Kaiming-normal (fan-out) convolutions.
+
+    Args:
+        depth: total depth ``6n + 4`` (10, 16, 22, 28, 40, ...).
+        widen_factor: width multiplier k.
+        in_channels: input channels C.
+        num_classes: outputs K.
+        dropout: dropout probability between the two convolutions of each
+            block, in [0, 1) (the paper tries 0.3).
+        seed: seed for the initial weights (None: global generator).
+
+    Returns:
+        ``nn.Sequential`` mapping ``(N, C, H, W)`` to ``(N, K)``; any H, W >= 1
+        works (32x32 becomes 8x8 before pooling).
+    """
+    depth = check_int(depth, "depth", 10)
+    if (depth - 4) % 6:
+        raise ValueError(f"depth must be 6n + 4 for an integer n >= 1 (10, 16, 22, 28, ...), "
+                         f"got {depth}: (depth - 4) % 6 == {(depth - 4) % 6}")
+    widen_factor = check_int(widen_factor, "widen_factor")
+    in_channels = check_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
+    dropout = _dropout(dropout)
+    blocks_per_group = (depth - 4) // 6
+    widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+
+    def group(in_width: int, width: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(*[
+            WideBasicBlock(in_width if i == 0 else width, width,
+                           stride if i == 0 else 1, dropout)
+            for i in range(blocks_per_group)])
+
+    def make() -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False),
+            group(16, widths[0], 1),
+            group(widths[0], widths[1], 2),
+            group(widths[1], widths[2], 2),
+            nn.BatchNorm2d(widths[2]), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(widths[2], num_classes),
         )
 
     return _build(seed, make)

@@ -1,6 +1,7 @@
 """A plain, reproducible training loop with per-epoch hooks.
 
-The loop is deliberately simple (no early stopping or schedulers) so that a
+The loop is deliberately simple (no early stopping; the only learning-rate
+schedule is optional cosine annealing, ``lr_schedule="cosine"``) so that a
 chapter's results depend only on what it shows.
 The ``callback`` hook lets a chapter measure, e.g., the top Hessian
 eigenvalue at every epoch, including before training starts::
@@ -35,9 +36,11 @@ from .checkpoint import load_checkpoint, save_atomic
 from .data import Split, batches, resolve_root
 from .progress import progress
 
-__all__ = ["History", "train", "accuracy", "evaluate"]
+__all__ = ["History", "train", "accuracy", "evaluate", "LR_SCHEDULES"]
 
 Batch = tuple[Tensor, Tensor]
+
+LR_SCHEDULES = (None, "cosine")
 
 
 @dataclass
@@ -55,6 +58,9 @@ class History:
         records: ``(epoch, value)`` for every non-None value the callback
             returned, starting with epoch 0 (before training).
         diverged: True if training stopped early on a non-finite loss.
+        lr: learning rate of the optimizer's first parameter group during
+            each epoch (other groups follow the same schedule from their own
+            initial learning rates).
     """
 
     epochs: list[int] = field(default_factory=list)
@@ -63,6 +69,7 @@ class History:
     eval_accuracy: list[float] = field(default_factory=list)
     records: list[tuple[int, Any]] = field(default_factory=list)
     diverged: bool = False
+    lr: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -195,6 +202,35 @@ def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], X: T
 
 
 # --------------------------------------------------------------------------- #
+# Learning-rate schedule
+# --------------------------------------------------------------------------- #
+def _check_lr_schedule(lr_schedule: Any) -> str | None:
+    if lr_schedule is not None and not (isinstance(lr_schedule, str) and lr_schedule == "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of "
+                         f"{', '.join(map(repr, LR_SCHEDULES))}")
+    return lr_schedule
+
+
+def _cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Cosine-annealed learning rate for epoch ``epoch`` (1-based) of ``epochs``.
+
+    This is ``CosineAnnealingLR(T_max=epochs, eta_min=0)`` after ``epoch - 1``
+    steps, in closed form. Computing it from the epoch number alone (torch's
+    scheduler updates the previous lr recursively) leaves no state besides
+    the epoch, so a resumed run uses exactly the same values.
+    """
+    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+def _set_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
+    for group, lr in zip(optimizer.param_groups, lrs):
+        if isinstance(group["lr"], Tensor):  # e.g. Adam(capturable=True): keep the tensor
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+# --------------------------------------------------------------------------- #
 # Training
 # --------------------------------------------------------------------------- #
 def _run_epoch(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
@@ -268,9 +304,15 @@ def _data_shapes(data: Any) -> Any:
 
 def _fingerprint(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                  data: Any, batch_size: int | None, seed: int,
-                 eval_data: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
-    """What must not change between a run and its continuation (not ``epochs``)."""
-    return {
+                 eval_data: tuple[Tensor, Tensor] | None, lr_schedule: str | None,
+                 epochs: int) -> dict[str, Any]:
+    """What must not change between a run and its continuation.
+
+    ``epochs`` is only part of it with a schedule, whose shape it sets. Without
+    one there is no ``lr_schedule`` key at all, so checkpoints written before
+    schedules existed still match.
+    """
+    fingerprint = {
         "model": {name: [list(p.shape), str(p.dtype)] for name, p in model.named_parameters()},
         "optimizer": type(optimizer).__qualname__,
         "optimizer_hyperparameters": [
@@ -283,6 +325,9 @@ def _fingerprint(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Opt
         "batch_size": batch_size,
         "seed": seed,
     }
+    if lr_schedule is not None:
+        fingerprint["lr_schedule"] = {"name": lr_schedule, "epochs": epochs}
+    return fingerprint
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -371,14 +416,20 @@ def _save_checkpoint(path: Any, fingerprint: dict[str, Any], model: nn.Module,
             "eval_accuracy": list(history.eval_accuracy),
             "records": [[epoch, value] for epoch, value in history.records],
             "diverged": history.diverged,
+            "lr": list(history.lr),
         },
     }, path)
 
 
 def _resume(path: Any, fingerprint: dict[str, Any], epochs: int, model: nn.Module,
             optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            device: torch.device) -> History | None:
-    """Restore the run saved at ``path``; None if there is no checkpoint yet."""
+            device: torch.device, lr: float) -> History | None:
+    """Restore the run saved at ``path``; None if there is no checkpoint yet.
+
+    ``lr`` (the first group's initial learning rate) fills ``History.lr`` for
+    checkpoints written before it was recorded; those runs had no schedule,
+    and the fingerprint guarantees the same learning rate.
+    """
     state = load_checkpoint(path, map_location="cpu")
     if state is None:
         return None
@@ -402,7 +453,8 @@ def _resume(path: Any, fingerprint: dict[str, Any], epochs: int, model: nn.Modul
     return History(epochs=list(saved["epochs"]), train_loss=list(saved["train_loss"]),
                    eval_loss=list(saved["eval_loss"]), eval_accuracy=list(saved["eval_accuracy"]),
                    records=[(epoch, value) for epoch, value in saved["records"]],
-                   diverged=bool(saved["diverged"]))
+                   diverged=bool(saved["diverged"]),
+                   lr=list(saved.get("lr", [lr] * len(saved["epochs"]))))
 
 
 def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -410,7 +462,8 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
           epochs: int, batch_size: int | None = None, seed: int = 0,
           callback: Callable[[int, nn.Module], Any] | None = None,
           eval_data: tuple[Tensor, Tensor] | None = None, desc: str | None = None,
-          checkpoint: str | os.PathLike | None = None) -> History:
+          checkpoint: str | os.PathLike | None = None,
+          lr_schedule: str | None = None) -> History:
     """Train ``model`` with ``optimizer`` for ``epochs`` passes over ``data``.
 
     Args:
@@ -435,6 +488,14 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
             (under ``data/checkpoints/``); a relative path is taken from the
             repository root, like ``root`` in :mod:`lib.data`. See
             "Checkpoints" below.
+        lr_schedule: None keeps the optimizer's learning rates constant.
+            ``"cosine"`` anneals each parameter group's learning rate from its
+            value when ``train`` is called, lr0, to 0 over ``epochs``, stepped
+            once per epoch: epoch ``t + 1`` uses
+            ``0.5 * lr0 * (1 + cos(pi * t / epochs))`` for ``t = 0..epochs-1``,
+            like ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs)``.
+            The initial learning rates are put back when ``train`` returns.
+            The rate of every epoch is in ``History.lr``.
 
     Checkpoints:
         After every completed epoch (including one that diverged) the file is
@@ -445,8 +506,14 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         and CUDA for a model on a GPU; dropout and callbacks draw from it) and
         a fingerprint of the run: the model's parameter names, shapes and
         dtypes, the optimizer's class and hyper-parameters, the loss, the
-        shapes of ``data`` and ``eval_data``, ``batch_size`` and ``seed``.
-        ``epochs`` is not part of it, so a finished run can be extended.
+        shapes of ``data`` and ``eval_data``, ``batch_size``, ``seed`` and the
+        ``lr_schedule``. Without a schedule ``epochs`` is not part of it, so a
+        finished run can be extended; with ``"cosine"`` it is, since it sets
+        the learning rate of every epoch (a finished run cannot be extended,
+        and an interrupted one must be resumed with the same ``epochs``). The
+        schedule needs no saved state of its own: its learning rate follows
+        from the epoch number, ``epochs`` and the initial learning rates, which
+        the fingerprint pins down.
 
         If the file exists when ``train`` starts, it is loaded with
         ``weights_only=True`` and, when its fingerprint matches, the model,
@@ -471,9 +538,9 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         The model's train/eval mode is restored at the end.
 
     Raises:
-        ValueError: if ``checkpoint`` is corrupt, was written by a run with a
-            different fingerprint (the message lists what differs) or holds
-            more than ``epochs`` epochs.
+        ValueError: if ``lr_schedule`` is unknown, or ``checkpoint`` is
+            corrupt, was written by a run with a different fingerprint (the
+            message lists what differs) or holds more than ``epochs`` epochs.
         TypeError: if ``checkpoint`` is given and the callback returns a value
             that cannot be stored in it.
     """
@@ -490,6 +557,7 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
     seed = check_int(seed, "seed", 0)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable as callback(epoch, model)")
+    lr_schedule = _check_lr_schedule(lr_schedule)
     if eval_data is not None:
         if not _is_tensor_pair(eval_data):
             raise TypeError("eval_data must be an (X, y) pair of tensors")
@@ -510,11 +578,16 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
 
     device, was_training = _model_device(model), model.training
     generator = torch.Generator().manual_seed(seed)
+    # Read before _resume, whose optimizer state holds the last epoch's
+    # (annealed) rates; the fingerprint check makes these equal to the
+    # interrupted run's initial rates.
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
     history = None
     if checkpoint is not None:
         fingerprint = _fingerprint(model, loss_fn, optimizer, data if fixed is None else fixed,
-                                   batch_size, seed, eval_data)
-        history = _resume(checkpoint, fingerprint, epochs, model, optimizer, generator, device)
+                                   batch_size, seed, eval_data, lr_schedule, epochs)
+        history = _resume(checkpoint, fingerprint, epochs, model, optimizer, generator, device,
+                          base_lrs[0])
         if history is not None and history.diverged:
             warnings.warn(f"checkpoint {checkpoint} holds a run that diverged at epoch "
                           f"{len(history)}; not training it further", RuntimeWarning, stacklevel=2)
@@ -532,9 +605,13 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
                 epoch_batches = batches(X, y, size, shuffle=size < X.shape[0], generator=generator)
             else:
                 epoch_batches = fixed
+            if lr_schedule is not None:
+                _set_lrs(optimizer, [_cosine_lr(lr0, epoch, epochs) for lr0 in base_lrs])
+            lr = float(optimizer.param_groups[0]["lr"])
             loss = _run_epoch(model, loss_fn, optimizer, epoch_batches, device)
             history.epochs.append(epoch)
             history.train_loss.append(loss)
+            history.lr.append(lr)
             postfix = {"loss": f"{loss:.4g}"}
             if eval_data is not None:
                 postfix.update(_evaluate_epoch(history, model, loss_fn, *eval_data))
@@ -555,6 +632,8 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
     finally:
         bar.close()
         model.train(was_training)
+        if lr_schedule is not None:
+            _set_lrs(optimizer, base_lrs)  # so the optimizer can start a new schedule
     return history
 
 

@@ -1,10 +1,12 @@
 """Tests for lib.models: shapes, seeding, per-example structure and bad input."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from lib.models import ACTIVATIONS, lenet, mlp, num_parameters, small_resnet
+from lib.models import ACTIVATIONS, lenet, mlp, num_parameters, small_resnet, wide_resnet
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -56,6 +58,7 @@ def test_seed_makes_initialization_reproducible_and_keeps_global_rng():
     assert not _same_parameters(a, mlp(4, [8], 3, seed=6))
     assert _same_parameters(lenet(seed=1), lenet(seed=1))
     assert _same_parameters(small_resnet(seed=1), small_resnet(seed=1))
+    assert _same_parameters(wide_resnet(10, 1, seed=1), wide_resnet(10, 1, seed=1))
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -146,10 +149,82 @@ def test_small_resnet_bad_input(kwargs):
         small_resnet(**kwargs)
 
 
+# --------------------------------------------------------------------------- #
+# Wide ResNet
+# --------------------------------------------------------------------------- #
+def _wrn_parameter_count(depth, k, in_channels, num_classes):
+    """Parameters of WRN-depth-k counted from the architecture, layer by layer."""
+    def conv(c_in, c_out, size):
+        return c_in * c_out * size * size  # no biases
+
+    def bn(channels):
+        return 2 * channels  # scale and shift
+
+    n = (depth - 4) // 6
+    count, c_in = conv(in_channels, 16, 3), 16
+    for width in (16 * k, 32 * k, 64 * k):
+        for _ in range(n):
+            count += bn(c_in) + conv(c_in, width, 3) + bn(width) + conv(width, width, 3)
+            if c_in != width:  # 1x1 shortcut; the strided blocks also change the width
+                count += conv(c_in, width, 1)
+            c_in = width
+    return count + bn(c_in) + c_in * num_classes + num_classes
+
+
+def test_wrn_16_4_parameter_count_and_output_shape():
+    model = wide_resnet(16, 4, seed=0)
+    # By hand (conv c_in*c_out*9, 1x1 shortcut c_in*c_out, BN 2c): stem 432;
+    # group 1 (width 64): 47,264 + 73,984; group 2 (128): 229,760 + 295,424;
+    # group 3 (256): 918,272 + 1,180,672; final BN 512; Linear 2,570.
+    assert num_parameters(model) == _wrn_parameter_count(16, 4, 3, 10) == 2_748_890
+    assert num_parameters(wide_resnet(28, 10)) == _wrn_parameter_count(28, 10, 3, 10)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_wrn_structure_and_gradients():
+    model = wide_resnet(10, 2, in_channels=1, num_classes=4, dropout=0.3, seed=0)
+    x = torch.randn(3, 1, 12, 12)
+    assert model(x).shape == (3, 4)
+    assert _all_parameters_get_gradients(model, x)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # stem + 2 convs per block (one block per group) + 3 shortcuts (widths change)
+    assert len(convs) == 1 + 2 * 3 + 3
+    assert sum(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules()) == 3
+    plain = wide_resnet(10, 1, seed=0)
+    # With k = 1 the first group keeps 16 channels, so its shortcut is the identity.
+    assert sum(m.kernel_size == (1, 1) for m in plain.modules() if isinstance(m, nn.Conv2d)) == 2
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+
+
+def test_wrn_downsamples_32x32_to_8x8():
+    model = wide_resnet(10, 1, seed=0)
+    features = model[:-3](torch.randn(2, 3, 32, 32))  # everything before pooling
+    assert features.shape == (2, 64, 8, 8)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"depth": 17}, ValueError, r"6n \+ 4"),
+    ({"depth": 4}, ValueError, "depth"),
+    ({"depth": 16.0}, TypeError, "depth"),
+    ({"widen_factor": 0}, ValueError, "widen_factor"),
+    ({"in_channels": 0}, ValueError, "in_channels"),
+    ({"num_classes": 0}, ValueError, "num_classes"),
+    ({"dropout": 1.0}, ValueError, "dropout"),
+    ({"dropout": -0.1}, ValueError, "dropout"),
+    ({"dropout": math.nan}, ValueError, "dropout"),
+    ({"dropout": "0.3"}, TypeError, "dropout"),
+    ({"seed": -1}, ValueError, "seed"),
+])
+def test_wrn_bad_input(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        wide_resnet(**kwargs)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_models_run_on_device(device):
     for model, x in [(mlp(4, [8], 2, seed=0), torch.randn(3, 4)),
                      (lenet(seed=0), torch.randn(3, 1, 8, 8)),
-                     (small_resnet(dims=1, width=4, seed=0), torch.randn(3, 1, 40))]:
+                     (small_resnet(dims=1, width=4, seed=0), torch.randn(3, 1, 40)),
+                     (wide_resnet(10, 1, seed=0), torch.randn(3, 3, 8, 8))]:
         out = model.to(device)(x.to(device))
         assert out.device.type == device and torch.isfinite(out).all()

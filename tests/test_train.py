@@ -1,9 +1,12 @@
 """Tests for lib.train (loop, History, callbacks, evaluation) and lib.progress."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from lib.checkpoint import load_checkpoint, save_atomic
 from lib.data import Split, batches, make_regression, make_teacher_classification
 from lib.models import mlp
 from lib.progress import progress, progress_enabled
@@ -16,10 +19,10 @@ def problem():
     return X[:192], y[:192], X[192:], y[192:]
 
 
-def _fit(problem, *, seed=0, epochs=3, **kwargs):
+def _fit(problem, *, seed=0, epochs=3, momentum=0.0, **kwargs):
     X, y, X_test, y_test = problem
     model = mlp(6, [16], 3, seed=0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=momentum)
     history = train(model, nn.CrossEntropyLoss(), (X, y), optimizer, epochs=epochs,
                     batch_size=32, seed=seed, eval_data=(X_test, y_test), **kwargs)
     return model, history
@@ -121,6 +124,117 @@ def test_divergence_stops_early_with_warning():
     assert history.records[-1][0] == len(history) - 1  # no callback on a diverged model
 
 
+# --------------------------------------------------------------------------- #
+# Learning-rate schedule
+# --------------------------------------------------------------------------- #
+def _cosine(lr0, t, T):
+    return 0.5 * lr0 * (1 + math.cos(math.pi * t / T))
+
+
+def test_constant_lr_is_recorded(problem):
+    _, history = _fit(problem, epochs=3)
+    assert history.lr == [0.2, 0.2, 0.2]
+
+
+def test_cosine_lr_per_epoch_matches_formula_and_torch_scheduler():
+    X, y = make_regression(20, 3, seed=0)
+    model = mlp(3, [4], 1, seed=0)
+    # Two parameter groups: each anneals from its own initial lr.
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                                 {"params": model[2].parameters(), "lr": 0.03}])
+    seen = []
+
+    def callback(epoch, net):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+
+    T = 5
+    history = train(model, nn.MSELoss(), (X, y), optimizer, epochs=T, batch_size=8,
+                    callback=callback, lr_schedule="cosine")
+    assert history.lr == pytest.approx([_cosine(0.1, t, T) for t in range(T)], abs=1e-15)
+    # seen[t] is the lr after epoch t (seen[0]: before training) = the lr used in it.
+    for group, lr0 in enumerate([0.1, 0.03]):
+        assert [lrs[group] for lrs in seen[1:]] == pytest.approx(
+            [_cosine(lr0, t, T) for t in range(T)], abs=1e-15)
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=T)
+    expected = []
+    for _ in range(T):
+        expected.append(scheduler.get_last_lr()[0])
+        reference.step()
+        scheduler.step()
+    assert history.lr == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # The initial rates are back, so the optimizer can start a new schedule.
+    assert [group["lr"] for group in optimizer.param_groups] == [0.1, 0.03]
+
+
+def test_cosine_lr_is_used_for_the_updates():
+    X, y = make_regression(20, 3, seed=0)
+    model = mlp(3, [], 1, seed=0)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for lr in (0.1, _cosine(0.1, 1, 2)):  # full batch: one step per epoch
+        check = mlp(3, [], 1, seed=0)
+        with torch.no_grad():
+            for p, value in zip(check.parameters(), expected):
+                p.copy_(value)
+        grads = torch.autograd.grad(nn.MSELoss()(check(X), y), list(check.parameters()))
+        expected = [p.detach() - lr * g for p, g in zip(check.parameters(), grads)]
+    train(model, nn.MSELoss(), (X, y), torch.optim.SGD(model.parameters(), lr=0.1), epochs=2,
+          lr_schedule="cosine")
+    for p, q in zip(model.parameters(), expected):
+        assert torch.allclose(p, q)
+
+
+def test_cosine_resume_after_interruption_equals_uninterrupted_run(problem, tmp_path):
+    torch.manual_seed(0)
+    straight, history_straight = _fit(problem, epochs=4, momentum=0.9, lr_schedule="cosine",
+                                      callback=lambda epoch, model: epoch)
+    path = tmp_path / "cosine.pt"
+
+    def interrupt_at_3(epoch, model):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return epoch
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(problem, epochs=4, momentum=0.9, lr_schedule="cosine", callback=interrupt_at_3,
+             checkpoint=path)
+    assert load_checkpoint(path)["epoch"] == 2
+    torch.manual_seed(999)  # a "new process" whose global RNG differs
+    resumed, history = _fit(problem, epochs=4, momentum=0.9, lr_schedule="cosine",
+                            callback=lambda epoch, model: epoch, checkpoint=path)
+    assert all(torch.equal(p, q) for p, q in zip(straight.state_dict().values(),
+                                                  resumed.state_dict().values()))
+    assert history == history_straight  # lr, losses, eval metrics and records
+    assert history.lr == [_cosine(0.2, t, 4) for t in range(4)]
+
+
+def test_checkpoint_from_another_schedule_is_rejected(problem, tmp_path):
+    cosine, constant = tmp_path / "cosine.pt", tmp_path / "constant.pt"
+    _fit(problem, epochs=2, lr_schedule="cosine", checkpoint=cosine)
+    _fit(problem, epochs=2, checkpoint=constant)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _fit(problem, epochs=2, checkpoint=cosine)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _fit(problem, epochs=2, lr_schedule="cosine", checkpoint=constant)
+    # The horizon sets every epoch's lr, so a cosine run cannot be extended.
+    with pytest.raises(ValueError, match=r"lr_schedule\.epochs"):
+        _fit(problem, epochs=3, lr_schedule="cosine", checkpoint=cosine)
+    _, cached = _fit(problem, epochs=2, lr_schedule="cosine", checkpoint=cosine)
+    assert cached.lr == [_cosine(0.2, t, 2) for t in range(2)]
+
+
+def test_checkpoint_without_recorded_lr_still_resumes(problem, tmp_path):
+    # Checkpoints written before History.lr existed had a constant lr.
+    path = tmp_path / "old.pt"
+    _fit(problem, epochs=1, checkpoint=path)
+    state = load_checkpoint(path)
+    del state["history"]["lr"]
+    save_atomic(state, path)
+    _, history = _fit(problem, epochs=2, checkpoint=path)
+    assert history.lr == [0.2, 0.2] and len(history) == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_train_moves_cpu_batches_to_model_device(problem):
     X, y, X_test, y_test = problem
@@ -162,6 +276,9 @@ def _train_with(**overrides):
                     torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))}, TypeError, "split.train"),
     ({"data": [(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))], "batch_size": 2},
      ValueError, "batch_size"),
+    ({"lr_schedule": "step"}, ValueError, "None, 'cosine'"),
+    ({"lr_schedule": "Cosine"}, ValueError, "lr_schedule"),
+    ({"lr_schedule": 1}, ValueError, "lr_schedule"),
 ])
 def test_train_bad_input(overrides, error, message):
     with pytest.raises(error, match=message):
