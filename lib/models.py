@@ -8,6 +8,7 @@ is left untouched). Models are built on the CPU; move them with ``.to(device)``.
 * :func:`lenet` - LeNet-style CNN for 8x8 digits (2-D) or MNIST-1D (1-D).
 * :func:`small_resnet` - residual CNN, without normalization by default.
 * :func:`wide_resnet` - Wide ResNet (WRN-d-k) for CIFAR-sized images, with BatchNorm.
+* :func:`classifier` - one of the above by name, sized for a data set's inputs.
 * :func:`num_parameters` - parameter count.
 """
 
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from ._checks import check_int
 
 __all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "wide_resnet",
-           "WideBasicBlock", "num_parameters"]
+           "WideBasicBlock", "classifier", "num_parameters"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -340,6 +341,49 @@ def wide_resnet(depth: int = 16, widen_factor: int = 4, in_channels: int = 3,
         )
 
     return _build(seed, make)
+
+
+def classifier(arch: str, input_shape: Sequence[int], num_classes: int, *,
+               hidden: Sequence[int] = (64,), seed: int | None = None) -> nn.Module:
+    """A classifier named by ``arch`` for inputs of one example's shape ``input_shape``.
+
+    Lets a chapter's preset name its networks (``"mlp"`` on digits, ``"wrn-16-4"`` on
+    CIFAR-10) and build them with one call, whatever the data's layout.
+
+    Args:
+        arch: ``"mlp"`` (a :func:`mlp` after flattening the input, ReLU), ``"lenet"``
+            (:func:`lenet`, 2-D for ``(C, S, S)`` inputs, 1-D for ``(C, L)``), or
+            ``"wrn-D-K"`` (:func:`wide_resnet` of depth D and widen factor K, for
+            ``(C, H, W)``). Case is ignored.
+        input_shape: shape of one example, e.g. ``(1, 8, 8)``, ``(1, 40)`` or ``(64,)``.
+        num_classes: outputs K.
+        hidden: hidden widths of the MLP (ignored by the CNNs).
+        seed: seed for the initial weights.
+
+    Returns:
+        A module mapping ``(N, *input_shape)`` to ``(N, K)``.
+    """
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a string, got {type(arch).__name__}")
+    shape = tuple(check_int(n, "input_shape entry") for n in input_shape)
+    name = arch.lower()
+    if name == "mlp":
+        features = 1
+        for n in shape:
+            features *= n
+        net = mlp(features, hidden, num_classes, seed=seed)
+        return nn.Sequential(nn.Flatten(), *net) if len(shape) > 1 else net
+    if name == "lenet":
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[1] != shape[2]):
+            raise ValueError(f"lenet needs (C, L) signals or (C, S, S) square images, got {shape}")
+        return lenet(shape[0], num_classes, image_size=shape[1], conv1d=len(shape) == 2, seed=seed)
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "wrn" and parts[1].isdigit() and parts[2].isdigit():
+        if len(shape) != 3:
+            raise ValueError(f"{arch} needs (C, H, W) images, got input shape {shape}")
+        return wide_resnet(int(parts[1]), int(parts[2]), in_channels=shape[0],
+                           num_classes=num_classes, seed=seed)
+    raise ValueError(f"unknown arch {arch!r}; choose 'mlp', 'lenet' or 'wrn-D-K' (e.g. 'wrn-16-4')")
 
 
 def num_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

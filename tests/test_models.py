@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib.models import ACTIVATIONS, lenet, mlp, num_parameters, small_resnet, wide_resnet
+from lib.models import ACTIVATIONS, classifier, lenet, mlp, num_parameters, small_resnet, wide_resnet
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -228,3 +228,37 @@ def test_models_run_on_device(device):
                      (wide_resnet(10, 1, seed=0), torch.randn(3, 3, 8, 8))]:
         out = model.to(device)(x.to(device))
         assert out.device.type == device and torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- #
+# classifier(arch, input_shape, ...): builders by name
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("arch, shape, expected", [
+    ("mlp", (64,), lambda: mlp(64, [16], 10, seed=3)),
+    ("MLP", (1, 8, 8), lambda: mlp(64, [16], 10, seed=3)),
+    ("lenet", (1, 8, 8), lambda: lenet(1, 10, image_size=8, seed=3)),
+    ("lenet", (1, 40), lambda: lenet(1, 10, image_size=40, conv1d=True, seed=3)),
+    ("wrn-10-1", (3, 16, 16), lambda: wide_resnet(10, 1, in_channels=3, num_classes=10, seed=3)),
+])
+def test_classifier_builds_the_named_network(arch, shape, expected):
+    model, reference = classifier(arch, shape, 10, hidden=[16], seed=3), expected()
+    assert num_parameters(model) == num_parameters(reference)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+    X = torch.randn(2, *shape)
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        flat = X.reshape(2, -1) if arch.lower() == "mlp" else X
+        torch.testing.assert_close(model(X), reference(flat))
+
+
+@pytest.mark.parametrize("arch, shape, error, match", [
+    ("resnet", (1, 8, 8), ValueError, "unknown arch"),
+    ("wrn-16", (3, 32, 32), ValueError, "unknown arch"),
+    ("lenet", (1, 8, 6), ValueError, "square"),
+    ("wrn-16-4", (1, 40), ValueError, "images"),
+    (3, (1, 8, 8), TypeError, "string"),
+])
+def test_classifier_bad_input(arch, shape, error, match):
+    with pytest.raises(error, match=match):
+        classifier(arch, shape, 10)
