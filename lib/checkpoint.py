@@ -21,6 +21,8 @@ delete a file there to recompute it from scratch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -143,7 +145,8 @@ def load_checkpoint(path: str | os.PathLike,
     return state
 
 
-def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints") -> Path:
+def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints", *,
+                    key: dict[str, Any] | None = None) -> Path:
     """Path of the checkpoint called ``name`` under ``root``.
 
     Args:
@@ -153,6 +156,9 @@ def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints") -> 
         root: folder of the checkpoints; relative paths are taken from the
             repository root (see :func:`lib.data.resolve_root`), so the same
             call works from ``chapters/``.
+        key: optional settings of the run (JSON-serializable); a digest of them is
+            appended to the name, so a run with other settings gets its own file
+            instead of meeting a checkpoint it does not match.
 
     Returns:
         The absolute path (neither the file nor its folder is created).
@@ -163,6 +169,11 @@ def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints") -> 
     if not name.strip() or pure.is_absolute() or ".." in pure.parts or name.endswith(("/", "\\")):
         raise ValueError(
             f"name must be a relative file name inside root without '..', got {name!r}")
+    if key is not None:
+        if not isinstance(key, dict):
+            raise TypeError(f"key must be a dict of settings, got {type(key).__name__}")
+        text = json.dumps(key, sort_keys=True, default=str)
+        name = name.removesuffix(CHECKPOINT_SUFFIX) + "-" + hashlib.sha1(text.encode()).hexdigest()[:12]
     if not name.endswith(CHECKPOINT_SUFFIX):
         name += CHECKPOINT_SUFFIX
     return resolve_root(root) / name

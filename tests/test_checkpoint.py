@@ -305,3 +305,12 @@ def test_cached_bad_arguments(tmp_path):
         cached(tmp_path / "a.pt", ["seed", 0], lambda: 1)
     with pytest.raises(TypeError, match="compute"):
         cached(tmp_path / "a.pt", {"seed": 0}, 3)
+
+
+def test_checkpoint_path_key_digest_separates_settings(tmp_path):
+    a = checkpoint_path("ch2/run", tmp_path, key={"lr": 0.1, "seed": 0})
+    assert a == checkpoint_path("ch2/run.pt", tmp_path, key={"seed": 0, "lr": 0.1})  # order-free
+    assert a != checkpoint_path("ch2/run", tmp_path, key={"lr": 0.2, "seed": 0})
+    assert a.parent == tmp_path / "ch2" and a.name.startswith("run-") and a.suffix == ".pt"
+    with pytest.raises(TypeError, match="key"):
+        checkpoint_path("run", tmp_path, key=[1, 2])
