@@ -26,7 +26,8 @@ and computes them without forming ``G^-1 H``.
 Metrics are :class:`~lib.linear_operator.LinearOperator` objects: the identity
 (:func:`euclidean_metric`), a positive diagonal (:func:`diagonal_metric`, e.g. Adam's
 ``sqrt(v_hat) + eps``), a dense SPD matrix (:func:`dense_metric`), or any symmetric
-positive-definite operator (e.g. ``lib.curvature.ggn(...) + damping * I``), accepted as is.
+positive-definite operator (e.g. ``lib.curvature.ggn(...) + damping * I``, or K-FAC:
+``lib.kfac.kfac(...).add_damping(damping)``), accepted as is.
 """
 
 from __future__ import annotations
@@ -330,7 +331,8 @@ class _Factor:
 
 
 def _factor(G: LinearOperator) -> _Factor | None:
-    """``G = B B^T`` for identity, diagonal, dense and pulled-back such metrics; else None."""
+    """``G = B B^T`` for identity, diagonal, dense metrics, operators with an
+    ``inverse_sqrt()`` method (K-FAC), and pull-backs of these; else None."""
     if isinstance(G, IdentityOperator):
         return _Factor(lambda V: V, lambda V: V)
     if isinstance(G, DiagonalOperator):
@@ -345,6 +347,10 @@ def _factor(G: LinearOperator) -> _Factor | None:
         return _Factor(
             lambda V: torch.linalg.solve_triangular(L, V.to(L.dtype), upper=False),
             lambda V: torch.linalg.solve_triangular(L.T, V.to(L.dtype), upper=True))
+    if callable(getattr(G, "inverse_sqrt", None)):
+        # Operators that know their symmetric inverse square root (K-FAC, EKFAC): B = G^1/2.
+        S = G.inverse_sqrt()
+        return _Factor(lambda V: S @ V, lambda V: S @ V)
     if isinstance(G, CongruenceOperator):
         # J^-T G J^-1 = (J^-T B)(J^-T B)^T: B_psi^-1 = B^-1 J^T, B_psi^-T = J B^-T.
         base = _factor(G.base)
