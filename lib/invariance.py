@@ -395,7 +395,12 @@ class InvariantHessianOperator:
         self.cg_tol = cg_tol
 
     def _product(self) -> LinearOperator:
-        """``G^-1 H`` as an operator (CG solves for operator metrics)."""
+        """``G^-1 H`` as an operator, for the trace: with the metric's own exact inverse if
+        it has one (one product per vector, e.g. K-FAC, diagonal), else the whitened
+        operator, else CG solves."""
+        inverse = getattr(self.G, "inverse", None)
+        if callable(inverse):
+            return ProductOperator(inverse(), self.H)
         if self.whitened is not None:
             return self.whitened  # similar to G^-1 H, same trace
         return ProductOperator(self.G.damped_inverse(0.0, tol=self.cg_tol), self.H)

@@ -112,13 +112,27 @@ def _supported_layers(model: nn.Module, unsupported: str) -> list[tuple[str, nn.
     return layers
 
 
+def _patches(module: nn.Conv2d, x: Tensor) -> Tensor:
+    """The input patches a convolution sees, ``(B, Ho * Wo, C * kh * kw)``.
+
+    The same numbers as ``F.unfold`` (transposed), built from strided views and a single
+    copy: ``im2col`` on the CPU was measured several times slower than the convolution.
+    """
+    (ph, pw), (kh, kw) = _conv_padding(module), module.kernel_size
+    (sh, sw), (dh, dw) = module.stride, module.dilation
+    x = nn.functional.pad(x, (pw, pw, ph, ph))
+    windows = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
+    windows = windows[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
+    B, C, Ho, Wo = windows.shape[:4]
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, C * kh * kw)
+
+
 def _input_matrix(module: nn.Module, x: Tensor, fold_bias: bool) -> tuple[Tensor, int]:
     """Rows ``a`` of the layer's input, ``(N * T, in')``, and ``T`` (shared positions)."""
     if isinstance(module, nn.Conv2d):
-        patches = nn.functional.unfold(x, module.kernel_size, dilation=module.dilation,
-                                       padding=_conv_padding(module), stride=module.stride)
-        T = patches.shape[-1]
-        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        patches = _patches(module, x)
+        T = patches.shape[1]
+        rows = patches.reshape(-1, patches.shape[2])
     else:
         T = x[0].numel() // x.shape[-1]
         rows = x.reshape(-1, x.shape[-1])
@@ -487,6 +501,7 @@ class KFACInverseOperator(_BlockOperator):
     def __init__(self, op: KFACOperator, damping: float, power: float = -1.0):
         super().__init__(op.factors, op.names, op.dtype, op.device)
         self.op, self.damping, self.power = op, damping, power
+        self._factor_inverses = None
         values = torch.cat(op._block_eigenvalues()) + damping
         if bool((values <= 0).any()):
             raise ValueError("the K-FAC matrix is singular; pass damping > 0")
@@ -494,6 +509,14 @@ class KFACInverseOperator(_BlockOperator):
     def _layer_apply(self, index, M, Mb):
         lA, QA, lG, QG = (t.to(M.dtype) for t in self.op.eigendecompositions()[index])
         shift = self.damping + self.op.damping
+        if shift == 0 and self.power == -1:
+            # Undamped (e.g. factor-damped K-FAC): the inverse is the Kronecker product of
+            # the factors' inverses, two products per vector instead of four.
+            if self._factor_inverses is None:
+                self._factor_inverses = [((Qg / lg) @ Qg.T, (Qa / la) @ Qa.T)
+                                         for la, Qa, lg, Qg in self.op.eigendecompositions()]
+            G_inv, A_inv = (t.to(M.dtype) for t in self._factor_inverses[index])
+            return G_inv @ M @ A_inv, (None if Mb is None else Mb @ G_inv)
         inner = QG.T @ M @ QA * (torch.outer(lG, lA) + shift) ** self.power
         Rb = None if Mb is None else ((Mb @ QG) * (lG + shift) ** self.power) @ QG.T
         return QG @ inner @ QA.T, Rb

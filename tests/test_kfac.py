@@ -465,3 +465,16 @@ def test_kfac_metric_in_the_invariant_hessian_operator(kind):
     assert abs(E.trace() - want_trace) < 1e-7 * abs(want_trace)
     want = scipy.linalg.eigh(Hd.numpy(), G.numpy(), eigvals_only=True)[::-1][:3]
     np.testing.assert_allclose(E.eigvalsh(3).numpy(), want, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=(2, 3), stride=2),
+                                    dict(kernel_size=3, dilation=2, padding="same"),
+                                    dict(kernel_size=(3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1))])
+def test_patches_match_unfold(kwargs):
+    from lib.kfac import _conv_padding, _patches
+
+    conv = nn.Conv2d(3, 4, **kwargs)
+    x = torch.randn(2, 3, 9, 8, generator=_gen(0))
+    want = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation,
+                                padding=_conv_padding(conv), stride=conv.stride).transpose(1, 2)
+    torch.testing.assert_close(_patches(conv, x), want)
