@@ -27,7 +27,6 @@ This is a benchmark, not a test: it prints numbers.
 
 from __future__ import annotations
 
-import importlib.util
 import resource
 import statistics
 import sys
@@ -44,14 +43,6 @@ from lib.invariance import hessian_operator  # noqa: E402
 from lib.kfac import kfac  # noqa: E402
 
 
-def _curvature_bench():
-    """bench/curvature.py as a module (bench is not a package): its model and timing helpers."""
-    spec = importlib.util.spec_from_file_location("bench_curvature", ROOT / "bench" / "curvature.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1e-8):
     """``sqrt(mean_k g_k^2) + eps`` over the gradients of ``num_chunks`` sub-batches; ``(d,)``."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -63,7 +54,7 @@ def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1
 
 
 def main():
-    shared = _curvature_bench()
+    from bench import curvature as shared  # bench/ is a namespace package on ROOT
     args, device = shared.parse_common_args(
         __doc__, rounds=3, warmup=1, extra=[("--probes", int, 100), ("--gradients", int, 100)])
     model, loss_fn, data = shared.build(device)

@@ -27,7 +27,6 @@ the same exact K-FAC.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -41,14 +40,6 @@ from torch import nn  # noqa: E402
 
 from lib.kfac import KFACOptimizer, kfac  # noqa: E402
 from lib.models import lenet  # noqa: E402
-
-
-def _curvature_bench():
-    """bench/curvature.py as a module (bench is not a package): its MLP and timing helpers."""
-    spec = importlib.util.spec_from_file_location("bench_curvature", ROOT / "bench" / "curvature.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_cnn(device, batch_size=512, seed=0):
@@ -187,7 +178,7 @@ def bench_model(name, model, loss_fn, data, args, device, shared):
 
 
 def main():
-    shared = _curvature_bench()
+    from bench import curvature as shared  # bench/ is a namespace package on ROOT
     args, device = shared.parse_common_args(__doc__, rounds=15, warmup=3)
     model, loss_fn, data = shared.build(device)
     bench_model("MLP 784-512-256-10", model, loss_fn, data, args, device, shared)

@@ -181,6 +181,24 @@ def _as_batches(data) -> list | Iterable:
     return data
 
 
+def _count_data(model: nn.Module, batches, device) -> tuple[int, int]:
+    """Validate the batches; return the number of data points ``N`` and of outputs ``C``."""
+    num_data, num_outputs = 0, None
+    for batch in batches:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("every batch must be an (X, y) pair")
+        X, y = batch
+        if len(X) != len(y):
+            raise ValueError(f"batch has {len(X)} inputs but {len(y)} targets")
+        num_data += len(X)
+        if num_outputs is None and len(X) > 0:
+            with torch.no_grad():
+                num_outputs = model(X[:1].to(device))[0].numel()
+    if num_data == 0:
+        raise ValueError("data is empty: the loss of zero data points has no curvature")
+    return num_data, num_outputs
+
+
 def _check_no_stochastic_layers(model: nn.Module):
     for name, module in model.named_modules():
         stochastic = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Dropout,
@@ -219,21 +237,7 @@ class CurvatureOperator(LinearOperator):
                          True, [p.shape for p in self.params])
 
     def _inspect_data(self) -> tuple[int, int]:
-        num_data, num_outputs = 0, None
-        for batch in self.data:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise ValueError("every batch must be an (X, y) pair")
-            X, y = batch
-            if len(X) != len(y):
-                raise ValueError(f"batch has {len(X)} inputs but {len(y)} targets")
-            num_data += len(X)
-            if num_outputs is None and len(X) > 0:
-                with torch.no_grad():
-                    out = self.model(X[:1].to(self.params[0].device))
-                num_outputs = out[0].numel()
-        if num_data == 0:
-            raise ValueError("data is empty: the loss of zero data points has no curvature")
-        return num_data, num_outputs
+        return _count_data(self.model, self.data, self.params[0].device)
 
     def _batches(self):
         for X, y in self.data:

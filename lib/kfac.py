@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_int
-from .curvature import _as_batches, _check_no_stochastic_layers, _Loss
+from .curvature import _as_batches, _check_no_stochastic_layers, _count_data, _Loss
 from .linear_operator import LinearOperator
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_MODULES", "KroneckerFactors", "KFACOperator",
@@ -270,19 +270,7 @@ def _prepare(model, loss_fn, data, fisher_type, mc_samples, unsupported):
     layers = _supported_layers(model, unsupported)
     batches = _as_batches(data)
     device = next(model.parameters()).device
-    num_data, num_outputs = 0, None
-    for batch in batches:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("every batch must be an (X, y) pair")
-        X, y = batch
-        if len(X) != len(y):
-            raise ValueError(f"batch has {len(X)} inputs but {len(y)} targets")
-        num_data += len(X)
-        if num_outputs is None and len(X) > 0:
-            with torch.no_grad():
-                num_outputs = model(X[:1].to(device))[0].numel()
-    if num_data == 0:
-        raise ValueError("data is empty: the loss of zero data points has no curvature")
+    num_data, num_outputs = _count_data(model, batches, device)
     moved = [(X.to(device), y.to(device)) for X, y in batches if len(X) > 0]
     return loss, layers, moved, num_data, num_outputs
 
@@ -347,6 +335,25 @@ class _BlockOperator(LinearOperator):
         """Apply the block of layer ``index`` to weight rows ``M`` (k, out, in') and bias
         columns ``Mb`` (k, out) (None if folded or absent)."""
         raise NotImplementedError
+
+    def _eigenvalues(self) -> Tensor:
+        """All ``d`` eigenvalues, flat (known in closed form from the blocks)."""
+        raise NotImplementedError
+
+    def logdet(self, damping: float = 0.0) -> float:
+        """``log det(self + damping I)`` from the eigenvalues; ``ValueError`` if singular."""
+        values = self._eigenvalues() + _check_damping(damping)
+        if bool((values <= 0).any()):
+            raise ValueError(f"the {type(self).__name__} matrix is singular (an eigenvalue is "
+                             "<= 0); pass damping > 0")
+        return float(values.log().sum())
+
+    def eigvalsh(self, k: int = 1) -> Tensor:
+        """The ``k`` largest eigenvalues, descending, shape ``(k,)``."""
+        check_int(k, "k")
+        if k > self.shape[0]:
+            raise ValueError(f"k={k} exceeds the operator's dimension {self.shape[0]}")
+        return self._eigenvalues().sort(descending=True).values[:k].to(self.dtype)
 
     def _matmat(self, V):
         k, out, start = V.shape[1], [], 0
@@ -429,19 +436,8 @@ class KFACOperator(_BlockOperator):
                 total += float(torch.trace(f.G))
         return total
 
-    def logdet(self, damping: float = 0.0) -> float:
-        """``log det(K + damping I)`` from the factors' eigenvalues; ``ValueError`` if singular."""
-        values = torch.cat(self._block_eigenvalues()) + _check_damping(damping)
-        if bool((values <= 0).any()):
-            raise ValueError("the K-FAC matrix is singular (an eigenvalue is 0); pass damping > 0")
-        return float(values.log().sum())
-
-    def eigvalsh(self, k: int = 1) -> Tensor:
-        """The ``k`` largest eigenvalues, descending, shape ``(k,)``."""
-        check_int(k, "k")
-        if k > self.shape[0]:
-            raise ValueError(f"k={k} exceeds the operator's dimension {self.shape[0]}")
-        return torch.cat(self._block_eigenvalues()).sort(descending=True).values[:k].to(self.dtype)
+    def _eigenvalues(self) -> Tensor:
+        return torch.cat(self._block_eigenvalues())
 
     def damped_factors(self, damping: float, *, pi: bool = False) -> KFACOperator:
         """``(G + sqrt(damping) / pi I) kron (A + pi sqrt(damping) I)``: Tikhonov damping on
@@ -502,9 +498,12 @@ class KFACInverseOperator(_BlockOperator):
         super().__init__(op.factors, op.names, op.dtype, op.device)
         self.op, self.damping, self.power = op, damping, power
         self._factor_inverses = None
-        values = torch.cat(op._block_eigenvalues()) + damping
+        values = op._eigenvalues() + damping
         if bool((values <= 0).any()):
             raise ValueError("the K-FAC matrix is singular; pass damping > 0")
+
+    def _eigenvalues(self) -> Tensor:
+        return (self.op._eigenvalues() + self.damping) ** self.power
 
     def _layer_apply(self, index, M, Mb):
         lA, QA, lG, QG = (t.to(M.dtype) for t in self.op.eigendecompositions()[index])
@@ -548,34 +547,21 @@ class EKFACOperator(_BlockOperator):
         Rb = None if Mb is None else ((Mb @ QG) * Sb) @ QG.T
         return QG @ ((QG.T @ M @ QA) * S) @ QA.T, Rb
 
-    def _values(self) -> Tensor:
+    def _eigenvalues(self) -> Tensor:
         values = torch.cat([t.reshape(-1) for pair in self.scalings for t in pair if t is not None])
         return (values + self.damping) ** self.power
 
     def trace(self) -> float:
         """Sum of the (corrected) eigenvalues."""
-        return float(self._values().sum())
+        return float(self._eigenvalues().sum())
 
-    def logdet(self, damping: float = 0.0) -> float:
-        """``log det(E + damping I)`` (of the operator itself if it is an inverse)."""
-        values = self._values() + _check_damping(damping)
-        if bool((values <= 0).any()):
-            raise ValueError("the EKFAC matrix is singular (an eigenvalue is 0); pass damping > 0")
-        return float(values.log().sum())
-
-    def eigvalsh(self, k: int = 1) -> Tensor:
-        """The ``k`` largest eigenvalues, descending, shape ``(k,)``."""
-        check_int(k, "k")
-        if k > self.shape[0]:
-            raise ValueError(f"k={k} exceeds the operator's dimension {self.shape[0]}")
-        return self._values().sort(descending=True).values[:k].to(self.dtype)
 
     def inverse(self, damping: float = 0.0) -> EKFACOperator:
         """``(E + damping I)^-1`` in the same eigenbasis."""
         if self.power != 1 or self.damping != 0:
             raise ValueError("inverse() applies to the EKFAC operator itself, not to an inverse")
         damping = _check_damping(damping)
-        if bool((self._values() + damping <= 0).any()):
+        if bool((self._eigenvalues() + damping <= 0).any()):
             raise ValueError("the EKFAC matrix is singular; pass damping > 0")
         return EKFACOperator(self.kfac, self.scalings, damping=damping, power=-1)
 
@@ -584,7 +570,7 @@ class EKFACOperator(_BlockOperator):
         if self.power != 1 or self.damping != 0:
             raise ValueError("inverse_sqrt() applies to the EKFAC operator itself")
         damping = _check_damping(damping)
-        if bool((self._values() + damping <= 0).any()):
+        if bool((self._eigenvalues() + damping <= 0).any()):
             raise ValueError("the EKFAC matrix is singular; pass damping > 0")
         return EKFACOperator(self.kfac, self.scalings, damping=damping, power=-0.5)
 
