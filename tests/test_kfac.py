@@ -478,3 +478,28 @@ def test_patches_match_unfold(kwargs):
     want = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation,
                                 padding=_conv_padding(conv), stride=conv.stride).transpose(1, 2)
     torch.testing.assert_close(_patches(conv, x), want)
+
+
+@pytest.mark.parametrize("fold_bias", [True, False])
+def test_kfac_optimizer_on_a_cnn_and_the_empirical_fisher(fold_bias):
+    X, y = _data(32, (2, 4, 4), 3, 15)
+    X = X.float()
+    torch.manual_seed(0)
+    model = _cnn(15).float()
+    loss_fn = nn.CrossEntropyLoss()
+    opt = KFACOptimizer(model, loss_fn, lr=0.05, fisher_type="empirical", fold_bias=fold_bias,
+                        inverse_interval=2)
+    with pytest.raises(ValueError, match="set_targets"):
+        loss_fn(model(X), y)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        opt.set_targets(y)
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    conv = model[0]
+    assert opt.state[conv.weight]["A"].shape == (2 * 9 + fold_bias,) * 2
+    assert opt.state[conv.weight]["G"].shape == (3, 3)
