@@ -555,24 +555,21 @@ class EKFACOperator(_BlockOperator):
         """Sum of the (corrected) eigenvalues."""
         return float(self._eigenvalues().sum())
 
+    def _power(self, damping: float, power: float) -> EKFACOperator:
+        if self.power != 1 or self.damping != 0:
+            raise ValueError("inverses apply to the EKFAC operator itself, not to an inverse")
+        damping = _check_damping(damping)
+        if bool((self._eigenvalues() + damping <= 0).any()):
+            raise ValueError("the EKFAC matrix is singular; pass damping > 0")
+        return EKFACOperator(self.kfac, self.scalings, damping=damping, power=power)
 
     def inverse(self, damping: float = 0.0) -> EKFACOperator:
         """``(E + damping I)^-1`` in the same eigenbasis."""
-        if self.power != 1 or self.damping != 0:
-            raise ValueError("inverse() applies to the EKFAC operator itself, not to an inverse")
-        damping = _check_damping(damping)
-        if bool((self._eigenvalues() + damping <= 0).any()):
-            raise ValueError("the EKFAC matrix is singular; pass damping > 0")
-        return EKFACOperator(self.kfac, self.scalings, damping=damping, power=-1)
+        return self._power(damping, -1)
 
     def inverse_sqrt(self, damping: float = 0.0) -> EKFACOperator:
         """The symmetric ``(E + damping I)^-1/2`` (see :meth:`KFACOperator.inverse_sqrt`)."""
-        if self.power != 1 or self.damping != 0:
-            raise ValueError("inverse_sqrt() applies to the EKFAC operator itself")
-        damping = _check_damping(damping)
-        if bool((self._eigenvalues() + damping <= 0).any()):
-            raise ValueError("the EKFAC matrix is singular; pass damping > 0")
-        return EKFACOperator(self.kfac, self.scalings, damping=damping, power=-0.5)
+        return self._power(damping, -0.5)
 
 
 def ekfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
