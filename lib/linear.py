@@ -361,7 +361,13 @@ def p1_sw_eigenvalues(lam_K, T, *, sigma_w: float, alpha: float | None = None) -
     ``(sigma_w^2/alpha) (1 - (1 - alpha lambda_i)^{2T}) / (2 - alpha lambda_i)``."""
     lam, alpha = _lam_alpha(lam_K, alpha)
     T, s2 = _time(T), _positive(sigma_w, "sigma_w", strict=False) ** 2
-    return s2 / alpha * (1 - (1 - alpha * lam) ** (2 * T)) / (2 - alpha * lam)
+    x = alpha * lam
+    # 1 - (1 - x)^{2T} as -expm1(2T log1p(-x)): for x ~ 1e-10 the plain subtraction loses
+    # about eight digits; log1p needs x < 1, so x >= 1 keeps the direct form.
+    small = x < 1
+    stable = -torch.expm1(2 * T * torch.log1p(-torch.where(small, x, torch.zeros_like(x))))
+    direct = 1 - (1 - x) ** (2 * T)
+    return s2 / alpha * torch.where(small, stable, direct) / (2 - x)
 
 
 def p1_sw_bound(lam_K, T, *, sigma_w: float, alpha: float | None = None) -> torch.Tensor:

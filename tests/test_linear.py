@@ -249,3 +249,18 @@ def test_bad_inputs_raise(call, err):
     D = L.sloppy_data(8, 12, 0.3, seed=0)
     with pytest.raises(err):
         call(D.K, D.y)
+
+
+def test_p1_sw_eigenvalues_keep_their_digits_for_tiny_eigenvalues():
+    """1 - (1 - x)^{2T} for tiny x, against 50-digit decimal arithmetic."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 50
+    lam = torch.tensor([1.0, 1e-6, 3e-11], dtype=torch.float64)
+    T = 37
+    ev = L.p1_sw_eigenvalues(lam, T, sigma_w=1.0, alpha=1.0)
+    for value, got in zip(lam.tolist(), ev.tolist()):
+        x = Decimal(value)
+        want = (1 - (1 - x) ** (2 * T)) / (2 - x)
+        assert abs(Decimal(got) / want - 1) < Decimal("1e-13")
+    assert torch.all(L.p1_sw_bound(lam, T, sigma_w=1.0, alpha=1.0) >= ev * (1 - 1e-14))
