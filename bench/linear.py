@@ -12,6 +12,17 @@ is timed a second time with one BLAS thread, which is faster for 50 x 50 matrice
 
 Target: vectorized >= 10x faster than the loop and < 10 s on 2 CPU cores.
 
+What limits the ratio (measured on the 2-core development machine, 2026-11-23): the loop
+spends most of its time inside LAPACK (numpy's eigh, about 0.25 ms per 50 x 50 matrix with
+eigenvectors), and the vectorized version must still run one LAPACK eigenvalue routine per
+matrix (torch's CPU batch goes through them one by one, about 0.12 ms each; ``lib.linear``
+splits the batch over the cores with threads). With the matrices built at no cost the ratio
+could not exceed roughly loop / (4800 x 0.12 ms / 2 cores), i.e. 8-10x on two cores: a
+10x gain would need a different algorithm (the matrices are diagonal plus a numerically
+low-rank part, but exploiting that would make the dimension counts approximate). On a GPU,
+torch's batched ``eigvalsh`` for n > 32 also runs the matrices one after another (cuSOLVER
+syevd), so the same computation is slower there than on two CPU cores.
+
 Run: ``.venv/bin/python bench/linear.py [--threads 2] [--rounds 3] [--device auto]``.
 This is a benchmark, not a test: it prints numbers and asserts only that both methods give
 the same diagram.

@@ -49,7 +49,7 @@ __all__ = [
     "PCAParts", "pca_parts", "pca_matrix", "p1_sw_eigenvalues", "p1_sw_bound", "lyapunov_limit_p1_y",
     "lemma_5_2_1_rho", "lemma_5_2_1_bound", "lemma_5_2_2_bounds", "lemma_5_2_3_bound", "weyl_sandwich",
     "ribbon_dimension", "phase_diagram", "sgd_pca_matrix", "weight_decay_pca_matrix",
-    "kernel_machines_pca_matrix", "simulate_deep_linear",
+    "kernel_machines_pca_matrix", "simulate_deep_linear", "pca_over_time", "variant_phase_diagram",
 ]
 
 
@@ -109,7 +109,9 @@ def _targets(y, n: int, like: torch.Tensor) -> torch.Tensor:
 def _step_size(alpha, lam_max: float) -> float:
     """alpha in (0, 2 / lambda_1): beyond it ``|1 - alpha lambda_1| >= 1`` and GD diverges."""
     alpha = _positive(alpha, "alpha")
-    if alpha * lam_max >= 2:
+    # a relative slack of a few ulps: alpha = 2 / lambda_1 computed in floating point must
+    # be rejected whichever way lambda_1's last bit was rounded (it differs across LAPACKs)
+    if alpha * lam_max >= 2 * (1 - 1e-12):
         raise ValueError(f"alpha = {alpha} >= 2 / lambda_1(K) = {2 / lam_max:.6g}: gradient descent "
                          "diverges (|1 - alpha lambda_1| >= 1)")
     return alpha
@@ -262,11 +264,27 @@ def pca_from_trajectories(residuals: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- closed form
 
+def _power_base(q: torch.Tensor, T) -> torch.Tensor:
+    """q cleaned for ``q^T`` (see ``_geo_mean``): round-off negatives to 0, else ValueError."""
+    q = torch.where((q < 0) & (q > -1e-12), torch.zeros_like(q), q)
+    fractional = bool((torch.as_tensor(T) != torch.round(torch.as_tensor(T))).any())
+    if fractional and bool((q < 0).any()):
+        raise ValueError("a non-integer T needs alpha <= 1 / lambda_1 (with 1 - alpha lambda < 0 the "
+                         "sum over t has no continuation to real T); use an integer T")
+    return q
+
+
 def _geo_mean(q: torch.Tensor, T: float) -> torch.Tensor:
     """``(1/T) sum_{t<T} q^t = (1 - q^T) / (T (1 - q))`` for ``-1 < q <= 1``, elementwise.
 
     Near q = 1 the quotient is 0/0; there we use the first-order expansion
-    ``1 - (T-1)(1-q)/2``, which is exact to O((1-q)^2 T^2)."""
+    ``1 - (T-1)(1-q)/2``, which is exact to O((1-q)^2 T^2).
+
+    ``q^T`` for a non-integer T is real only for q >= 0. At alpha = 1/lambda_1 the factor
+    ``1 - alpha lambda_1`` is zero in exact arithmetic but may come out as -2e-16, so values
+    within round-off of zero are set to zero; a genuinely negative q (alpha > 1/lambda_1)
+    with a non-integer T has no real continuation and raises ValueError."""
+    q = _power_base(q, T)
     one_minus = 1 - q
     near = one_minus.abs() < 1e-9
     safe = torch.where(near, torch.full_like(q, 0.5), one_minus)
@@ -502,6 +520,42 @@ def ribbon_dimension(values: torch.Tensor, fraction: float = 0.95, *, matrix: bo
     return torch.where(total[..., 0] > 0, dim, torch.zeros_like(dim))
 
 
+def _target_gram(q: torch.Tensor, uu: torch.Tensor, dK: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``P1^y - P2`` for unit sigma_* in K's eigenbasis, (t, C, n, n), built in place.
+
+    Same numbers as ``_parts_eigenbasis`` (geometric means of ``q = d_i d_j`` and of ``d``),
+    but the phase diagram spends most of its time in these (t, C, n, n) element-wise
+    passes, so each one writes into the same buffer instead of a new temporary."""
+    Tb = T[..., None, None]  # (t, 1, 1, 1)
+    q = _power_base(q, T)
+    one_minus = 1 - q
+    near = one_minus.abs() < 1e-9
+    G = torch.pow(q, Tb)
+    G.neg_().add_(1).div_(torch.where(near, torch.full_like(q, 0.5), one_minus)).div_(Tb)
+    if bool(near.any()):  # first-order expansion at q = 1, as in _geo_mean
+        G = torch.where(near, 1 - (Tb - 1) * one_minus / 2, G)
+    g = _geo_mean(dK, T[..., None])  # (t, C, n): K_T y in the eigenbasis, up to u
+    flat = G.view(-1, *G.shape[-2:])
+    flat.baddbmm_(g.reshape(-1, g.shape[-1], 1), g.reshape(-1, 1, g.shape[-1]), alpha=-1)
+    return G.mul_(uu)
+
+
+def _batched_eigvalsh(P: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.eigvalsh`` of a batch (B, n, n), split over CPU threads.
+
+    On a CPU torch hands a batch to LAPACK one matrix after another on one core, so small
+    matrices leave the other cores idle; the LAPACK call releases the GIL, so a thread per
+    core over contiguous chunks of the batch runs them side by side. Each matrix still
+    goes through the same LAPACK routine, so the eigenvalues are bit-identical to one call.
+    Other devices get the plain batched call."""
+    workers = min(torch.get_num_threads(), P.shape[0] // 64)
+    if P.device.type != "cpu" or workers < 2:
+        return torch.linalg.eigvalsh(P)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool:
+        return torch.cat(list(pool.map(torch.linalg.eigvalsh, P.chunk(workers))))
+
+
 def phase_diagram(T: Sequence[float], c: Sequence[float], ratio: Sequence[float], *, n: int = 50,
                   d: int = 100, sigma_w: float = 1.0, alpha: float | None = None,
                   fraction: float = 0.95, target: str = "sample", seed: int = 0,
@@ -540,20 +594,23 @@ def phase_diagram(T: Sequence[float], c: Sequence[float], ratio: Sequence[float]
     u = lam.sqrt() * z if target == "sample" else lam.sqrt()  # y coordinates for sigma_* = 1
     s2 = (rt * sigma_w) ** 2  # sigma_*^2 for each ratio
     out = torch.empty(Tt.numel(), ct.numel(), rt.numel(), dtype=torch.int64, device=Tt.device)
+    dK = 1 - alpha * lam
+    q = dK[:, :, None] * dK[:, None, :]  # (C, n, n): eigenvalues of K_d (x) K_d, reused for every T
+    uu = u[:, :, None] * u[:, None, :]
     step = Tt.numel() if chunk is None else check_int(chunk, "chunk")
     for lo in range(0, Tt.numel(), step):  # chunks over T bound the memory of the batch
         Tc = Tt[lo:lo + step][:, None]  # (t, 1) broadcasts against the c axis
         if target == "expected":
             sw, _, _ = _parts_eigenbasis(lam, u, Tc, sigma_w, alpha)
-            dK = 1 - alpha * lam
             y_part = lam * (_geo_mean(dK * dK, Tc[..., None]) - _geo_mean(dK, Tc[..., None]) ** 2)
             ev = sw[:, :, None, :] + s2[:, None] * y_part[:, :, None, :]
         else:
-            sw, py, p2 = _parts_eigenbasis(lam, u, Tc, sigma_w, alpha)  # (t, C, n), (t, C, n, n) x2
-            H = py - p2
-            P = s2[:, None, None] * H[:, :, None]  # (t, C, R, n, n)
+            sw = sigma_w ** 2 * lam * _geo_mean(dK * dK, Tc[..., None])  # (t, C, n)
+            H = _target_gram(q, uu, dK, Tc)  # (t, C, n, n)
+            P = torch.empty(*H.shape[:2], rt.numel(), n, n, dtype=DTYPE, device=H.device)
+            torch.mul(H[:, :, None], s2[:, None, None], out=P)  # (t, C, R, n, n)
             P.diagonal(dim1=-2, dim2=-1).add_(sw[:, :, None, :])
-            ev = torch.linalg.eigvalsh(P)
+            ev = _batched_eigvalsh(P.flatten(0, 2)).unflatten(0, P.shape[:3])
         out[lo:lo + step] = ribbon_dimension(ev, fraction)
     return out
 
@@ -655,4 +712,91 @@ def simulate_deep_linear(X: torch.Tensor, y: torch.Tensor, T: int, N: int, *, wi
         gu = torch.einsum("npd,nd->np", V, gw)
         gV = u[:, :, None] * gw[:, None, :]
         u, V = u - alpha * gu, V - alpha * gV
+    return out
+
+
+def pca_over_time(residuals: torch.Tensor, times: Sequence[int]) -> torch.Tensor:
+    """PCA matrices ``P(N, T)`` (5.2.3) of the first T steps, for every T in ``times``.
+
+    Args:
+        residuals: (N, T_max, n) trajectories, e.g. from ``simulate_deep_linear``.
+        times: integers in [1, T_max].
+
+    Returns:
+        (len(times), n, n), equal to ``pca_from_trajectories(residuals[:, :T])`` for each T,
+        from one pass of prefix sums instead of one pass per T. The points are first shifted
+        by their overall mean (PCA ignores shifts) so the second moments do not cancel.
+    """
+    if not isinstance(residuals, torch.Tensor) or residuals.ndim != 3:
+        raise ValueError("residuals must be a tensor of shape (N, T, n)")
+    N, T_max, n = residuals.shape
+    ts = [check_int(t, "T", minimum=1) for t in times]
+    if not ts or max(ts) > T_max:
+        raise ValueError(f"times must be a non-empty list of integers in [1, {T_max}], got {list(times)}")
+    r = residuals - residuals.flatten(0, 1).mean(0)
+    first = r.sum(0).cumsum(0)  # (T_max, n): sum over runs and steps < T
+    second = torch.einsum("ntj,ntk->tjk", r, r).cumsum(0)  # (T_max, n, n)
+    idx = torch.as_tensor(ts, device=r.device) - 1
+    count = (idx + 1).to(r.dtype)[:, None] * N
+    mean = first[idx] / count
+    return second[idx] / count[..., None] - mean[:, :, None] * mean[:, None, :]
+
+
+_VARIANTS = ("gd", "sgd", "weight_decay", "kernel_machines", "deep_linear")
+
+
+def variant_phase_diagram(T: Sequence[int], c: Sequence[float], *, ratio: float, variant: str = "gd",
+                          n: int = 50, d: int = 100, sigma_w: float = 1.0, fraction: float = 0.95,
+                          seed: int = 0, batch_size: int | None = None, weight_decay: float | None = None,
+                          machines: int | None = None, width: int | None = None, runs: int = 200,
+                          alpha: float | None = None) -> torch.Tensor:
+    """Ribbon dimension over a (T, c) grid for one training recipe of section 5.3.
+
+    For each slope c one data set ``sloppy_data(n, d, c, sigma_star=ratio * sigma_w, seed)``
+    is drawn (the same seed for every c: common random numbers), and P(T) comes from
+
+    * ``"gd"``: ``pca_matrix`` (closed form);
+    * ``"sgd"``: ``sgd_pca_matrix`` with ``batch_size``;
+    * ``"weight_decay"``: ``weight_decay_pca_matrix`` with ``weight_decay``;
+    * ``"kernel_machines"``: ``kernel_machines_pca_matrix`` with ``machines`` sloppy kernels
+      of slope c (seeds ``seed .. seed + machines - 1``);
+    * ``"deep_linear"``: ``runs`` simulated two-layer linear nets of hidden ``width``
+      (``simulate_deep_linear``, alpha defaults to 0.5) and ``pca_over_time``.
+
+    T must hold integers (the simulated variant needs them; the others accept them). The
+    closed forms rotate K back from its eigenbasis, so K must stay numerically positive
+    definite: keep ``c (n - 1)`` below about 30 (``phase_diagram`` has no such limit).
+    alpha defaults to each function's own default (1 / lambda_1). Returns int64 (len(T), len(c)).
+    """
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+    needs = {"sgd": ("batch_size", batch_size), "weight_decay": ("weight_decay", weight_decay),
+             "kernel_machines": ("machines", machines), "deep_linear": ("width", width)}
+    if variant in needs and needs[variant][1] is None:
+        raise ValueError(f"variant {variant!r} needs {needs[variant][0]}=...")
+    Ts = [check_int(t, "T", minimum=1) for t in T]
+    cs = [_positive(x, "c") for x in c]
+    if not Ts or not cs:
+        raise ValueError("T and c must be non-empty")
+    sigma_star = _positive(ratio, "ratio", strict=False) * _positive(sigma_w, "sigma_w")
+    out = torch.empty(len(Ts), len(cs), dtype=torch.int64)
+    for j, cv in enumerate(cs):
+        data = sloppy_data(n, d, cv, sigma_star=sigma_star, seed=seed)
+        if variant == "deep_linear":
+            R = simulate_deep_linear(data.X, data.y, max(Ts), check_int(runs, "runs"), width=width,
+                                     sigma_w=sigma_w, alpha=0.5 if alpha is None else alpha, seed=seed)
+            P = pca_over_time(R, Ts)
+        else:
+            def one(t):
+                if variant == "gd":
+                    return pca_matrix(data.K, data.y, t, sigma_w=sigma_w, alpha=alpha)
+                if variant == "sgd":
+                    return sgd_pca_matrix(data.K, data.y, t, sigma_w=sigma_w, batch_size=batch_size, alpha=alpha)
+                if variant == "weight_decay":
+                    return weight_decay_pca_matrix(data.K, data.y, t, sigma_w=sigma_w,
+                                                   weight_decay=weight_decay, alpha=alpha)
+                kernels = [sloppy_kernel(n, cv, seed=seed + m) for m in range(check_int(machines, "machines"))]
+                return kernel_machines_pca_matrix(kernels, data.y, t, sigma_w=sigma_w, alpha=alpha)
+            P = torch.stack([one(t) for t in Ts])
+        out[:, j] = ribbon_dimension(P, fraction, matrix=True).cpu()
     return out

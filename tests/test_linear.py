@@ -264,3 +264,112 @@ def test_p1_sw_eigenvalues_keep_their_digits_for_tiny_eigenvalues():
         want = (1 - (1 - x) ** (2 * T)) / (2 - x)
         assert abs(Decimal(got) / want - 1) < Decimal("1e-13")
     assert torch.all(L.p1_sw_bound(lam, T, sigma_w=1.0, alpha=1.0) >= ev * (1 - 1e-14))
+
+
+# --------------------------------------------------------------------------- Lemma 5.2.3
+
+def _p1_ratio_and_lemma_5_2_3(n, c, T, sw, ss, seed):
+    """Eigenvalue ratios lambda_i(P1) / lambda_1(P1) (decreasing) of the closed-form P1(T) at
+    alpha = 1 = 1/lambda_1, and the Lemma 5.2.3 bound on them (from the exact sloppy spectrum)."""
+    D = L.sloppy_data(n, 2 * n, c, sigma_star=ss, seed=seed)
+    P1 = L.pca_parts(D.K, D.y, T, sigma_w=sw, alpha=1.0).P1
+    ev = torch.linalg.eigvalsh(P1).flip(0)
+    bound = L.lemma_5_2_3_bound(L.sloppy_spectrum(n, c), c, float(D.y @ D.y), T, sigma_w=sw, alpha=1.0)
+    return ev / ev[0], bound
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.integers(6, 30), st.floats(0.05, 1.0), st.one_of(st.integers(1, 2000), st.floats(1.0, 2000.0)),
+       st.floats(0.05, 2.0), st.floats(0.1, 5.0), st.integers(0, 10 ** 6))
+def test_lemma_5_2_3_bound_holds(n, c, T, sw, ss, seed):
+    ratio, bound = _p1_ratio_and_lemma_5_2_3(n, c, T, sw, ss, seed)
+    assert bool(torch.isfinite(ratio).all()), "closed-form P1 is not finite"
+    assert bool((bound >= ratio * (1 - 1e-9) - 1e-12).all())
+
+
+def test_lemma_5_2_3_bound_is_not_vacuous():
+    """The bound is < 1 (says something) and is within a factor 1e3 of the truth somewhere
+    past the top eigenvalue: a bound a thousand times smaller would be violated."""
+    ratio, bound = _p1_ratio_and_lemma_5_2_3(12, 0.5, 200, 0.1, 4.0, 3)
+    assert float(bound.min()) < 0.1
+    assert bool((ratio[1:] > 1e-3 * bound[1:]).any())
+    assert not bool((1e-3 * bound >= ratio * (1 - 1e-9) - 1e-12).all())
+
+
+def test_closed_form_p1_finite_for_real_T_at_alpha_one_over_lambda1():
+    """Regression: alpha = 1 = 1/lambda_1 while the computed lambda_1(K) is 1 + 2.2e-16 makes
+    1 - alpha lambda_1 a tiny negative number; a real (non-integer) T must not turn the
+    geometric sums (q^T of a negative q) into NaN."""
+    D = L.sloppy_data(22, 44, 0.9980730495318184, sigma_star=2.782460465509277, seed=854030)
+    parts = L.pca_parts(D.K, D.y, 219.00663401627625, sigma_w=1.4277947492404348, alpha=1.0)
+    assert bool(torch.isfinite(parts.P1).all()) and bool(torch.isfinite(parts.P).all())
+
+
+# --------------------------------------------------------------------------- deep linear nets
+
+def test_deep_linear_initial_second_moment():
+    """w_0 = s^2 b with b uniform on the sphere: E[w w^T] = s^4 I / d = sigma_w^2 / n I, so the
+    initial predictions X w_0 = r_0 + y have second moment sigma_w^2 K."""
+    D = L.sloppy_data(6, 12, 0.3, seed=0)
+    sw, N = 0.7, 4000
+    R = L.simulate_deep_linear(D.X, D.y, 1, N, width=4, sigma_w=sw, alpha=0.1, seed=3)
+    m = R[:, 0] + D.y
+    M = m.T @ m / N
+    target = sw ** 2 * D.K
+    assert float((M - target).norm() / target.norm()) < 0.1
+    assert float((M - 2 * target).norm() / (2 * target).norm()) > 0.3  # a wrong scale is caught
+
+
+def test_deep_linear_first_step_matches_balanced_init():
+    """With u = s a, V = s a b^T (|a| = |b| = 1) one GD step is, exactly,
+    w_1 = w_0 - alpha s^2 (b b^T + I) g + alpha^2 s^2 (b.g) g,  g = X^T r_0 / n,
+    and every term is observable from r_0: X b = (r_0 + y) / s^2. Checked in numpy."""
+    D = L.sloppy_data(7, 15, 0.4, sigma_star=1.1, seed=2)
+    sw, alpha, n, d = 0.9, 0.4, 7, 15
+    R = L.simulate_deep_linear(D.X, D.y, 2, 5, width=3, sigma_w=sw, alpha=alpha, seed=4).numpy()
+    K, y = D.K.numpy(), D.y.numpy()
+    s2 = sw * math.sqrt(d / n)
+    for r0, r1 in zip(R[:, 0], R[:, 1]):
+        m = r0 + y  # X w_0 = s^2 X b
+        bg = m @ r0 / (n * s2)  # b . g
+        pred = m - alpha * (m * bg + s2 * K @ r0) + alpha ** 2 * s2 * bg * K @ r0
+        np.testing.assert_allclose(r1 + y, pred, rtol=1e-10, atol=1e-12)
+
+
+def test_deep_linear_dynamics_are_not_a_linear_map():
+    """The linear model's residuals obey r_{t+1} = K_d r_t exactly, so a least-squares linear
+    map from r_t to r_{t+1} fits one run to round-off; the deep net's moving kernel does not."""
+    D = L.sloppy_data(6, 12, 0.3, sigma_star=1.0, seed=0)
+
+    def misfit(R):
+        A = torch.linalg.lstsq(R[:-1], R[1:]).solution
+        return float((R[1:] - R[:-1] @ A).norm() / R[1:].norm())
+
+    deep = L.simulate_deep_linear(D.X, D.y, 40, 3, width=5, sigma_w=1.0, alpha=0.3, seed=1)
+    lin = L.simulate_trajectories(D.X, D.y, 40, 3, 1.0, 0.3, seed=1)
+    for i in range(3):
+        assert misfit(lin[i]) < 1e-12
+        assert misfit(deep[i]) > 1e-5
+
+
+def test_deep_linear_reproducible():
+    D = L.sloppy_data(6, 12, 0.3, seed=0)
+    kw = dict(width=4, sigma_w=0.8, alpha=0.2)
+    a = L.simulate_deep_linear(D.X, D.y, 10, 3, seed=5, **kw)
+    assert torch.equal(a, L.simulate_deep_linear(D.X, D.y, 10, 3, seed=5, **kw))
+    assert not torch.allclose(a, L.simulate_deep_linear(D.X, D.y, 10, 3, seed=6, **kw))
+
+
+# --------------------------------------------------------------------------- step-size boundary
+
+def test_step_size_boundary_two_over_lambda1_raises():
+    with pytest.raises(ValueError):
+        L.phase_diagram([10], [0.3], [1.0], n=5, d=10, alpha=2.0)
+    D = L.sloppy_data(8, 12, 0.3, seed=0)
+    lam1 = float(torch.linalg.eigvalsh(D.K)[-1])
+    for alpha in (2 / lam1, math.nextafter(2 / lam1, 0.0), math.nextafter(2 / lam1, 3.0)):
+        with pytest.raises(ValueError):
+            L.pca_matrix(D.K, D.y, 5, sigma_w=1.0, alpha=alpha)
+    # just inside the stable range is accepted
+    assert bool(torch.isfinite(L.pca_matrix(D.K, D.y, 5, sigma_w=1.0, alpha=2 / lam1 * (1 - 1e-6))).all())
+    assert L.phase_diagram([10], [0.3], [1.0], n=5, d=10, alpha=1.999).shape == (1, 1, 1)
