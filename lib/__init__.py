@@ -3,11 +3,11 @@
 Chapters import from here and never re-implement it; the same code runs on CPU and GPU.
 """
 
-from . import (checkpoint, config, curvature, data, estimators, gradient_flow, invariance, kfac,
+from . import (checkpoint, config, curvature, data, estimators, gradient_flow, inpca, invariance, kfac,
                laplace, linear, linear_operator, models, natural_gradient, plotting, progress, reparam,
                report, train)
 from .config import setup
 
-__all__ = ["checkpoint", "config", "curvature", "data", "estimators", "gradient_flow", "invariance",
+__all__ = ["checkpoint", "config", "curvature", "data", "estimators", "gradient_flow", "inpca", "invariance",
            "kfac", "laplace", "linear", "linear_operator", "models", "natural_gradient", "plotting", "progress",
            "reparam", "report", "train", "setup"]

@@ -1,0 +1,273 @@
+"""Intensive PCA (InPCA) of probabilistic models (chapter 2 of the thesis, eqs. 2.2.2-2.2.9).
+
+A classifier with weights ``w`` gives, on ``N`` samples with ``C`` classes, the product
+distribution ``P_w(y) = prod_n p_w^n(y_n)``. Two models are compared by the per-sample
+Bhattacharyya distance (2.2.2)
+
+    d_B(P_u, P_v) = -(1/N) sum_n log sum_c sqrt(p_u^n(c) p_v^n(c)),
+
+and ``m`` models are embedded by InPCA: double-centre the distance matrix,
+``W = -L D L / 2`` with ``L = I - 11^T/m`` (2.2.6), diagonalise ``W = U Lambda U^T`` with
+eigenvalues ordered by ``|lambda|``, and take ``X = U sqrt(|Lambda|)``. Components with
+``lambda < 0`` are "time-like": the embedding is isometric in the Minkowski sense (2.2.7),
+
+    sum_k sign(lambda_k) (X_uk - X_vk)^2 = D_uv.
+
+Conventions and deviations from the paper (read these before comparing)
+-------------------------------------------------------------------------
+* D is used as a *squared*-distance-type matrix, exactly as ``d_B`` enters (2.2.6); for
+  Euclidean points ``D_uv = ||x_u - x_v||^2`` InPCA is classical MDS, i.e. PCA.
+* Explained stress (2.2.8). The paper writes ``1 - sqrt(sum_{k>d} lambda_k^2 / sum lambda^2)``
+  (a ratio of Frobenius *norms*, not of their squares), and its middle expression writes the
+  rank-d reconstruction as ``sqrt(Lambda) U_ik sqrt(Lambda) U_kj`` where
+  ``U_ik Lambda_kk U_jk`` is meant. :meth:`InPCA.explained_stress` returns by default the
+  squared form ``1 - ||W - W_d||_F^2 / ||W||_F^2 = sum_{k<=d} lambda_k^2 / sum lambda^2`` (the
+  analogue of explained variance, additive over components); ``root=True`` gives the
+  paper's printed form.
+* Out-of-sample points (2.2.9). The paper's ``X_w = sum_u W_{w,u} U_u |Lambda_uu|^{-1/2}``
+  omits the factor ``sign(lambda_k)``: without it a time-like coordinate of a point that is
+  already in the embedding comes back with the wrong sign. :meth:`InPCA.transform`
+  includes it (and the sum runs over the ``m`` fitted points, not ``n``). The embedding
+  ``X = U sqrt(Lambda)`` after (2.2.6) is meant as ``U sqrt(|Lambda|)``.
+* Zero overlap ``sum_c sqrt(p q) = 0`` on some sample means an infinite distance; overlaps
+  are clamped to ``floor`` (default 1e-300, so one such sample contributes at most
+  ``log(1e300)/N ~ 690/N``) and to at most 1 (Cauchy-Schwarz; round-off can exceed it).
+
+Everything is torch, float64, and runs on whatever device the inputs live on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_int, check_square_matrix
+
+DTYPE = torch.float64
+SUM_TOL = 1e-6            # rows of probabilities must sum to 1 within this
+SYM_TOL = 1e-10           # relative asymmetry allowed in a distance matrix
+CHUNK_BYTES = 256 * 2**20  # memory budget of one block of the Bhattacharyya computation
+
+__all__ = ["bhattacharyya", "InPCA", "minkowski_sq_distances"]
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_probs(P, name: str, log: bool) -> torch.Tensor:
+    """A floating ``(models, N, C)`` tensor; values are checked block by block later."""
+    if not isinstance(P, torch.Tensor) or not torch.is_floating_point(P):
+        raise TypeError(f"{name} must be a floating-point tensor, got {type(P).__name__}")
+    if P.ndim != 3:
+        raise ValueError(f"{name} must have shape (models, N, C), got shape {tuple(P.shape)}")
+    if min(P.shape) == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(P.shape)}")
+    return P
+
+
+def _sqrt_block(block: torch.Tensor, name: str, log: bool) -> torch.Tensor:
+    """Check one block ``(models, n, C)`` of probabilities and return its square root (float64)."""
+    block = block.to(DTYPE)
+    if log:
+        if bool(torch.isnan(block).any()) or bool((block == math.inf).any()):
+            raise ValueError(f"{name} (log-probabilities) contains NaN or +inf entries")
+        if bool((block > 0).any()):
+            raise ValueError(f"{name} (log-probabilities) has entries > 0, i.e. probabilities > 1")
+        root = torch.exp(0.5 * block)
+        probs = root * root
+    else:
+        if not bool(torch.isfinite(block).all()):
+            raise ValueError(f"{name} contains NaN or infinite entries")
+        if bool((block < 0).any()):
+            raise ValueError(f"{name} has negative probabilities")
+        probs, root = block, torch.sqrt(block)
+    err = (probs.sum(-1) - 1).abs().max().item()
+    if err > SUM_TOL:
+        what = "exp(log-probabilities)" if log else "probabilities"
+        raise ValueError(f"{name}: {what} over the classes must sum to 1 (within {SUM_TOL}), "
+                         f"worst deviation {err:.3g}")
+    return root
+
+
+# --------------------------------------------------------------------------- distances
+
+def bhattacharyya(P, Q=None, *, log: bool = False, chunk: int | None = None,
+                  floor: float = 1e-300) -> torch.Tensor:
+    """Per-sample Bhattacharyya distances (2.2.2) between two sets of product models.
+
+    Args:
+        P: ``(m, N, C)`` probabilities ``p_a^n(c)`` (log-probabilities if ``log``).
+        Q: ``(k, N, C)`` likewise, or None for ``Q = P``.
+        log: the inputs are log-probabilities (``-inf`` allowed for zero probability).
+        chunk: samples per block; default keeps one block of ``(chunk, m, k)`` overlaps and
+            its inputs under ~256 MB.
+        floor: overlaps ``sum_c sqrt(p q)`` are clamped to ``[floor, 1]`` before the log (a
+            zero overlap would be an infinite distance).
+
+    Returns:
+        ``(m, k)`` float64 ``d_B[a, b] = -(1/N) sum_n log sum_c sqrt(P[a,n,c] Q[b,n,c])`` on
+        ``P``'s device. For ``Q=None`` it is exactly symmetric with an exactly zero diagonal.
+    """
+    P = _check_probs(P, "P", log)
+    same = Q is None
+    Q = P if same else _check_probs(Q, "Q", log)
+    if P.shape[1:] != Q.shape[1:]:
+        raise ValueError(f"P and Q must have the same (N, C), got {tuple(P.shape[1:])} and "
+                         f"{tuple(Q.shape[1:])}")
+    if P.device != Q.device:
+        raise ValueError(f"P and Q must be on the same device, got {P.device} and {Q.device}")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor < 1:
+        raise ValueError(f"floor must be a number in (0, 1), got {floor!r}")
+    m, N, C = P.shape
+    k = Q.shape[0]
+    if chunk is None:
+        chunk = max(1, CHUNK_BYTES // (8 * (m * k + (m + k) * C)))
+    chunk = check_int(chunk, "chunk", minimum=1)
+
+    acc = torch.zeros(m, k, dtype=DTYPE, device=P.device)
+    for start in range(0, N, chunk):
+        stop = min(N, start + chunk)
+        a = _sqrt_block(P[:, start:stop], "P", log).transpose(0, 1)               # (n, m, C)
+        b = a if same else _sqrt_block(Q[:, start:stop], "Q", log).transpose(0, 1)  # (n, k, C)
+        overlap = torch.bmm(a, b.transpose(1, 2))                                   # (n, m, k)
+        acc += torch.log(overlap.clamp_(min=floor, max=1.0)).sum(0)
+    d = acc.div_(-N)
+    if same:
+        d = 0.5 * (d + d.T)
+        d.fill_diagonal_(0.0)
+    return d
+
+
+def minkowski_sq_distances(embedding, signs) -> torch.Tensor:
+    """Squared Minkowski intervals ``sum_i signs_i (x_ai - x_bi)^2`` between all rows.
+
+    Args:
+        embedding: ``(m, k)`` coordinates.
+        signs: ``(k,)`` entries +1 (space-like) or -1 (time-like).
+
+    Returns:
+        ``(m, m)`` float64 matrix with an exactly zero diagonal.
+    """
+    if not isinstance(embedding, torch.Tensor) or not torch.is_floating_point(embedding):
+        raise TypeError("embedding must be a floating-point tensor")
+    if not isinstance(signs, torch.Tensor):
+        raise TypeError("signs must be a tensor")
+    if embedding.ndim != 2:
+        raise ValueError(f"embedding must have shape (m, k), got {tuple(embedding.shape)}")
+    if signs.shape != (embedding.shape[1],):
+        raise ValueError(f"signs must have shape ({embedding.shape[1]},), got {tuple(signs.shape)}")
+    X, s = embedding.to(DTYPE), signs.to(device=embedding.device, dtype=DTYPE)
+    if not bool(((s == 1) | (s == -1)).all()):
+        raise ValueError("signs must be +1 or -1")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("embedding contains NaN or infinite entries")
+    G = (X * s) @ X.T
+    g = torch.diagonal(G)
+    return g[:, None] + g[None, :] - 2 * G
+
+
+# --------------------------------------------------------------------------- InPCA
+
+class InPCA:
+    """Intensive PCA: the Minkowski-space eigen-embedding of a distance matrix (2.2.6-2.2.9).
+
+    Args:
+        n_components: number of components kept (largest ``|lambda|`` first); None keeps all m.
+
+    Attributes (after :meth:`fit`, ``k = n_components``):
+        eigenvalues_: ``(k,)`` eigenvalues of ``W``, ordered by ``|lambda|`` descending.
+        eigenvectors_: ``(m, k)`` orthonormal eigenvectors ``U``.
+        embedding_: ``(m, k)`` coordinates ``U sqrt(|lambda|)``.
+        signs_: ``(k,)`` ``sign(lambda)``: +1 space-like (Euclidean), -1 time-like (0 -> +1).
+        all_eigenvalues_: ``(m,)`` the whole spectrum, same order (for explained stress).
+        row_means_: ``(m,)`` row means of D; ``grand_mean_``: float, mean of D.
+    """
+
+    def __init__(self, n_components: int | None = None):
+        if n_components is not None:
+            n_components = check_int(n_components, "n_components", minimum=1)
+        self.n_components = n_components
+
+    def fit(self, D) -> "InPCA":
+        """Fit to a symmetric ``(m, m)`` matrix of (squared-type) distances; returns self."""
+        D = check_square_matrix(D, "D").to(DTYPE)
+        m = D.shape[0]
+        if self.n_components is not None and self.n_components > m:
+            raise ValueError(f"n_components = {self.n_components} exceeds the number of points m = {m}")
+        scale = D.abs().max().item()
+        asym = (D - D.T).abs().max().item()
+        if asym > SYM_TOL * max(scale, 1e-300):
+            raise ValueError(f"D must be symmetric: max |D - D^T| = {asym:.3g} "
+                             f"(relative {asym / max(scale, 1e-300):.3g} > {SYM_TOL})")
+        D = 0.5 * (D + D.T)
+        row = D.mean(1)
+        grand = row.mean()
+        # double centring -L D L / 2 without forming L
+        W = -0.5 * (D - row[:, None] - row[None, :] + grand)
+        W = 0.5 * (W + W.T)
+        lam, U = torch.linalg.eigh(W)
+        order = torch.argsort(lam.abs(), descending=True, stable=True)
+        lam, U = lam[order], U[:, order]
+        k = m if self.n_components is None else self.n_components
+        self.all_eigenvalues_ = lam
+        self.stress_total_ = float((W * W).sum())
+        self.eigenvalues_ = lam[:k]
+        self.eigenvectors_ = U[:, :k]
+        self.signs_ = torch.where(self.eigenvalues_ < 0, -1.0, 1.0).to(DTYPE)
+        self.embedding_ = self.eigenvectors_ * self.eigenvalues_.abs().sqrt()
+        self.row_means_ = row
+        self.grand_mean_ = float(grand)
+        self.m_ = m
+        return self
+
+    def _fitted(self):
+        if not hasattr(self, "eigenvalues_"):
+            raise RuntimeError("InPCA instance is not fitted yet; call fit(D) first")
+
+    def explained_stress(self, k: int, *, root: bool = False) -> float:
+        """Fraction of the centred matrix W captured by the first ``k`` components (2.2.8).
+
+        Default: ``1 - ||W - W_k||_F^2 / ||W||_F^2 = sum_{i<=k} lambda_i^2 / sum_i lambda_i^2``
+        with ``W_k = sum_{i<=k} lambda_i u_i u_i^T``. ``root=True`` returns the paper's printed
+        ``1 - ||W - W_k||_F / ||W||_F``. Returns 1.0 when ``W = 0``. ``1 <= k <= m``.
+        """
+        self._fitted()
+        k = check_int(k, "k", minimum=1)
+        if k > self.m_:
+            raise ValueError(f"k must be <= m = {self.m_}, got {k}")
+        lam2 = self.all_eigenvalues_ ** 2
+        total = float(lam2.sum())
+        if total == 0.0:
+            return 1.0
+        rest = max(0.0, float(lam2[k:].sum()) / total)
+        return 1.0 - (math.sqrt(rest) if root else rest)
+
+    def transform(self, D_new) -> torch.Tensor:
+        """Embed new points from their distances to the fitted ones (Gower / Nystroem, 2.2.9).
+
+        Args:
+            D_new: ``(k_new, m)`` distances (same type as D) from new points to the m fitted ones.
+
+        Returns:
+            ``(k_new, n_components)`` coordinates
+            ``x_i = sign(lambda_i) (w . u_i) / sqrt(|lambda_i|)`` with
+            ``w_u = -(D_new[u] - mean(D_new) - row_means_[u] + grand_mean_) / 2``. A fitted point
+            maps to its own row of ``embedding_``. Components with
+            ``|lambda| <= m * eps * max|lambda|`` (numerically zero) get coordinate 0.
+        """
+        self._fitted()
+        if not isinstance(D_new, torch.Tensor) or not torch.is_floating_point(D_new):
+            raise TypeError("D_new must be a floating-point tensor")
+        if D_new.ndim == 1:
+            D_new = D_new[None, :]
+        if D_new.ndim != 2 or D_new.shape[1] != self.m_:
+            raise ValueError(f"D_new must have shape (k_new, {self.m_}), got {tuple(D_new.shape)}")
+        if not bool(torch.isfinite(D_new).all()):
+            raise ValueError("D_new contains NaN or infinite entries")
+        D_new = D_new.to(device=self.eigenvalues_.device, dtype=DTYPE)
+        Wn = -0.5 * (D_new - D_new.mean(1, keepdim=True) - self.row_means_[None, :] + self.grand_mean_)
+        lam = self.eigenvalues_
+        tol = self.m_ * torch.finfo(DTYPE).eps * self.all_eigenvalues_.abs().max()
+        ok = lam.abs() > tol
+        scale = torch.where(ok, self.signs_ / lam.abs().clamp(min=1e-300).sqrt(), torch.zeros_like(lam))
+        return (Wn @ self.eigenvectors_) * scale
