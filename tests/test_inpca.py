@@ -60,6 +60,31 @@ def test_self_distances_symmetric_zero_diagonal(chunk):
     np.testing.assert_allclose(d, ref, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("tile", [1, 3, 5, 256])
+def test_tiles_and_product_of_overlaps_equal_sum_of_logs(tile):
+    """Output tiles that do not divide m, and samples whose overlaps are tiny or exactly zero:
+    blocks mixing them must fall back to clamped logs, the rest take the product path."""
+    rng = np.random.default_rng(7)
+    m, k, N, C, floor = 7, 4, 40, 3, 1e-250
+    P, Q = random_probs(rng, m, N, C, sharp=3.0), random_probs(rng, k, N, C, sharp=3.0)
+    P[2, 5] = [1.0, 0.0, 0.0]             # disjoint from Q[1, 5]: overlap exactly 0
+    Q[1, 5] = [0.0, 0.5, 0.5]
+    P[3, 20:23] = [1 - 2e-200, 1e-200, 1e-200]   # overlaps ~1e-100 with one-hot-ish rows of Q
+    Q[0, 20:23] = [1e-200, 1 - 2e-200, 1e-200]
+    ref = np.empty((m, k))
+    for a in range(m):
+        for b in range(k):
+            overlap = np.clip(np.sum(np.sqrt(P[a] * Q[b]), axis=-1), floor, 1.0)
+            ref[a, b] = -np.mean(np.log(overlap))
+    d = I.bhattacharyya(torch.tensor(P), torch.tensor(Q), tile=tile, floor=floor).numpy()
+    np.testing.assert_allclose(d, ref, rtol=1e-12, atol=1e-13)
+    assert d[2, 1] > -np.log(floor) / N * 0.99          # the zero overlap hit the floor
+    S = np.concatenate([P, Q])
+    ds = I.bhattacharyya(torch.tensor(S), tile=tile, floor=floor).numpy()
+    np.testing.assert_array_equal(ds, ds.T)
+    np.testing.assert_allclose(ds[:m, m:], ref, rtol=1e-12, atol=1e-13)
+
+
 def test_average_over_samples():
     rng = np.random.default_rng(2)
     P1, P2 = random_probs(rng, 4, 7, 3), random_probs(rng, 4, 11, 3)
