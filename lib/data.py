@@ -11,6 +11,8 @@ using *training* statistics only (the test set never leaks into them).
 * :func:`load` - any of the above by name, so a preset can name its data set.
 * :func:`make_sine`, :func:`make_regression`, :func:`make_teacher_classification`
   - small synthetic problems.
+* :func:`make_sloppy_gaussian` - Gaussian inputs with a sloppy covariance, labelled by
+  a random teacher (Mao's thesis, section 2.5.5).
 
 Relative ``root`` paths are resolved against the repository root (the parent
 of the ``lib`` package), so the same call works from ``chapters/`` too.
@@ -46,6 +48,8 @@ __all__ = [
     "make_sine",
     "make_regression",
     "make_teacher_classification",
+    "sloppy_eigenvalues",
+    "make_sloppy_gaussian",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -545,3 +549,84 @@ def make_teacher_classification(n_samples: int = 1000, n_features: int = 10, n_c
     X = torch.randn(n_samples, n_features, generator=generator, dtype=torch.float64)
     y = (torch.tanh(X @ W1) @ W2).argmax(dim=1)
     return X.to(dtype), y
+
+
+def sloppy_eigenvalues(d: int = 200, c: float = 0.5, *,
+                       dtype: torch.dtype = torch.float64) -> Tensor:
+    """Eigenvalues ``lambda_i = 50 c exp(-c i)``, ``i = 1..d``, of the sloppy input covariance.
+
+    They decay linearly on a log scale with rate ``c``: ``c = 0.5`` spans
+    about 43 decades over ``d = 200`` ("sloppy"), ``c = 0.001`` only a factor
+    1.2 ("effectively non-sloppy", i.e. nearly isotropic).
+
+    Args:
+        d: input dimension.
+        c: decay rate, > 0.
+        dtype: floating dtype.
+
+    Returns:
+        Tensor of shape ``(d,)``, decreasing.
+    """
+    d = check_int(d, "d")
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.floating, np.integer)):
+        raise TypeError(f"c must be a positive number, got {type(c).__name__} {c!r}")
+    if not c > 0:  # also rejects NaN
+        raise ValueError(f"c must be > 0, got {c}")
+    _check_float_dtype(dtype)
+    i = torch.arange(1, d + 1, dtype=torch.float64)
+    return (50 * c * torch.exp(-c * i)).to(dtype)
+
+
+def make_sloppy_gaussian(n_train: int = 5000, n_test: int = 1000, *, d: int = 200,
+                         c: float = 0.5, n_classes: int = 5, teacher_hidden: int = 50,
+                         seed: int = 0, dtype: torch.dtype = torch.float32) -> Split:
+    """Sloppy Gaussian inputs labelled by a random one-hidden-layer ReLU teacher.
+
+    The synthetic problem of Mao's thesis (section 2.5.5): ``x ~ N(0, diag(lambda))``
+    with :func:`sloppy_eigenvalues` ``lambda_i = 50 c exp(-c i)``, and
+    ``y = argmax(W2^T (relu(W1^T x) - 1/sqrt(2 pi)))`` for a random teacher of
+    width ``teacher_hidden``. The inputs are *not* standardized: their
+    sloppiness is the point.
+
+    Teacher weights are Gaussian, with each column of ``W1`` divided by the
+    standard deviation ``sqrt(sum_i W1_ij^2 lambda_i)`` of its pre-activation
+    under the known covariance, so every hidden unit sees a standard normal
+    pre-activation whatever ``c`` is (unscaled, the units would saturate or
+    vanish and one class would take almost all labels). Subtracting
+    ``E[relu(z)] = 1/sqrt(2 pi)`` centres the hidden units, which keeps a
+    class from winning just because its column of ``W2`` has a large sum;
+    every class then gets a fair share of the labels (about ``1/K`` each,
+    unequal only through the teacher's randomness).
+
+    Args:
+        n_train, n_test: numbers of training and test examples.
+        d: input dimension.
+        c: sloppiness, > 0 (0.001 nearly isotropic, 0.5 sloppy).
+        n_classes: number of classes K >= 2.
+        teacher_hidden: width of the teacher's hidden layer.
+        seed: seed of this call's private generator (teacher, then train, then test inputs).
+        dtype: floating dtype of ``X``.
+
+    Returns:
+        Split with ``X`` of shapes ``(n_train, d)`` and ``(n_test, d)`` and int64
+        labels in ``[0, K)``.
+    """
+    n_train = check_int(n_train, "n_train")
+    n_test = check_int(n_test, "n_test")
+    n_classes = check_int(n_classes, "n_classes", 2)
+    teacher_hidden = check_int(teacher_hidden, "teacher_hidden")
+    _check_float_dtype(dtype)
+    scale = sloppy_eigenvalues(d, c).sqrt()  # (d,), checks d and c
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    W1 = torch.randn(d, teacher_hidden, generator=generator, dtype=torch.float64)
+    W1 = W1 / (W1 * scale[:, None]).norm(dim=0)  # unit-variance pre-activations
+    W2 = torch.randn(teacher_hidden, n_classes, generator=generator, dtype=torch.float64)
+
+    def sample(n: int) -> tuple[Tensor, Tensor]:
+        X = torch.randn(n, d, generator=generator, dtype=torch.float64) * scale
+        hidden = torch.relu(X @ W1) - (2 * np.pi) ** -0.5
+        return X, (hidden @ W2).argmax(dim=1)
+
+    X_train, y_train = sample(n_train)
+    X_test, y_test = sample(n_test)
+    return _to_split(X_train, y_train, X_test, y_test, dtype, n_classes=n_classes)

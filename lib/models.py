@@ -8,6 +8,7 @@ is left untouched). Models are built on the CPU; move them with ``.to(device)``.
 * :func:`lenet` - LeNet-style CNN for 8x8 digits (2-D) or MNIST-1D (1-D).
 * :func:`small_resnet` - residual CNN, without normalization by default.
 * :func:`wide_resnet` - Wide ResNet (WRN-d-k) for CIFAR-sized images, with BatchNorm.
+* :func:`vit` - small Vision Transformer for 8x8 digits (2-D) or MNIST-1D (1-D).
 * :func:`classifier` - one of the above by name, sized for a data set's inputs.
 * :func:`num_parameters` - parameter count.
 """
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from ._checks import check_int
 
 __all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "wide_resnet",
-           "WideBasicBlock", "classifier", "num_parameters"]
+           "WideBasicBlock", "vit", "VisionTransformer", "TransformerBlock", "classifier",
+           "num_parameters"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -343,6 +345,108 @@ def wide_resnet(depth: int = 16, widen_factor: int = 4, in_channels: int = 3,
     return _build(seed, make)
 
 
+
+# --------------------------------------------------------------------------- #
+# Vision Transformer
+# --------------------------------------------------------------------------- #
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm encoder block ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.
+
+    Maps ``(N, T, dim)`` tokens to ``(N, T, dim)``; the MLP is
+    ``Linear(dim, mlp_ratio * dim) -> GELU -> Linear(mlp_ratio * dim, dim)``.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
+                                 nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm1(x)
+        # need_weights=False skips averaging the attention maps, which nobody reads.
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """Patch embedding + position embedding, encoder blocks, mean pooling, LayerNorm, Linear.
+
+    Maps ``(N, C, S, S)`` (or ``(N, C, L)`` with ``conv1d``) to ``(N, K)``; see :func:`vit`.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, patch_size: int,
+                 dim: int, depth: int, heads: int, mlp_ratio: int, conv1d: bool):
+        super().__init__()
+        Conv = nn.Conv1d if conv1d else nn.Conv2d
+        # A strided convolution with kernel = stride = patch cuts the input into
+        # non-overlapping patches and applies one shared Linear map to each.
+        self.patch_embed = Conv(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        tokens = image_size // patch_size if conv1d else (image_size // patch_size) ** 2
+        # Small random position embedding (std 0.02, as in ViT/timm), drawn from
+        # the global generator so `_build`'s seed fixes it too.
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, tokens, dim))
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_ratio)
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, dim)
+        tokens = self.blocks(tokens + self.pos_embed)
+        return self.head(self.norm(tokens.mean(dim=1)))
+
+
+def vit(in_channels: int = 1, num_classes: int = 10, *, image_size: int = 8,
+        patch_size: int = 2, dim: int = 32, depth: int = 2, heads: int = 4,
+        mlp_ratio: int = 2, conv1d: bool = False, seed: int | None = None) -> VisionTransformer:
+    """Small Vision Transformer (Dosovitskiy et al., 2021) built from torch primitives.
+
+    The input is cut into non-overlapping ``patch_size`` patches (a strided
+    convolution), each embedded in ``dim`` dimensions with a learned position
+    embedding added, then passed through ``depth`` pre-LayerNorm blocks
+    (multi-head self-attention and a GELU MLP, see :class:`TransformerBlock`).
+    The tokens are averaged (mean pooling, as in many small-data ViTs) rather
+    than read off a class token: one parameter fewer to tune and it trains
+    more easily on tiny inputs. A final LayerNorm and Linear give the logits.
+    There is no dropout and no BatchNorm, so examples stay independent.
+
+    Args:
+        in_channels: input channels C.
+        num_classes: outputs K.
+        image_size: side S of square images, or the length L with ``conv1d``;
+            must be divisible by ``patch_size``.
+        patch_size: side (or length) P of a patch; ``(S / P)^2`` tokens (``L / P`` in 1-D).
+        dim: embedding width; must be divisible by ``heads``.
+        depth: number of encoder blocks (0 allowed: embedding + head only).
+        heads: attention heads.
+        mlp_ratio: hidden width of each block's MLP, as a multiple of ``dim``.
+        conv1d: signals ``(N, C, L)`` (e.g. MNIST-1D) instead of images.
+        seed: seed for the initial weights (None: global generator).
+
+    Returns:
+        :class:`VisionTransformer` mapping ``(N, C, S, S)`` (or ``(N, C, L)``) to ``(N, K)``.
+    """
+    in_channels = check_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
+    image_size = check_int(image_size, "image_size")
+    patch_size = check_int(patch_size, "patch_size")
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+    dim = check_int(dim, "dim")
+    depth = check_int(depth, "depth", 0)
+    heads = check_int(heads, "heads")
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+    mlp_ratio = check_int(mlp_ratio, "mlp_ratio")
+    if not isinstance(conv1d, bool):
+        raise TypeError(f"conv1d must be a bool, got {type(conv1d).__name__}")
+    return _build(seed, lambda: VisionTransformer(in_channels, num_classes, image_size, patch_size,
+                                                  dim, depth, heads, mlp_ratio, conv1d))
+
+
 def classifier(arch: str, input_shape: Sequence[int], num_classes: int, *,
                hidden: Sequence[int] = (64,), seed: int | None = None) -> nn.Module:
     """A classifier named by ``arch`` for inputs of one example's shape ``input_shape``.
@@ -352,9 +456,12 @@ def classifier(arch: str, input_shape: Sequence[int], num_classes: int, *,
 
     Args:
         arch: ``"mlp"`` (a :func:`mlp` after flattening the input, ReLU), ``"lenet"``
-            (:func:`lenet`, 2-D for ``(C, S, S)`` inputs, 1-D for ``(C, L)``), or
-            ``"wrn-D-K"`` (:func:`wide_resnet` of depth D and widen factor K, for
-            ``(C, H, W)``). Case is ignored.
+            (:func:`lenet`, 2-D for ``(C, S, S)`` inputs, 1-D for ``(C, L)``),
+            ``"resnet"`` (:func:`small_resnet` with width 16 and 2 blocks, 2-D for
+            ``(C, H, W)``, 1-D for ``(C, L)``), ``"vit"`` (:func:`vit` with its
+            defaults, patch size 2 for sides (or lengths) up to 16 and 4 above, 2-D for
+            ``(C, S, S)``, 1-D for ``(C, L)``), or ``"wrn-D-K"`` (:func:`wide_resnet`
+            of depth D and widen factor K, for ``(C, H, W)``). Case is ignored.
         input_shape: shape of one example, e.g. ``(1, 8, 8)``, ``(1, 40)`` or ``(64,)``.
         num_classes: outputs K.
         hidden: hidden widths of the MLP (ignored by the CNNs).
@@ -377,13 +484,27 @@ def classifier(arch: str, input_shape: Sequence[int], num_classes: int, *,
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[1] != shape[2]):
             raise ValueError(f"lenet needs (C, L) signals or (C, S, S) square images, got {shape}")
         return lenet(shape[0], num_classes, image_size=shape[1], conv1d=len(shape) == 2, seed=seed)
+    if name == "resnet":
+        if len(shape) not in (2, 3):
+            raise ValueError(f"resnet needs (C, L) signals or (C, H, W) images, got {shape}")
+        return small_resnet(shape[0], num_classes, width=16, num_blocks=2, dims=len(shape) - 1,
+                            seed=seed)
+    if name == "vit":
+        if len(shape) not in (2, 3) or (len(shape) == 3 and shape[1] != shape[2]):
+            raise ValueError(f"vit needs (C, L) signals or (C, S, S) square images, got {shape}")
+        # Patches of 2 keep 16 tokens on 8x8 digits; larger inputs use 4 so the
+        # token count (and attention cost) stays small.
+        patch_size = 2 if shape[1] <= 16 else 4
+        return vit(shape[0], num_classes, image_size=shape[1], patch_size=patch_size,
+                   conv1d=len(shape) == 2, seed=seed)
     parts = name.split("-")
     if len(parts) == 3 and parts[0] == "wrn" and parts[1].isdigit() and parts[2].isdigit():
         if len(shape) != 3:
             raise ValueError(f"{arch} needs (C, H, W) images, got input shape {shape}")
         return wide_resnet(int(parts[1]), int(parts[2]), in_channels=shape[0],
                            num_classes=num_classes, seed=seed)
-    raise ValueError(f"unknown arch {arch!r}; choose 'mlp', 'lenet' or 'wrn-D-K' (e.g. 'wrn-16-4')")
+    raise ValueError(f"unknown arch {arch!r}; choose 'mlp', 'lenet', 'resnet', 'vit' "
+                     "or 'wrn-D-K' (e.g. 'wrn-16-4')")
 
 
 def num_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

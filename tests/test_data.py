@@ -323,3 +323,57 @@ def test_load_by_name_passes_download_to_torchvision(tmp_path):
 def test_load_by_name_bad_input(name, error):
     with pytest.raises(error, match="imagenet|string"):
         data.load(name)
+
+
+# --------------------------------------------------------------------------- #
+# Sloppy Gaussian with a teacher
+# --------------------------------------------------------------------------- #
+def test_sloppy_eigenvalues_formula():
+    lam = data.sloppy_eigenvalues(4, 0.5)
+    expected = torch.tensor([50 * 0.5 * np.exp(-0.5 * i) for i in range(1, 5)], dtype=torch.float64)
+    torch.testing.assert_close(lam, expected)
+
+
+def test_make_sloppy_gaussian_shapes_and_labels():
+    split = data.make_sloppy_gaussian(300, 100, d=20, seed=1)
+    assert split.X_train.shape == (300, 20) and split.X_test.shape == (100, 20)
+    assert split.y_train.dtype == torch.long and split.X_train.dtype == torch.float32
+    assert split.n_classes == 5
+    for c in (0.001, 0.5):
+        split = data.make_sloppy_gaussian(2000, 500, c=c, seed=0)
+        counts = torch.bincount(split.y_train, minlength=5)
+        # No class empty or dominant: the teacher's scaling keeps labels balanced.
+        assert counts.min() > 0.05 * 2000 and counts.max() < 0.6 * 2000, counts
+        assert torch.bincount(split.y_test, minlength=5).min() > 0
+
+
+@pytest.mark.parametrize("c", [0.001, 0.5])
+def test_make_sloppy_gaussian_covariance(c):
+    split = data.make_sloppy_gaussian(20000, 10, d=10, c=c, seed=2, dtype=torch.float64)
+    X = split.X_train
+    lam = data.sloppy_eigenvalues(10, c)
+    # Not standardized: the sample covariance is diag(lambda) up to sampling error.
+    covariance = X.T @ X / X.shape[0]
+    torch.testing.assert_close(covariance.diagonal(), lam, rtol=0.05, atol=0)
+    off = covariance - torch.diag(covariance.diagonal())
+    assert (off.abs() / torch.outer(lam, lam).sqrt()).max() < 0.05
+    torch.testing.assert_close(torch.linalg.eigvalsh(covariance).flip(0), lam, rtol=0.06, atol=0)
+
+
+def test_make_sloppy_gaussian_seeded():
+    a, b = data.make_sloppy_gaussian(50, 20, seed=3), data.make_sloppy_gaussian(50, 20, seed=3)
+    c = data.make_sloppy_gaussian(50, 20, seed=4)
+    assert torch.equal(a.X_train, b.X_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.X_train, c.X_train)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"c": 0.0}, ValueError),
+    ({"c": "big"}, TypeError),
+    ({"n_classes": 1}, ValueError),
+    ({"d": 0}, ValueError),
+    ({"n_train": 2.5}, TypeError),
+])
+def test_make_sloppy_gaussian_bad_input(kwargs, error):
+    with pytest.raises(error):
+        data.make_sloppy_gaussian(**kwargs)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lib.models import ACTIVATIONS, classifier, lenet, mlp, num_parameters, small_resnet, wide_resnet
+from lib.models import (ACTIVATIONS, VisionTransformer, classifier, lenet, mlp, num_parameters,
+                        small_resnet, vit, wide_resnet)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -231,6 +232,53 @@ def test_models_run_on_device(device):
 
 
 # --------------------------------------------------------------------------- #
+# Vision Transformer
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("shape, kwargs", [
+    ((1, 8, 8), {}),                                        # 8x8 digits: 16 tokens
+    ((1, 40), {"image_size": 40, "conv1d": True}),          # MNIST-1D: 20 tokens
+    ((3, 12, 12), {"image_size": 12, "patch_size": 4, "depth": 0}),
+])
+def test_vit_shapes_and_gradients(shape, kwargs):
+    model = vit(shape[0], 10, seed=0, **kwargs)
+    assert isinstance(model, VisionTransformer)
+    x = torch.randn(5, *shape)
+    assert model(x).shape == (5, 10)
+    assert _all_parameters_get_gradients(model, x)
+
+
+def test_vit_seed_reproducible_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = vit(seed=1), vit(seed=1), vit(seed=2)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert _same_parameters(a, b) and not _same_parameters(a, c)
+    x = torch.randn(3, 1, 8, 8)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_vit_examples_are_independent():
+    # No BatchNorm or batch-coupled ops: an example's output ignores the rest of the batch.
+    model = vit(seed=0).eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:1], model(x[:1]))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"patch_size": 3}, ValueError, "not divisible by patch_size"),
+    ({"patch_size": 0}, ValueError, "patch_size"),
+    ({"dim": 30, "heads": 4}, ValueError, "not divisible by heads"),
+    ({"depth": -1}, ValueError, "depth"),
+    ({"conv1d": 1}, TypeError, "conv1d"),
+])
+def test_vit_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        vit(**kwargs)
+
+
+# --------------------------------------------------------------------------- #
 # classifier(arch, input_shape, ...): builders by name
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("arch, shape, expected", [
@@ -239,6 +287,11 @@ def test_models_run_on_device(device):
     ("lenet", (1, 8, 8), lambda: lenet(1, 10, image_size=8, seed=3)),
     ("lenet", (1, 40), lambda: lenet(1, 10, image_size=40, conv1d=True, seed=3)),
     ("wrn-10-1", (3, 16, 16), lambda: wide_resnet(10, 1, in_channels=3, num_classes=10, seed=3)),
+    ("resnet", (1, 8, 8), lambda: small_resnet(1, 10, width=16, num_blocks=2, seed=3)),
+    ("resnet", (1, 40), lambda: small_resnet(1, 10, width=16, num_blocks=2, dims=1, seed=3)),
+    ("vit", (1, 8, 8), lambda: vit(1, 10, image_size=8, patch_size=2, seed=3)),
+    ("vit", (1, 40), lambda: vit(1, 10, image_size=40, patch_size=4, conv1d=True, seed=3)),
+    ("vit", (3, 32, 32), lambda: vit(3, 10, image_size=32, patch_size=4, seed=3)),
 ])
 def test_classifier_builds_the_named_network(arch, shape, expected):
     model, reference = classifier(arch, shape, 10, hidden=[16], seed=3), expected()
@@ -253,8 +306,11 @@ def test_classifier_builds_the_named_network(arch, shape, expected):
 
 
 @pytest.mark.parametrize("arch, shape, error, match", [
-    ("resnet", (1, 8, 8), ValueError, "unknown arch"),
+    ("resnet50", (1, 8, 8), ValueError, "unknown arch"),
     ("wrn-16", (3, 32, 32), ValueError, "unknown arch"),
+    ("vit", (1, 8, 6), ValueError, "square"),
+    ("vit", (1, 9, 9), ValueError, "divisible"),
+    ("resnet", (64,), ValueError, "signals"),
     ("lenet", (1, 8, 6), ValueError, "square"),
     ("wrn-16-4", (1, 40), ValueError, "images"),
     (3, (1, 8, 8), TypeError, "string"),
