@@ -17,6 +17,12 @@ threadpoolctl). The numpy distance loop is slow (minutes at the default size):
 costs the same); the printout says when it did so. The embedding of both is compared, and
 the distance rows that both computed must agree to 1e-10.
 
+Measured on the 2-core development machine (2026-11-23), default sizes: lib 9.6 s (distances
+8.3 s, embedding 1.4 s) against numpy 476 s for the distances plus 2.0 s for the embedding,
+i.e. 50x; distances agree to 1e-15. Before the tiling and the product of overlaps, the
+same lib call took about 100 s: a direct ``(n, m, m)`` batch spends its time in ``m^2 N``
+logarithms and in writing overlaps that do not fit in cache.
+
 Run: ``.venv/bin/python bench/inpca.py [--m 2000] [--samples 2000] [--classes 10]
 [--baseline-rows 2000] [--threads 2] [--rounds 1] [--device auto]``. On a GPU, e.g.
 ``--m 10000 --baseline-rows 20`` (numpy still runs on the CPU).
