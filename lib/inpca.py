@@ -93,7 +93,7 @@ def _check_probs(P, name: str, log: bool) -> torch.Tensor:
 
 
 def _sqrt_block(block: torch.Tensor, name: str, log: bool) -> torch.Tensor:
-    """Check one block ``(models, n, C)`` of probabilities and return its square root (float64)."""
+    """Check probabilities ``(..., C)`` (one block, or a whole tensor) and return their square roots (float64)."""
     block = block.to(DTYPE)
     if log:
         if bool(torch.isnan(block).any()) or bool((block == math.inf).any()):
@@ -407,25 +407,8 @@ def _roots(P, name: str, log: bool, ndims=(2, 3)) -> torch.Tensor:
         raise ValueError(f"{name} must have shape {shapes}, got shape {tuple(P.shape)}")
     if min(P.shape) == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(P.shape)}")
-    P = P.to(DTYPE)
-    if log:
-        if bool(torch.isnan(P).any()) or bool((P == math.inf).any()):
-            raise ValueError(f"{name} (log-probabilities) contains NaN or +inf entries")
-        if bool((P > 0).any()):
-            raise ValueError(f"{name} (log-probabilities) has entries > 0, i.e. probabilities > 1")
-        root = torch.exp(0.5 * P)
-    else:
-        if not bool(torch.isfinite(P).all()):
-            raise ValueError(f"{name} contains NaN or infinite entries")
-        if bool((P < 0).any()):
-            raise ValueError(f"{name} has negative probabilities")
-        root = torch.sqrt(P)
+    root = _sqrt_block(P, name, log)   # value checks shared with bhattacharyya
     total = (root * root).sum(-1)
-    err = (total - 1).abs().max().item()
-    if err > SUM_TOL:
-        what = "exp(log-probabilities)" if log else "probabilities"
-        raise ValueError(f"{name}: {what} over the classes must sum to 1 (within {SUM_TOL}), "
-                         f"worst deviation {err:.3g}")
     return root / total.sqrt()[..., None]
 
 
