@@ -164,7 +164,10 @@ def _gram(M: Tensor, eps: float) -> Tensor:
 
 
 def _spd_inverse(S: Tensor) -> Tensor:
-    return torch.cholesky_inverse(torch.linalg.cholesky(S))
+    # cholesky_solve rather than cholesky_inverse: the latter's forward-mode derivative
+    # is wrong in torch 2.14 (torch.func.jvp / hessian through the metric would be off).
+    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device).expand_as(S)
+    return torch.cholesky_solve(eye, torch.linalg.cholesky(S))
 
 
 def _sqrt_pair(S: Tensor) -> tuple[Tensor, Tensor]:

@@ -714,3 +714,18 @@ def test_low_level_functions_check_rank_without_eps():
         with pytest.raises(ValueError, match="rank-deficient"):
             fn(low, H, G, H, metric="mix")
         fn(low, H, G, H, metric="mix", eps=1e-3)
+
+
+def test_metric_forward_mode_derivative_matches_reverse_mode():
+    # Forward-mode AD (jvp, hessian) through the metric must agree with reverse mode;
+    # torch.cholesky_inverse once broke this.
+    g = torch.Generator().manual_seed(3)
+    G, H, aG, aH = (torch.randn(4, 2, generator=g, dtype=torch.float64) for _ in range(4))
+    dG = torch.randn(4, 2, generator=g, dtype=torch.float64)
+
+    def f(G):
+        return gl_metric(G, H, aG, aH, aG, aH, metric="inv", eps=0.0)
+
+    _, forward = torch.func.jvp(f, (G,), (dG,))
+    reverse = (torch.func.grad(f)(G) * dG).sum()
+    assert torch.allclose(forward, reverse, rtol=1e-10, atol=1e-12)
