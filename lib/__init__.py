@@ -4,10 +4,10 @@ Chapters import from here and never re-implement it; the same code runs on CPU a
 """
 
 from . import (checkpoint, config, curvature, data, estimators, gradient_flow, inpca, invariance, kfac,
-               laplace, linear, linear_operator, models, natural_gradient, plotting, progress, reparam,
-               report, train)
+               laplace, linear, linear_operator, models, natural_gradient, plotting, progress, quotient,
+               reparam, report, sharpness, train)
 from .config import setup
 
 __all__ = ["checkpoint", "config", "curvature", "data", "estimators", "gradient_flow", "inpca", "invariance",
            "kfac", "laplace", "linear", "linear_operator", "models", "natural_gradient", "plotting", "progress",
-           "reparam", "report", "train", "setup"]
+           "quotient", "reparam", "report", "sharpness", "train", "setup"]
