@@ -13,6 +13,8 @@ using *training* statistics only (the test set never leaks into them).
   - small synthetic problems.
 * :func:`make_sloppy_gaussian` - Gaussian inputs with a sloppy covariance, labelled by
   a random teacher (Mao's thesis, section 2.5.5).
+* :func:`make_sparse_regression` - Gaussian inputs, sparse linear ground truth
+  (the diagonal-network experiments).
 
 Relative ``root`` paths are resolved against the repository root (the parent
 of the ``lib`` package), so the same call works from ``chapters/`` too.
@@ -50,6 +52,7 @@ __all__ = [
     "make_teacher_classification",
     "sloppy_eigenvalues",
     "make_sloppy_gaussian",
+    "make_sparse_regression",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -630,3 +633,53 @@ def make_sloppy_gaussian(n_train: int = 5000, n_test: int = 1000, *, d: int = 20
     X_train, y_train = sample(n_train)
     X_test, y_test = sample(n_test)
     return _to_split(X_train, y_train, X_test, y_test, dtype, n_classes=n_classes)
+
+
+def make_sparse_regression(n_train: int, n_test: int, d: int, *, sparsity: float = 0.9,
+                           noise: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float32,
+                           return_coef: bool = False):
+    """Sparse linear regression: ``x ~ N(0, I_d)``, ``y = x^T beta* + N(0, noise^2)``.
+
+    The ground truth ``beta*`` has ``k = round((1 - sparsity) d)`` non-zero
+    entries, at positions drawn uniformly without replacement and with standard
+    normal values; the others are exactly zero. With ``n_train < d`` the training
+    set has infinitely many interpolators, and which one a model finds decides
+    its test loss (the setting of the diagonal-network experiments). The inputs
+    are not standardized (they are standard normal already).
+
+    Args:
+        n_train, n_test: numbers of training and test examples.
+        d: input dimension.
+        sparsity: fraction of zero entries of ``beta*``, in [0, 1].
+        noise: standard deviation of the label noise (test labels get it too), >= 0.
+        seed: seed of this call's private generator (support, values, train, test).
+        dtype: floating dtype of ``X`` and ``y``.
+        return_coef: also return ``beta*``.
+
+    Returns:
+        Split with ``X`` of shapes ``(n_train, d)`` and ``(n_test, d)``, float
+        targets ``y`` of shapes ``(n_train,)`` and ``(n_test,)`` and ``n_classes``
+        None; with ``return_coef`` the pair ``(split, beta*)``, ``beta*`` of shape ``(d,)``.
+    """
+    n_train = check_int(n_train, "n_train")
+    n_test = check_int(n_test, "n_test")
+    d = check_int(d, "d")
+    sparsity = _check_non_negative_number(sparsity, "sparsity")
+    if sparsity > 1:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    noise = _check_non_negative_number(noise, "noise")
+    _check_float_dtype(dtype)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    n_nonzero = int(round((1 - sparsity) * d))
+    support = torch.randperm(d, generator=generator)[:n_nonzero]
+    beta = torch.zeros(d, dtype=torch.float64)
+    beta[support] = torch.randn(n_nonzero, generator=generator, dtype=torch.float64)
+
+    def sample(n: int) -> tuple[Tensor, Tensor]:
+        X = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        return X, X @ beta + noise * torch.randn(n, generator=generator, dtype=torch.float64)
+
+    X_train, y_train = sample(n_train)
+    X_test, y_test = sample(n_test)
+    split = Split(X_train.to(dtype), y_train.to(dtype), X_test.to(dtype), y_test.to(dtype))
+    return (split, beta.to(dtype)) if return_coef else split

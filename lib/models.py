@@ -9,6 +9,7 @@ is left untouched). Models are built on the CPU; move them with ``.to(device)``.
 * :func:`small_resnet` - residual CNN, without normalization by default.
 * :func:`wide_resnet` - Wide ResNet (WRN-d-k) for CIFAR-sized images, with BatchNorm.
 * :func:`vit` - small Vision Transformer for 8x8 digits (2-D) or MNIST-1D (1-D).
+* :func:`diagonal_net` - diagonal linear network ``x -> x^T (u * v)`` (rescaling symmetry).
 * :func:`classifier` - one of the above by name, sized for a data set's inputs.
 * :func:`num_parameters` - parameter count.
 """
@@ -23,8 +24,8 @@ from torch import Tensor, nn
 from ._checks import check_int
 
 __all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "wide_resnet",
-           "WideBasicBlock", "vit", "VisionTransformer", "TransformerBlock", "classifier",
-           "num_parameters"]
+           "WideBasicBlock", "vit", "VisionTransformer", "TransformerBlock", "diagonal_net",
+           "DiagonalNet", "classifier", "num_parameters"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -445,6 +446,63 @@ def vit(in_channels: int = 1, num_classes: int = 10, *, image_size: int = 8,
         raise TypeError(f"conv1d must be a bool, got {type(conv1d).__name__}")
     return _build(seed, lambda: VisionTransformer(in_channels, num_classes, image_size, patch_size,
                                                   dim, depth, heads, mlp_ratio, conv1d))
+
+
+# --------------------------------------------------------------------------- #
+# Diagonal linear network
+# --------------------------------------------------------------------------- #
+class DiagonalNet(nn.Module):
+    """Diagonal linear network ``x -> x^T (u * v)`` with parameters ``u, v`` of shape ``(d,)``.
+
+    Maps ``(N, d)`` to ``(N,)``. The map only depends on ``beta = u * v``, so the
+    elementwise rescaling ``(a * u, v / a)`` (any ``a`` with non-zero entries)
+    leaves it unchanged; :attr:`rescale_pairs` names that symmetry for code that
+    looks for it (e.g. :class:`lib.quotient.QuotientGeometry`).
+    """
+
+    #: Pairs ``(name_u, name_v)`` of this module's parameters related by the
+    #: elementwise rescaling symmetry ``(a u, v / a)``.
+    rescale_pairs = (("u", "v"),)
+
+    def __init__(self, d: int, init_scale: float):
+        super().__init__()
+        # Independent Gaussian factors: generic (no zero entries, so the rescaling
+        # metric 1/u^2 is finite) and small init_scale gives the "rich", sparse regime.
+        self.u = nn.Parameter(init_scale * torch.randn(d))
+        self.v = nn.Parameter(init_scale * torch.randn(d))
+
+    @property
+    def beta(self) -> Tensor:
+        """Effective linear predictor ``u * v``, shape ``(d,)``."""
+        return self.u * self.v
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ (self.u * self.v)
+
+
+def diagonal_net(d: int, *, init_scale: float = 0.1, seed: int | None = None) -> DiagonalNet:
+    """Diagonal linear network ``y = x^T (u * v)`` (Woodworth et al., 2020).
+
+    Both factors start as independent ``N(0, init_scale^2)`` entries. A small
+    ``init_scale`` biases gradient descent towards sparse interpolators (the
+    "rich" regime), a large one towards the minimum-L2-norm one (the kernel regime).
+
+    Args:
+        d: input dimension.
+        init_scale: standard deviation of the initial entries of ``u`` and ``v``, > 0.
+        seed: seed for the initial weights (None: global generator).
+
+    Returns:
+        :class:`DiagonalNet` with parameters ``u``, ``v`` of shape ``(d,)`` mapping
+        ``(N, d)`` to ``(N,)``; ``rescale_pairs == (("u", "v"),)``.
+    """
+    d = check_int(d, "d")
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)):
+        raise TypeError(f"init_scale must be a positive number, got "
+                        f"{type(init_scale).__name__} {init_scale!r}")
+    if not init_scale > 0 or init_scale == float("inf"):  # also rejects NaN
+        raise ValueError(f"init_scale must be a positive finite number, got {init_scale}")
+    return _build(seed, lambda: DiagonalNet(d, float(init_scale)))
 
 
 def classifier(arch: str, input_shape: Sequence[int], num_classes: int, *,

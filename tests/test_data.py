@@ -377,3 +377,51 @@ def test_make_sloppy_gaussian_seeded():
 def test_make_sloppy_gaussian_bad_input(kwargs, error):
     with pytest.raises(error):
         data.make_sloppy_gaussian(**kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# Sparse regression (diagonal networks)
+# --------------------------------------------------------------------------- #
+def test_make_sparse_regression_shapes_sparsity_and_labels():
+    split, beta = data.make_sparse_regression(30, 40, 200, sparsity=0.9, seed=1,
+                                              dtype=torch.float64, return_coef=True)
+    assert isinstance(split, Split) and split.n_classes is None
+    assert split.X_train.shape == (30, 200) and split.y_train.shape == (30,)
+    assert split.X_test.shape == (40, 200) and split.y_test.shape == (40,)
+    assert beta.shape == (200,) and int((beta != 0).sum()) == 20
+    # Noise-free labels are exactly linear in the inputs, train and test alike.
+    torch.testing.assert_close(split.X_train @ beta, split.y_train)
+    torch.testing.assert_close(split.X_test @ beta, split.y_test)
+    assert split.X_train.dtype == torch.float64
+    assert data.make_sparse_regression(5, 5, 10).X_train.dtype == torch.float32
+
+
+def test_make_sparse_regression_noise_and_seeding():
+    a = data.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=3,
+                                    dtype=torch.float64, return_coef=True)
+    split, beta = a
+    residual = split.y_train - split.X_train @ beta
+    assert abs(residual.std().item() - 0.5) < 0.05
+    b = data.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=3,
+                                    dtype=torch.float64)
+    assert torch.equal(b.X_train, split.X_train) and torch.equal(b.y_test, split.y_test)
+    c = data.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=4,
+                                    dtype=torch.float64)
+    assert not torch.equal(c.X_train, split.X_train)
+    all_zero = data.make_sparse_regression(4, 4, 6, sparsity=1.0)
+    assert torch.equal(all_zero.y_train, torch.zeros(4))
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"sparsity": 1.5}, ValueError),
+    ({"sparsity": -0.1}, ValueError),
+    ({"noise": -1.0}, ValueError),
+    ({"d": 0}, ValueError),
+    ({"n_train": 2.5}, TypeError),
+    ({"dtype": torch.int64}, TypeError),
+    ({"seed": -1}, ValueError),
+])
+def test_make_sparse_regression_bad_input(kwargs, error):
+    arguments = {"n_train": 10, "n_test": 5, "d": 20, **kwargs}
+    with pytest.raises(error):
+        data.make_sparse_regression(**arguments)

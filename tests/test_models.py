@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lib.models import (ACTIVATIONS, VisionTransformer, classifier, lenet, mlp, num_parameters,
-                        small_resnet, vit, wide_resnet)
+from lib.models import (ACTIVATIONS, DiagonalNet, VisionTransformer, classifier, diagonal_net,
+                        lenet, mlp, num_parameters, small_resnet, vit, wide_resnet)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -318,3 +318,46 @@ def test_classifier_builds_the_named_network(arch, shape, expected):
 def test_classifier_bad_input(arch, shape, error, match):
     with pytest.raises(error, match=match):
         classifier(arch, shape, 10)
+
+
+# --------------------------------------------------------------------------- #
+# Diagonal network
+# --------------------------------------------------------------------------- #
+def test_diagonal_net_forward_symmetry_and_seed():
+    torch.manual_seed(7)
+    expected_next = torch.rand(1)
+    torch.manual_seed(7)
+    model = diagonal_net(6, init_scale=0.5, seed=3)
+    assert torch.equal(torch.rand(1), expected_next)  # global generator untouched
+    assert isinstance(model, DiagonalNet) and model.rescale_pairs == (("u", "v"),)
+    assert [name for name, _ in model.named_parameters()] == ["u", "v"]
+    assert model.u.shape == (6,) and model.v.shape == (6,) and num_parameters(model) == 12
+    assert abs(model.u.std().item() - 0.5) < 0.5  # scale, loosely (6 draws)
+    x = torch.randn(4, 6)
+    out = model(x)
+    assert out.shape == (4,)
+    torch.testing.assert_close(out, x @ (model.u * model.v))
+    torch.testing.assert_close(model.beta, model.u * model.v)
+    # The elementwise rescaling (a u, v / a) leaves the function unchanged.
+    a = torch.rand(6) + 0.5
+    with torch.no_grad():
+        model.u.mul_(a)
+        model.v.div_(a)
+    torch.testing.assert_close(model(x), out)
+    assert _same_parameters(diagonal_net(6, seed=1), diagonal_net(6, seed=1))
+    assert not _same_parameters(diagonal_net(6, seed=1), diagonal_net(6, seed=2))
+    assert diagonal_net(3).double()(torch.randn(2, 3, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"d": 0}, ValueError),
+    ({"d": 2.0}, TypeError),
+    ({"init_scale": 0.0}, ValueError),
+    ({"init_scale": float("nan")}, ValueError),
+    ({"init_scale": "big"}, TypeError),
+    ({"seed": -1}, ValueError),
+])
+def test_diagonal_net_bad_input(kwargs, error):
+    arguments = {"d": 4, **kwargs}
+    with pytest.raises(error):
+        diagonal_net(**arguments)
