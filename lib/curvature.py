@@ -70,6 +70,26 @@ def _quiet_forward_ad():
         yield
 
 
+@contextlib.contextmanager
+def _differentiable_attention():
+    """Route attention through kernels that support the derivatives the products take.
+
+    On the CPU, scaled-dot-product attention dispatches to a flash kernel with neither a
+    double backward nor forward-mode AD, and ``nn.MultiheadAttention`` takes a fused
+    inference "fast path" (no forward-mode AD) whenever no input requires grad. Both
+    break every curvature product of a transformer; the math kernel computes the same
+    attention with ordinary, twice-differentiable operations.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 # --------------------------------------------------------------------------------------
 # Losses: what the operators need to know about l(f, y) in output space
 # --------------------------------------------------------------------------------------
@@ -252,10 +272,11 @@ class CurvatureOperator(LinearOperator):
 
     def _matmat(self, V):
         chunk = max(1, min(V.shape[1], self.block_entries // self.shape[0]))
-        if chunk >= V.shape[1]:
-            return self._matmat_block(V)
-        return torch.cat([self._matmat_block(V[:, i:i + chunk])
-                          for i in range(0, V.shape[1], chunk)], dim=1)
+        with _differentiable_attention():
+            if chunk >= V.shape[1]:
+                return self._matmat_block(V)
+            return torch.cat([self._matmat_block(V[:, i:i + chunk])
+                              for i in range(0, V.shape[1], chunk)], dim=1)
 
     def _matmat_block(self, V):
         raise NotImplementedError

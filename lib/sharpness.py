@@ -699,8 +699,9 @@ def diagonal_net_quadratic_model(u: Tensor, v: Tensor, X: Tensor,
                          f"{tuple(v.shape)}, {tuple(X.shape)}")
     if y.shape != (X.shape[0],):
         raise ValueError(f"y must have shape ({X.shape[0]},), got {tuple(y.shape)}")
-    beta0 = (u * v).double()
-    Xd, yd = X.double(), y.double()
+    # A closed form, not a graph: detach, so nn.Parameters can be passed as they are.
+    beta0 = (u * v).detach().double()
+    Xd, yd = X.detach().double(), y.detach().double()
     n = Xd.shape[0]
     g = 2.0 / n * Xd.T @ (Xd @ beta0 - yd)
     K = 2.0 / n * Xd.T @ Xd

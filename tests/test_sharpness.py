@@ -577,3 +577,19 @@ def test_zero_gradient_start_uses_seeded_random_point():
               for s in (0, 0, 1)]
     assert values[0] > 0 and values[0] == values[1]
     assert values[2] > 0 and values[2] != values[0]
+
+
+def test_closed_forms_accept_parameters_without_warnings():
+    # Parameters (requires_grad=True) go in as they are; no autograd warning may reach
+    # stderr (the book turns warnings into build errors).
+    import warnings
+    g = torch.Generator().manual_seed(0)
+    u = nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64))
+    v = nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64))
+    X = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(6, generator=g, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for order in (1, 2):
+            plain = diagonal_net_sharpness(u.detach(), v.detach(), X, y, 0.1, order=order)
+            assert diagonal_net_sharpness(u, v, X, y, 0.1, order=order) == plain
