@@ -286,6 +286,13 @@ def _point(G, H, metric, eps) -> _GLPoint:
     return _GLPoint(G, H, metric, eps)
 
 
+def _at_point(method: str, G, H, names: tuple[str, str], x_G, x_H, metric, eps):
+    """Check a base point and a pair of tangent blocks, then apply ``_GLPoint.<method>``."""
+    _check_pair(G, H)
+    _check_vectors(G, H, [(names[0], x_G), (names[1], x_H)])
+    return getattr(_point(G, H, metric, eps), method)(x_G, x_H)
+
+
 def _check_vectors(G, H, pairs) -> None:
     for name, x in pairs:
         _check_like(G if name.endswith("G") else H, x, name)
@@ -326,9 +333,7 @@ def gl_horizontal(G: Tensor, H: Tensor, xi_G: Tensor, xi_H: Tensor, *, metric: s
     Returns:
         ``(h_G, h_H)`` shaped like ``(xi_G, xi_H)``.
     """
-    _check_pair(G, H)
-    _check_vectors(G, H, [("xi_G", xi_G), ("xi_H", xi_H)])
-    return _point(G, H, metric, eps).horizontal(xi_G, xi_H)
+    return _at_point("horizontal", G, H, ("xi_G", "xi_H"), xi_G, xi_H, metric, eps)
 
 
 def gl_vertical(G: Tensor, H: Tensor, X: Tensor) -> tuple[Tensor, Tensor]:
@@ -361,9 +366,7 @@ def gl_riemannian_gradient(G: Tensor, H: Tensor, grad_G: Tensor, grad_H: Tensor,
     Returns:
         ``(r_G, r_H)`` shaped like the gradients.
     """
-    _check_pair(G, H)
-    _check_vectors(G, H, [("grad_G", grad_G), ("grad_H", grad_H)])
-    return _point(G, H, metric, eps).riemannian_gradient(grad_G, grad_H)
+    return _at_point("riemannian_gradient", G, H, ("grad_G", "grad_H"), grad_G, grad_H, metric, eps)
 
 
 def gl_christoffel(G: Tensor, H: Tensor, xi_G: Tensor, xi_H: Tensor, *, metric: str = "inv",
@@ -379,9 +382,7 @@ def gl_christoffel(G: Tensor, H: Tensor, xi_G: Tensor, xi_H: Tensor, *, metric: 
     Returns:
         ``(Gamma_G, Gamma_H)`` shaped like ``(xi_G, xi_H)``.
     """
-    _check_pair(G, H)
-    _check_vectors(G, H, [("xi_G", xi_G), ("xi_H", xi_H)])
-    return _point(G, H, metric, eps).christoffel(xi_G, xi_H)
+    return _at_point("christoffel", G, H, ("xi_G", "xi_H"), xi_G, xi_H, metric, eps)
 
 
 def gl_action(G: Tensor, H: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
