@@ -102,7 +102,12 @@ def dense_hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Ten
 
     Plain reverse-over-reverse autograd (one backward pass per row), so ``f`` may contain
     Python-side checks; meant for ``d`` up to a few hundred. The Hessian is symmetrized.
+    Raises ``ValueError`` if ``x`` is not a flat floating-point tensor with ``d >= 1``.
     """
+    if not isinstance(x, Tensor) or x.ndim != 1 or not torch.is_floating_point(x):
+        raise ValueError("x must be a flat floating-point tensor of shape (d,)")
+    if x.numel() == 0:
+        raise ValueError("x has no entries (d = 0): a function of no parameters has no Hessian")
     x = x.detach().clone().requires_grad_(True)
     value = f(x)
     if not isinstance(value, Tensor) or value.numel() != 1:
@@ -145,8 +150,9 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
         A :class:`LaplaceResult`.
 
     Raises:
-        ValueError: unknown ``form``; a metric with the naive form; a bad point; a Hessian
-            (or ``G^-1 H``) that is not positive definite (not a strict minimum).
+        ValueError: unknown ``form``; a metric with the naive form; a bad point (not flat,
+            not finite, or with no entries); a Hessian (or ``G^-1 H``) that is not positive
+            definite (not a strict minimum), whatever the metric.
     """
     if form not in LAPLACE_FORMS:
         raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
@@ -155,6 +161,9 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
                          "pass metric=None or use form='invariant'")
     if not isinstance(theta_map, Tensor) or theta_map.ndim != 1 or not torch.is_floating_point(theta_map):
         raise ValueError("theta_map must be a flat floating-point tensor of shape (d,)")
+    if theta_map.numel() == 0:
+        raise ValueError("theta_map has no entries (d = 0): the Laplace approximation needs at "
+                         "least one parameter")
     if not bool(torch.isfinite(theta_map).all()):
         raise ValueError("theta_map contains NaN or infinite entries")
     theta_map = theta_map.detach()
