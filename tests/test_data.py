@@ -150,13 +150,6 @@ def test_mnist1d_corrupt_cache_is_regenerated(tmp_path, monkeypatch):
         assert cache["x"].shape == (8, 40)
 
 
-def test_relative_root_resolves_from_repo_root():
-    assert data.resolve_root("data") == Path(data.__file__).resolve().parent.parent / "data"
-    assert data.resolve_root("/tmp/x") == Path("/tmp/x")
-    with pytest.raises(TypeError, match="root"):
-        data.resolve_root(3)
-
-
 def test_mnist1d_bad_input(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         load_mnist1d(root=tmp_path, seed=-2)
