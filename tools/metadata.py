@@ -160,8 +160,14 @@ def chapter(text: str, meta: Metadata) -> str:
 
     notebook = nbformat.reads(text, as_version=4)
     cells = [c for c in notebook.cells if INSTALL_TAG in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
+    if len(cells) > 1:
         raise ValueError(f"expected one cell tagged {INSTALL_TAG!r}, found {len(cells)}")
+    if not cells:  # a new chapter: the install cell goes right after the parameters cell
+        index = next(i for i, c in enumerate(notebook.cells)
+                     if "parameters" in c.get("metadata", {}).get("tags", []))
+        cell = nbformat.v4.new_code_cell("", metadata={"tags": [INSTALL_TAG, "hide-cell"]})
+        notebook.cells.insert(index + 1, cell)
+        cells = [cell]
     if cells[0].source == install_cell_source(meta):
         return text
     cells[0].source = install_cell_source(meta)
