@@ -11,9 +11,11 @@ solution in view. This script writes
   a first cell; ``--ref COMMIT`` pins the install cell to that commit of the repository;
 * ``_build/student-src/``: the book's sources with every solution removed and the
   stored outputs used as they are (no execution), which ``make student`` builds into
-  ``_build/student/html``: its pages and its downloadable notebooks carry no solution.
+  ``_build/student/_build/html``: its pages and its downloadable notebooks carry no
+  solution;
+* with ``--pdf``, only ``_build/pdf-src/``: the sources with solutions, for ``make pdf``.
 
-Usage: ``python tools/handouts.py [--ref COMMIT]`` (``make student`` runs it).
+Usage: ``python tools/handouts.py [--ref COMMIT] [--pdf]`` (``make student`` runs it).
 """
 
 from __future__ import annotations
@@ -231,37 +233,53 @@ def write_handouts(out: Path = BUILD / "handouts", ref: str | None = None) -> li
     return written
 
 
-def stage_student_book(dest: Path = BUILD / "student-src") -> Path:
-    """The book's sources without solutions, configured to build from the stored outputs."""
+def stage_book(dest: Path, *, solutions: bool, title_suffix: str = "") -> Path:
+    """A copy of the book's sources in ``dest``, configured to build from the stored
+    outputs (nothing executed); without any solution unless ``solutions``."""
     if dest.exists():
         shutil.rmtree(dest)
-    (dest / "chapters").mkdir(parents=True)
+    for folder in ("chapters", "reference"):
+        (dest / folder).mkdir(parents=True)
     for name in ("_toc.yml", "references.bib"):
         shutil.copy2(ROOT / name, dest / name)
+    for page in (ROOT / "reference").glob("*.md"):
+        shutil.copy2(page, dest / "reference" / page.name)
+    shutil.copytree(ROOT / "_ext", dest / "_ext")  # the bibliography style
+    keep = (lambda text: text) if solutions else drop_solutions
     for page in (ROOT / "chapters").iterdir():
         if page.suffix == ".md":
-            (dest / "chapters" / page.name).write_text(drop_solutions(page.read_text("utf8")) + "\n",
+            (dest / "chapters" / page.name).write_text(keep(page.read_text("utf8")) + "\n",
                                                        encoding="utf8")
         elif page.suffix == ".ipynb":
-            nbformat.write(student_notebook(nbformat.read(page, as_version=4)),
+            notebook = nbformat.read(page, as_version=4)
+            nbformat.write(notebook if solutions else student_notebook(notebook),
                            dest / "chapters" / page.name)
-        elif page.is_dir() and not page.name.startswith((".", "_")) and page.name != "data":
-            shutil.copytree(page, dest / "chapters" / page.name)
     with open(ROOT / "_config.yml", encoding="utf8") as f:
         config = yaml.safe_load(f)
-    config["title"] += " (student edition)"
+    config["title"] += title_suffix
     config["execute"]["execute_notebooks"] = "off"  # the stored outputs of a default run
-    config["sphinx"]["config"]["hide_solutions"] = True  # and none in the HTML either
-    config["launch_buttons"] = {}
+    config["sphinx"]["config"]["hide_solutions"] = not solutions  # none in the HTML either
+    if not solutions:  # the launch copies fold the solutions in: no buttons to them
+        config["launch_buttons"] = {}
     with open(dest / "_config.yml", "w", encoding="utf8") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     return dest
 
 
+def stage_student_book(dest: Path = BUILD / "student-src") -> Path:
+    """The student edition's sources: every solution removed."""
+    return stage_book(dest, solutions=False, title_suffix=" (student edition)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", help="commit the Colab copies install the library from")
+    parser.add_argument("--pdf", action="store_true",
+                        help="only stage the sources of the PDF (_build/pdf-src), solutions kept")
     args = parser.parse_args()
+    if args.pdf:
+        print(f"staged {stage_book(BUILD / 'pdf-src', solutions=True).relative_to(ROOT)}")
+        sys.exit(0)
     for path in write_handouts(ref=args.ref):
         print(f"wrote {path.relative_to(ROOT)}")
     print(f"staged {stage_student_book().relative_to(ROOT)}")
