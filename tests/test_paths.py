@@ -48,17 +48,6 @@ def test_bad_root():
         paths.resolve_root(3)
 
 
-@pytest.fixture(scope="module")
-def installed_copy(tmp_path_factory) -> Path:
-    """The book's package installed without -e into a fresh folder, as pip on Colab would."""
-    target = tmp_path_factory.mktemp("site-packages")
-    build = tmp_path_factory.mktemp("build")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(target), str(ROOT)],
-                   check=True, cwd=build, env={**os.environ, "PIP_NO_CACHE_DIR": "1"})
-    return target
-
-
 def _run_installed(target: Path, code: str, env: dict[str, str], cwd: Path) -> dict:
     """Run ``code`` in a fresh interpreter that imports ``lib`` from ``target``."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
@@ -77,20 +66,20 @@ print(json.dumps({"lib": lib.__file__, "root": str(lib.paths.data_root()),
 """
 
 
-def test_an_installed_package_writes_to_the_user_cache(installed_copy, tmp_path):
+def test_an_installed_package_writes_to_the_user_cache(installed_lib, tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path / "home")}
-    out = _run_installed(installed_copy, PROBE, {**env, paths.DATA_ENV: ""}, cwd=tmp_path)
-    assert Path(out["lib"]).is_relative_to(installed_copy), "lib was not imported from the install"
+    out = _run_installed(installed_lib, PROBE, {**env, paths.DATA_ENV: ""}, cwd=tmp_path)
+    assert Path(out["lib"]).is_relative_to(installed_lib), "lib was not imported from the install"
     assert out["clone"] is False
     cache = tmp_path / "cache" / "parameter-space-geometry"
     assert out["root"] == str(cache)
     assert out["ckpt"] == str(cache / "checkpoints" / "run.pt")
     assert any(cache.glob("mnist1d_seed42_v*.npz")), "MNIST-1D was not cached in the user cache"
-    written = [p for p in installed_copy.rglob("*") if p.suffix in (".npz", ".pt")]
+    written = [p for p in installed_lib.rglob("*") if p.suffix in (".npz", ".pt")]
     assert written == [], f"files written inside the installed package: {written}"
 
 
-def test_an_installed_package_honours_book_data(installed_copy, tmp_path):
-    out = _run_installed(installed_copy, PROBE, {paths.DATA_ENV: str(tmp_path / "mine")}, cwd=tmp_path)
+def test_an_installed_package_honours_book_data(installed_lib, tmp_path):
+    out = _run_installed(installed_lib, PROBE, {paths.DATA_ENV: str(tmp_path / "mine")}, cwd=tmp_path)
     assert out["root"] == str(tmp_path / "mine")
     assert any((tmp_path / "mine").glob("mnist1d_seed42_v*.npz"))

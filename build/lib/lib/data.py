@@ -307,6 +307,19 @@ TORCHVISION_DATASETS = {
 }
 
 
+def _manual_download(dataset_class, root: Path) -> str:
+    """Which files to fetch by hand, from where, and where to put them."""
+    if hasattr(dataset_class, "resources"):  # MNIST-like: raw .gz files under <root>/<Name>/raw
+        folder = root / dataset_class.__name__ / "raw"
+        urls = [dataset_class.mirrors[0] + name for name, _ in dataset_class.resources]
+    else:  # CIFAR: one archive in <root>, unpacked there
+        folder, urls = root, [dataset_class.url]
+    listing = "\n".join(f"  {url}" for url in urls)
+    return (f"fetch these files on a machine with network access:\n{listing}\n"
+            f"and put them, as they are, into {folder}/ (torchvision unpacks them there); "
+            f"or set $BOOK_DATA to a folder that already holds them")
+
+
 def _open_torchvision(class_name: str, root: Path, train: bool, download: bool):
     """Instantiate a torchvision data set, translating its errors into clear ones."""
     import torchvision.datasets
@@ -318,14 +331,15 @@ def _open_torchvision(class_name: str, root: Path, train: bool, download: bool):
         except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
             raise FileNotFoundError(
                 f"{class_name} is not in {root} ({error}). Download it once with "
-                f"load_torchvision({class_name.lower()!r}, download=True) (needs network), "
-                f"or copy the torchvision files there."
+                f"load_torchvision({class_name.lower()!r}, download=True) (needs network), or "
+                + _manual_download(dataset_class, root)
             ) from error
     try:
         return dataset_class(str(root), train=train, download=True)
     except (RuntimeError, URLError, OSError) as error:
         raise RuntimeError(
-            f"downloading {class_name} into {root} failed (no network?): {error}"
+            f"downloading {class_name} into {root} failed (no network?): {error}. To set it up "
+            "offline, " + _manual_download(dataset_class, root)
         ) from error
 
 
