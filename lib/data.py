@@ -394,6 +394,7 @@ def load_torchvision(name: str, *, root: str | os.PathLike | None = None, downlo
 # --------------------------------------------------------------------------- #
 # One entry point by name
 # --------------------------------------------------------------------------- #
+#: The names :func:`load` accepts.
 DATASETS = ("digits", "mnist1d", *TORCHVISION_DATASETS)
 
 
