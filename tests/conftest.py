@@ -39,9 +39,17 @@ def installed_lib(tmp_path_factory) -> Path:
     import subprocess
     import sys
 
+    import shutil
+
+    # setuptools builds in a build/ folder beside pyproject.toml: install from a copy of
+    # what the package is made of, so the checkout stays clean.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "lib", source / "lib", ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path_factory.mktemp("site-packages")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(target), str(ROOT)],
+                    "--target", str(target), str(source)],
                    check=True, cwd=tmp_path_factory.mktemp("build"),
                    env={**os.environ, "PIP_NO_CACHE_DIR": "1"})
     return target
