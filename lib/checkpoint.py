@@ -15,7 +15,8 @@ code from the file, so a checkpoint cannot hide arbitrary pickled objects.
     history = train(model, loss_fn, split.train, optimizer, epochs=50,
                     batch_size=128, checkpoint=checkpoint_path("ch3-sgd-lr0.1"))
 
-Checkpoints live in ``data/checkpoints/`` by default, which git ignores;
+Checkpoints live in ``checkpoints/`` inside the data folder by default (the
+repository's ``data/``, which git ignores, in a clone; see :mod:`lib.paths`);
 delete a file there to recompute it from scratch.
 """
 
@@ -32,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from .data import resolve_root
+from .paths import resolve_root
 
 __all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "cached", "CHECKPOINT_SUFFIX"]
 
@@ -145,7 +146,7 @@ def load_checkpoint(path: str | os.PathLike,
     return state
 
 
-def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints", *,
+def checkpoint_path(name: str, root: str | os.PathLike = "checkpoints", *,
                     key: dict[str, Any] | None = None) -> Path:
     """Path of the checkpoint called ``name`` under ``root``.
 
@@ -153,9 +154,9 @@ def checkpoint_path(name: str, root: str | os.PathLike = "data/checkpoints", *,
         name: e.g. ``"ch3-sgd-lr0.1"`` or ``"ch3/sgd-lr0.1"`` (subfolders are
             allowed, ``..`` and absolute paths are not). ``".pt"`` is appended
             unless the name already ends with it.
-        root: folder of the checkpoints; relative paths are taken from the
-            repository root (see :func:`lib.data.resolve_root`), so the same
-            call works from ``chapters/``.
+        root: folder of the checkpoints; relative paths are taken inside the data
+            folder (see :func:`lib.paths.data_root`), so the same call works from
+            ``chapters/``.
         key: optional settings of the run (JSON-serializable); a digest of them is
             appended to the name, so a run with other settings gets its own file
             instead of meeting a checkpoint it does not match.

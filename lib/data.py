@@ -5,7 +5,7 @@ using *training* statistics only (the test set never leaks into them).
 
 * :func:`load_digits` - scikit-learn's 8x8 digits (bundled, no download).
 * :func:`load_mnist1d` - MNIST-1D, generated with the ``mnist1d`` package and
-  cached as plain arrays under ``data/``.
+  cached as plain arrays in the data folder.
 * :func:`load_torchvision` - MNIST, Fashion-MNIST, CIFAR-10/100 (for the
   larger "paper" presets; downloads only when asked to).
 * :func:`load` - any of the above by name, so a preset can name its data set.
@@ -16,8 +16,9 @@ using *training* statistics only (the test set never leaks into them).
 * :func:`make_sparse_regression` - Gaussian inputs, sparse linear ground truth
   (the diagonal-network experiments).
 
-Relative ``root`` paths are resolved against the repository root (the parent
-of the ``lib`` package), so the same call works from ``chapters/`` too.
+Downloads and caches go to :func:`lib.paths.data_root` (the repository's ``data/`` in a
+clone, a per-user cache folder for an installed package, or ``$BOOK_DATA``); a relative
+``root`` is taken inside it, so the same call works from ``chapters/`` too.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_seed
+from .paths import resolve_root
 
 __all__ = [
     "Split",
-    "resolve_root",
     "load_digits",
     "load_mnist1d",
     "load_torchvision",
@@ -55,7 +56,6 @@ __all__ = [
     "make_sparse_regression",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Bump when the cache layout changes so stale caches are not picked up.
 _MNIST1D_CACHE_VERSION = 1
@@ -147,21 +147,6 @@ def _check_non_negative_number(value: float, name: str) -> float:
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
     return float(value)
-
-
-def resolve_root(root: str | os.PathLike) -> Path:
-    """Return ``root`` as an absolute path; relative paths are taken from the repo root.
-
-    Args:
-        root: a directory such as ``"data"`` or an absolute path.
-
-    Returns:
-        The absolute ``Path`` (not created).
-    """
-    if not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a str or path, got {type(root).__name__}")
-    path = Path(root).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def _standardize(train: np.ndarray, test: np.ndarray, axis) -> tuple[np.ndarray, np.ndarray]:
@@ -276,7 +261,7 @@ def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-def load_mnist1d(*, root: str | os.PathLike = "data", seed: int = 42, image: bool = False,
+def load_mnist1d(*, root: str | os.PathLike | None = None, seed: int = 42, image: bool = False,
                  dtype: torch.dtype = torch.float32) -> Split:
     """Load MNIST-1D (Greydanus 2020): 4000 train / 1000 test signals of length 40, 10 classes.
 
@@ -288,7 +273,8 @@ def load_mnist1d(*, root: str | os.PathLike = "data", seed: int = 42, image: boo
     rely on every position sharing one scale.
 
     Args:
-        root: cache directory; relative paths are resolved from the repo root.
+        root: cache folder; None is :func:`lib.paths.data_root`, and relative paths
+            are taken inside it.
         seed: generation seed; the default 42 is the package's standard data set.
         image: False gives ``X`` of shape ``(N, 40)``; True gives ``(N, 1, 40)``
             for 1-D convolutional models.
@@ -321,6 +307,19 @@ TORCHVISION_DATASETS = {
 }
 
 
+def _manual_download(dataset_class, root: Path) -> str:
+    """Which files to fetch by hand, from where, and where to put them."""
+    if hasattr(dataset_class, "resources"):  # MNIST-like: raw .gz files under <root>/<Name>/raw
+        folder = root / dataset_class.__name__ / "raw"
+        urls = [dataset_class.mirrors[0] + name for name, _ in dataset_class.resources]
+    else:  # CIFAR: one archive in <root>, unpacked there
+        folder, urls = root, [dataset_class.url]
+    listing = "\n".join(f"  {url}" for url in urls)
+    return (f"fetch these files on a machine with network access:\n{listing}\n"
+            f"and put them, as they are, into {folder}/ (torchvision unpacks them there); "
+            f"or set $BOOK_DATA to a folder that already holds them")
+
+
 def _open_torchvision(class_name: str, root: Path, train: bool, download: bool):
     """Instantiate a torchvision data set, translating its errors into clear ones."""
     import torchvision.datasets
@@ -332,14 +331,15 @@ def _open_torchvision(class_name: str, root: Path, train: bool, download: bool):
         except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
             raise FileNotFoundError(
                 f"{class_name} is not in {root} ({error}). Download it once with "
-                f"load_torchvision({class_name.lower()!r}, download=True) (needs network), "
-                f"or copy the torchvision files there."
+                f"load_torchvision({class_name.lower()!r}, download=True) (needs network), or "
+                + _manual_download(dataset_class, root)
             ) from error
     try:
         return dataset_class(str(root), train=train, download=True)
     except (RuntimeError, URLError, OSError) as error:
         raise RuntimeError(
-            f"downloading {class_name} into {root} failed (no network?): {error}"
+            f"downloading {class_name} into {root} failed (no network?): {error}. To set it up "
+            "offline, " + _manual_download(dataset_class, root)
         ) from error
 
 
@@ -351,7 +351,7 @@ def _images_as_array(dataset) -> np.ndarray:
     return images.transpose(0, 3, 1, 2)  # CIFAR: (N, H, W, C)
 
 
-def load_torchvision(name: str, *, root: str | os.PathLike = "data", download: bool = False,
+def load_torchvision(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
                      flatten: bool = False, dtype: torch.dtype = torch.float32) -> Split:
     """Load MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 with torchvision's standard split.
 
@@ -360,8 +360,8 @@ def load_torchvision(name: str, *, root: str | os.PathLike = "data", download: b
 
     Args:
         name: one of ``"mnist"``, ``"fashionmnist"``, ``"cifar10"``, ``"cifar100"``.
-        root: directory holding torchvision's files; relative paths are
-            resolved from the repo root.
+        root: folder holding torchvision's files; None is :func:`lib.paths.data_root`,
+            and relative paths are taken inside it.
         download: fetch the files if they are missing (needs network).
         flatten: False gives ``X`` of shape ``(N, C, H, W)``; True gives
             ``(N, C*H*W)`` for MLPs.
@@ -394,11 +394,12 @@ def load_torchvision(name: str, *, root: str | os.PathLike = "data", download: b
 # --------------------------------------------------------------------------- #
 # One entry point by name
 # --------------------------------------------------------------------------- #
+#: The names :func:`load` accepts.
 DATASETS = ("digits", "mnist1d", *TORCHVISION_DATASETS)
 
 
 def load(name: str, *, image: bool = False, download: bool = False,
-         root: str | os.PathLike = "data", dtype: torch.dtype = torch.float32) -> Split:
+         root: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32) -> Split:
     """Load a classification data set by name (case and ``-``/``_`` are ignored).
 
     Args:
@@ -408,7 +409,7 @@ def load(name: str, *, image: bool = False, download: bool = False,
         image: inputs shaped for convolutions, ``(N, C, H, W)`` or ``(N, 1, L)`` for
             MNIST-1D; otherwise flat ``(N, D)``.
         download: for the torchvision data sets, fetch missing files (needs network).
-        root: cache directory (MNIST-1D, torchvision).
+        root: cache folder (MNIST-1D, torchvision); see :func:`lib.paths.data_root`.
         dtype: floating dtype of ``X``.
 
     Returns:

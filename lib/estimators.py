@@ -216,7 +216,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
     """The ``k`` largest eigenvalues of a symmetric operator, in descending order.
 
     With a ``metric`` ``M``, the ``k`` largest generalized eigenvalues of ``A v = lambda M v``
-    (Lanczos in the ``M``-inner product, see :func:`lanczos`); their accuracy is also
+    (Lanczos in the ``M``-inner product, see :func:`~lib.estimators.lanczos`); their accuracy is also
     limited by that of ``metric_solve``.
 
     Runs Lanczos with full re-orthogonalization, growing the Krylov space until the
@@ -225,7 +225,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
     Like every single-vector Krylov method it finds one copy of a repeated eigenvalue
     per invariant subspace it meets; a random start makes further copies appear only
     through rounding, so for matrices with exactly repeated top eigenvalues use
-    :meth:`LinearOperator.to_dense`.
+    :meth:`~lib.linear_operator.LinearOperator.to_dense`.
 
     Args:
         op: symmetric operator of shape ``(d, d)``.

@@ -102,7 +102,7 @@ def adam_metric(optimizer: torch.optim.Optimizer, params=None) -> DiagonalOperat
             ``lib.curvature`` operators of that model).
 
     Returns:
-        A :class:`DiagonalOperator` of shape ``(d, d)``.
+        A :class:`~lib.linear_operator.DiagonalOperator` of shape ``(d, d)``.
     """
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise TypeError(f"expected torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
@@ -377,7 +377,7 @@ class InvariantHessianOperator:
 
     For identity, diagonal and dense metrics (and their pull-backs) the metric is known as
     ``G = B B^T`` and all spectral quantities use the symmetric, similar operator
-    ``S = B^-1 H B^-T`` (:attr:`whitened`), so ``eigvalsh`` can run Lanczos. For other
+    ``S = B^-1 H B^-T`` (the attribute ``whitened``), so ``eigvalsh`` can run Lanczos. For other
     operator metrics (e.g. a damped GGN) only products with ``G^-1`` by conjugate
     gradients are available: ``trace`` works (``tr(G^-1 H)``), ``logdet`` whitens the
     materialized ``H`` with a Cholesky factor of the materialized ``G`` (``"exact"``) or

@@ -27,6 +27,7 @@ __all__ = ["ACTIVATIONS", "mlp", "lenet", "small_resnet", "ResidualBlock", "wide
            "WideBasicBlock", "vit", "VisionTransformer", "TransformerBlock", "diagonal_net",
            "DiagonalNet", "classifier", "num_parameters"]
 
+#: The activations a model builder accepts by name, and their modules.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,

@@ -18,8 +18,10 @@ from ._checks import check_int
 __all__ = ["BOOK_STYLE", "COLORS", "use_style", "new_figure", "label"]
 
 # Colour-blind-safe palette (Okabe & Ito), used as the default colour cycle.
+#: The default colour cycle.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
+#: matplotlib rcParams of every figure in the book (applied by :func:`use_style`).
 BOOK_STYLE: dict[str, Any] = {
     "figure.dpi": 110,
     "savefig.dpi": 110,

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from ._checks import check_int, check_seed
 from .checkpoint import cached
 from .config import resolve_device
-from .data import Split, resolve_root
+from .data import Split
+from .paths import resolve_root
 from .models import classifier
 from .progress import progress as progress_bar
 
@@ -302,7 +303,7 @@ def _fingerprint(split: Split) -> str:
 
 def train_population(configs: Sequence[Config], split: Split, name: str, *,
                      device: str | torch.device = "cpu", num_checkpoints: int = 70,
-                     root: str | os.PathLike = "data/populations", progress: bool = True,
+                     root: str | os.PathLike = "populations", progress: bool = True,
                      input_shape: Sequence[int] | None = None) -> Population:
     """Run :func:`train_trajectory` for every config, caching each result in its own file.
 
@@ -319,7 +320,8 @@ def train_population(configs: Sequence[Config], split: Split, name: str, *,
         device: see :func:`train_trajectory`.
         num_checkpoints: checkpoints per trajectory; every config must end up with
             the same number K (true when each has at least ``num_checkpoints - 1`` steps).
-        root: cache folder; relative paths are taken from the repository root.
+        root: cache folder; relative paths are taken inside the data folder
+            (:func:`lib.paths.data_root`).
         progress: show a progress bar over the configs.
         input_shape: see :func:`train_trajectory`.
 

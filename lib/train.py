@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from ._checks import check_int
 from .checkpoint import load_checkpoint, save_atomic
-from .data import Split, batches, resolve_root
+from .data import Split, batches
+from .paths import resolve_root
 from .progress import progress
 
 __all__ = ["History", "train", "accuracy", "evaluate", "LR_SCHEDULES"]
@@ -485,8 +486,8 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         desc: label of the progress bar (see :mod:`lib.progress`).
         checkpoint: file to save the run to after every completed epoch and
             to resume it from, e.g. ``lib.checkpoint.checkpoint_path("ch3-sgd")``
-            (under ``data/checkpoints/``); a relative path is taken from the
-            repository root, like ``root`` in :mod:`lib.data`. See
+            (under ``checkpoints/`` in the data folder); a relative path is taken
+            inside the data folder (:func:`lib.paths.data_root`). See
             "Checkpoints" below.
         lr_schedule: None keeps the optimizer's learning rates constant.
             ``"cosine"`` anneals each parameter group's learning rate from its

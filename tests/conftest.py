@@ -30,3 +30,26 @@ ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     """The repository's root folder."""
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def installed_lib(tmp_path_factory) -> Path:
+    """The book's package installed without -e into a fresh folder (its dependencies are
+    this environment's), as pip installs it on Colab; returns that folder."""
+    import subprocess
+    import sys
+
+    import shutil
+
+    # setuptools builds in a build/ folder beside pyproject.toml: install from a copy of
+    # what the package is made of, so the checkout stays clean.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "lib", source / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path_factory.mktemp("site-packages")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(target), str(source)],
+                   check=True, cwd=tmp_path_factory.mktemp("build"),
+                   env={**os.environ, "PIP_NO_CACHE_DIR": "1"})
+    return target

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from lib.checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from lib.data import REPO_ROOT, make_regression, make_teacher_classification
+from lib.data import make_regression, make_teacher_classification
+from lib.paths import data_root
 from lib.models import mlp
 from lib.train import train
 
@@ -87,10 +88,10 @@ def test_loading_is_weights_only_and_runs_no_code(tmp_path):
         load_checkpoint(path)
 
 
-def test_checkpoint_path_resolves_against_repo_root(tmp_path):
-    assert checkpoint_path("run") == REPO_ROOT / "data" / "checkpoints" / "run.pt"
+def test_checkpoint_path_resolves_inside_the_data_root(tmp_path):
+    assert checkpoint_path("run") == data_root() / "checkpoints" / "run.pt"
     assert checkpoint_path("ch3/sgd-lr0.1", root=tmp_path) == tmp_path / "ch3" / "sgd-lr0.1.pt"
-    assert checkpoint_path("run.pt", root="elsewhere") == REPO_ROOT / "elsewhere" / "run.pt"
+    assert checkpoint_path("run.pt", root="elsewhere") == data_root() / "elsewhere" / "run.pt"
     for bad in ["", "../escape", "/abs/path", "dir/"]:
         with pytest.raises(ValueError, match="name"):
             checkpoint_path(bad)
@@ -270,8 +271,8 @@ def test_relative_checkpoint_is_taken_from_repo_root(problem, monkeypatch, tmp_p
     seen = []
     monkeypatch.setattr(lib.train, "load_checkpoint", lambda path, **kw: seen.append(path))
     _fit(problem, None, epochs=0)
-    _fit(problem, "data/checkpoints/never-written.pt", epochs=0)
-    assert seen == [REPO_ROOT / "data" / "checkpoints" / "never-written.pt"]
+    _fit(problem, "checkpoints/never-written.pt", epochs=0)
+    assert seen == [data_root() / "checkpoints" / "never-written.pt"]
     with pytest.raises(TypeError, match="checkpoint"):
         _fit(problem, 3, epochs=0)
 

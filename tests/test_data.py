@@ -150,13 +150,6 @@ def test_mnist1d_corrupt_cache_is_regenerated(tmp_path, monkeypatch):
         assert cache["x"].shape == (8, 40)
 
 
-def test_relative_root_resolves_from_repo_root():
-    assert data.resolve_root("data") == Path(data.__file__).resolve().parent.parent / "data"
-    assert data.resolve_root("/tmp/x") == Path("/tmp/x")
-    with pytest.raises(TypeError, match="root"):
-        data.resolve_root(3)
-
-
 def test_mnist1d_bad_input(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         load_mnist1d(root=tmp_path, seed=-2)
@@ -168,8 +161,15 @@ def test_mnist1d_bad_input(tmp_path):
 # torchvision (no network here: only fakes and the not-downloaded path)
 # --------------------------------------------------------------------------- #
 def test_torchvision_missing_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download=True"):
+    with pytest.raises(FileNotFoundError, match="download=True") as missing:
         load_torchvision("mnist", root=tmp_path)
+    # it says which files to fetch and where they go
+    assert "train-images-idx3-ubyte.gz" in str(missing.value)
+    assert f"{tmp_path / 'MNIST' / 'raw'}/" in str(missing.value)
+    with pytest.raises(FileNotFoundError) as missing:
+        load_torchvision("cifar10", root=tmp_path)
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in str(missing.value)
+    assert f"into {tmp_path}/" in str(missing.value)
 
 
 def test_torchvision_unknown_name():
@@ -186,15 +186,20 @@ def _fake_torchvision(monkeypatch, dataset_class):
 
 
 def test_torchvision_download_failure_is_clear(tmp_path, monkeypatch):
+    import torchvision.datasets
+
     class Offline:
+        mirrors, resources = torchvision.datasets.MNIST.mirrors, torchvision.datasets.MNIST.resources
+
         def __init__(self, root, train, download):
             if download:
                 raise URLError("Name or service not known")
             raise RuntimeError("Dataset not found or corrupted.")
 
     _fake_torchvision(monkeypatch, Offline)
-    with pytest.raises(RuntimeError, match="no network"):
+    with pytest.raises(RuntimeError, match="no network") as failed:
         load_torchvision("mnist", root=tmp_path, download=True)
+    assert "t10k-labels-idx1-ubyte.gz" in str(failed.value) and "offline" in str(failed.value)
     with pytest.raises(FileNotFoundError):
         load_torchvision("MNIST", root=tmp_path)
 

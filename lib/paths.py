@@ -1,0 +1,85 @@
+"""Where the book's data, downloads and caches live: the one owner of that decision.
+
+Three places, in this order:
+
+1. ``$BOOK_DATA``, when that environment variable is set (any folder you choose);
+2. ``data/`` in the repository, when ``lib`` runs from a clone of the book (the folder
+   git ignores, next to ``_config.yml``);
+3. otherwise (the package installed with pip, on Colab, ...) a per-user cache folder:
+   ``$XDG_CACHE_HOME/parameter-space-geometry`` or ``~/.cache/parameter-space-geometry``
+   on Linux, ``~/Library/Caches/parameter-space-geometry`` on macOS and
+   ``%LOCALAPPDATA%\\parameter-space-geometry\\Cache`` on Windows.
+
+Never inside ``site-packages``: an installed package's folder may be read-only, is shared
+by every user of the environment, and is wiped by the next upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["DATA_ENV", "REPO_ROOT", "data_root", "in_clone", "resolve_root", "user_cache_dir"]
+
+DATA_ENV = "BOOK_DATA"
+APP_NAME = "parameter-space-geometry"
+
+# The folder holding the ``lib`` package: the repository root in a clone, and
+# ``site-packages`` (or a ``--target`` folder) for an installed package.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def in_clone() -> bool:
+    """True when ``lib`` is imported from a clone of the book's repository (an editable
+    install or a checkout on ``sys.path``), recognized by the book's own files beside it."""
+    return all((REPO_ROOT / name).is_file() for name in ("_config.yml", "_toc.yml", "pyproject.toml"))
+
+
+def user_cache_dir() -> Path:
+    """The per-user cache folder of this platform for the book (not created)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / APP_NAME / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / APP_NAME
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / APP_NAME
+
+
+def data_root() -> Path:
+    """The folder that data sets, downloads, checkpoints and caches go to (not created).
+
+    ``$BOOK_DATA`` if set, else the repository's ``data/`` in a clone, else
+    :func:`user_cache_dir` (see the module docstring).
+
+    Raises:
+        ValueError: ``$BOOK_DATA`` is set to a relative path (it would depend on the
+            working directory, which differs between a notebook and a script).
+    """
+    chosen = os.environ.get(DATA_ENV)
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"${DATA_ENV} must be an absolute path, got {chosen!r}")
+        return path
+    return REPO_ROOT / "data" if in_clone() else user_cache_dir()
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` as an absolute path: relative paths are taken inside :func:`data_root`.
+
+    Args:
+        root: a folder such as ``"checkpoints"``, an absolute path, or None for
+            :func:`data_root` itself.
+
+    Returns:
+        The absolute ``Path`` (not created).
+    """
+    if root is None:
+        return data_root()
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a str, a path or None, got {type(root).__name__}")
+    path = Path(root).expanduser()
+    return path if path.is_absolute() else data_root() / path

@@ -1,0 +1,102 @@
+"""The course kit: hand-out notebooks, the student edition and the PDF.
+
+- every solution is gone from the student copies (the directive and every line of its
+  text), every exercise stays;
+- the Colab copies hold no MyST markup that plain Jupyter would show raw, fold each
+  solution into a <details> block and define the notation macros first;
+- the student edition builds (nothing executed) without a single solution in its HTML or
+  in its downloadable notebooks;
+- the PDF builds where TeX is installed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import handouts  # noqa: E402
+
+CHAPTERS = handouts.chapters()
+SOLUTION = re.compile(r"^:::\{solution\}.*?^:::$", re.S | re.M)
+
+
+def solution_lines(path: Path) -> list[str]:
+    """Distinctive lines of the chapter's solutions (long enough not to occur elsewhere)."""
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+    lines = [l.strip() for block in SOLUTION.findall(text) for l in block.splitlines()[2:-1]]
+    return [l for l in lines if len(l) > 40 and l.count(" ") > 5]
+
+
+def markdown(notebook) -> str:
+    return "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+
+
+def test_drop_solutions_keeps_everything_else():
+    text = ("Intro\n\n:::{exercise} Title\n:label: ex1\n\nDo it.\n:::\n\n:::{solution} ex1\n"
+            ":class: dropdown\n\nSecret.\n\n```python\n:::\n```\n:::\n\nAfter.")
+    out = handouts.drop_solutions(text)
+    assert "Secret" not in out and "{solution}" not in out
+    assert ":::{exercise} Title\n:label: ex1" in out and "Do it." in out and out.endswith("After.")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_student_copy_has_no_solution(path):
+    original = nbformat.read(path, as_version=4)
+    student = handouts.student_notebook(original)
+    text = markdown(student)
+    assert "{solution}" not in text
+    assert text.count("{exercise}") == markdown(original).count("{exercise}") > 0
+    leaked = [line for line in solution_lines(path) if line in text]
+    assert not leaked, f"solution text left in the student copy: {leaked[:2]}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_colab_copy_is_plain_markdown(path):
+    meta = handouts.metadata.read()
+    converter = handouts.PlainMarkdown(handouts.bibliography_citer(ROOT / "references.bib"), meta.pages)
+    original = nbformat.read(path, as_version=4)
+    plain = handouts.plain_notebook(original, converter, install_ref="0123abc")
+    text = markdown(plain)
+    leftovers = re.findall(r"^(?::::+|```+)\{[\w:-]+\}|\{[\w:-]+\}`", text, re.M)
+    assert not leftovers, f"MyST markup left: {leftovers[:3]}"
+    assert text.count("<details>") == markdown(original).count("{solution}")
+    assert plain.cells[0].source.startswith("<!-- The book's notation macros")
+    assert "\\newcommand{\\Hess}" in plain.cells[0].source
+    install = [c for c in plain.cells if handouts.metadata.INSTALL_TAG in c.metadata.get("tags", [])]
+    assert install and "@0123abc\"" in install[0].source
+
+
+@pytest.mark.notebook
+def test_the_student_edition_builds_without_solutions(tmp_path):
+    source = handouts.stage_student_book(tmp_path / "src")
+    result = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(source),
+                             "--path-output", str(tmp_path / "out"), "-W", "-n", "--keep-going"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    html = tmp_path / "out" / "_build" / "html"
+    for path in CHAPTERS:
+        page = (html / "chapters" / f"{path.stem}.html").read_text(encoding="utf8")
+        download = (html / "_sources" / "chapters" / path.name).read_text(encoding="utf8")
+        assert "solution" not in re.sub(r"<[^>]+>", "", page).lower().replace("solutions hidden", "")
+        for line in solution_lines(path)[:5]:
+            assert line not in download, f"{path.name}: a solution is in the downloadable notebook"
+
+
+@pytest.mark.notebook
+@pytest.mark.skipif(shutil.which("latexmk") is None, reason="make pdf needs TeX (latexmk, xelatex)")
+def test_the_pdf_builds(tmp_path):
+    source = handouts.stage_book(tmp_path / "src", solutions=True)
+    result = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(source),
+                             "--path-output", str(tmp_path / "out"), "--builder", "pdflatex"],
+                            capture_output=True, text=True, timeout=1200)
+    pdf = tmp_path / "out" / "_build" / "latex" / "parameter-space-geometry.pdf"
+    assert result.returncode == 0 and pdf.exists(), result.stdout[-4000:]
+    assert pdf.stat().st_size > 500_000

@@ -1,0 +1,70 @@
+"""The papermill front door, python -m lib.run: knobs checked before anything runs,
+values read as literals, a warning before the paper preset without a GPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lib import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_knobs_come_from_the_parameters_cell():
+    knobs = run.chapter_parameters(run.chapter_path("linear_models"))
+    assert list(knobs)[:3] == ["preset", "device", "seed"]
+    assert knobs["preset"] == "small" and knobs["n_samples"] is None
+
+
+@pytest.mark.parametrize("text, value", [("0.1", 0.1), ("3", 3), ("[16, 16]", [16, 16]),
+                                         ('["digits/mlp"]', ["digits/mlp"]), ("None", None),
+                                         ("True", True), ("paper", "paper"), ("cuda:1", "cuda:1"),
+                                         ("'quoted'", "quoted")])
+def test_values_are_literals_or_strings(text, value):
+    assert run.parse_value(text) == value
+
+
+def test_an_unknown_knob_is_an_error_naming_the_known_ones(capsys):
+    assert run.main(["curvature", "-p", "mc_sample", "5"]) == 2
+    message = capsys.readouterr().err
+    assert "no knob 'mc_sample' (did you mean 'mc_samples'?)" in message
+    assert "its knobs are: preset, device, seed" in message
+
+
+def test_unknown_chapter(capsys):
+    assert run.main(["no_such_chapter"]) == 2
+    assert "no chapter called 'no_such_chapter'; the chapters are: " in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no notebook"):
+        run.chapter_path("missing.ipynb")
+
+
+def test_list_prints_the_knobs(capsys):
+    assert run.main(["linear_models", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "preset" in out and "'small'" in out and "deep_width" in out
+
+
+def test_paper_preset_without_gpu_warns(monkeypatch):
+    monkeypatch.setattr(run, "_cuda_available", lambda: False)
+    assert "expects a CUDA GPU" in run.paper_warning("paper", "curvature")
+    assert run.paper_warning("small", "curvature") is None
+    monkeypatch.setattr(run, "_cuda_available", lambda: True)
+    assert run.paper_warning("paper", "curvature") is None
+
+
+@pytest.mark.notebook
+def test_a_run_with_a_list_value(tmp_path):
+    """A real execution: the list reaches the chapter without papermill's -y."""
+    output = tmp_path / "out.ipynb"
+    result = subprocess.run([sys.executable, "-m", "lib.run", "linear_models", "-p", "preset", "tiny",
+                             "-p", "fig1_times", "[1, 10]", "-o", str(output)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    notebook = nbformat.read(output, as_version=4)
+    injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "fig1_times = [1, 10]" in injected[0].source
