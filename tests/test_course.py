@@ -6,7 +6,10 @@
   solution into a <details> block and define the notation macros first;
 - the student edition builds (nothing executed) without a single solution in its HTML or
   in its downloadable notebooks;
-- the PDF builds where TeX is installed.
+- the PDF builds where TeX is installed;
+- every chapter opens with learning objectives (three to five) and prerequisites, and every
+  figure has a caption that says what to see (myst-nb's figure metadata, which also gives
+  the image its alt text).
 """
 
 from __future__ import annotations
@@ -100,3 +103,30 @@ def test_the_pdf_builds(tmp_path):
     pdf = tmp_path / "out" / "_build" / "latex" / "parameter-space-geometry.pdf"
     assert result.returncode == 0 and pdf.exists(), result.stdout[-4000:]
     assert pdf.stat().st_size > 500_000
+
+
+OBJECTIVES = re.compile(r"```\{admonition\} Learning objectives\n(.*?)\n```", re.S)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_the_chapter_opens_with_learning_objectives_and_prerequisites(path):
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+    found = [OBJECTIVES.search(c.source) for c in cells[:3]]
+    box = next((m.group(1) for m in found if m), None)
+    assert box is not None, "no 'Learning objectives' admonition among the first markdown cells"
+    objectives = [line for line in box.splitlines() if line.startswith("- ")]
+    assert 3 <= len(objectives) <= 5, f"{len(objectives)} objectives, the kit asks for three to five"
+    assert "**Prerequisites:**" in box
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_figure_has_a_caption_and_alt_text(path):
+    for k, cell in enumerate(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"):
+        images = sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+        if not images:
+            continue
+        assert images == 1, f"code cell {k} draws {images} figures; one per cell, each with its caption"
+        options = cell.metadata.get("mystnb", {})
+        caption = options.get("figure", {}).get("caption", "")
+        assert len(caption.split()) >= 8, f"code cell {k}: no caption that says what to see"
+        assert options.get("image", {}).get("alt"), f"code cell {k}: no alt text"
