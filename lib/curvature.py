@@ -295,7 +295,9 @@ class CurvatureOperator(LinearOperator):
         data: an ``(X, y)`` pair or a re-iterable of ``(X, y)`` batches (a list, a
             ``DataLoader``); ``"mean"`` averages over all points of all batches.
 
-    Raises (once, when the operator is built; see :func:`_inspect_data`):
+    The data are checked once, when the operator is built (``_inspect_data``).
+
+    Raises:
         TypeError: floating-point inputs of another dtype than the model's parameters.
         ValueError: empty data, NaN or infinite inputs or targets, a dropout or BatchNorm
             module in training mode, or a forward pass that is not deterministic.

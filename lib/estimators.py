@@ -317,7 +317,7 @@ def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 5
         seed: seed of the probes.
 
     Returns:
-        :class:`SpectralDensity`.
+        :class:`~lib.estimators.SpectralDensity`.
     """
     _check_operator(op, need_symmetric=True)
     check_int(num_probes, "num_probes")

@@ -2,10 +2,10 @@
 
 For a negative log joint ``L_MAP(theta) = -log p(D | theta) - log p(theta)`` with a strict
 minimum ``theta*`` and Hessian ``H = H(theta*)``, a second-order expansion of ``L_MAP``
-around ``theta*`` and a Gaussian integral give
+around ``theta*`` and a Gaussian integral give::
 
-    ``log Z = log int exp(-L_MAP(theta)) dtheta
-            ~ -L_MAP(theta*) + (d/2) log(2 pi) - (1/2) log det H``.
+    log Z = log int exp(-L_MAP(theta)) dtheta
+          ~ -L_MAP(theta*) + (d/2) log(2 pi) - (1/2) log det H.
 
 This is the correct form. Kristiadi, Dangel & Hennig (2023, eq. 5) print the last two
 terms with the opposite signs; with their signs the Gaussian normalizer would be
@@ -17,10 +17,10 @@ i.e. Cartesian coordinates with the Lebesgue measure). ``L_MAP`` is read as minu
 log joint density *with respect to the Riemannian volume form* ``sqrt(det G) dtheta``,
 a scalar function, so in new coordinates ``psi = phi(theta)`` it is simply
 ``L_MAP o phi^-1`` and ``G`` is pulled back (``J^-T G J^-1``). The Laplace approximation
-of ``Z = int exp(-L_MAP) sqrt(det G) dtheta`` is
+of ``Z = int exp(-L_MAP) sqrt(det G) dtheta`` is::
 
-    ``log Z ~ -L_MAP* + (d/2) log(2 pi) - (1/2) log det H + (1/2) log det G
-           = -L_MAP* + (d/2) log(2 pi) - (1/2) log det(G^-1 H)``,
+    log Z ~ -L_MAP* + (d/2) log(2 pi) - (1/2) log det H + (1/2) log det G
+          = -L_MAP* + (d/2) log(2 pi) - (1/2) log det(G^-1 H),
 
 where ``+ (1/2) log det G`` is the volume term. At a critical point ``G^-1 H`` transforms
 by similarity, so this value is the same in every coordinate system, and with
@@ -31,10 +31,10 @@ by similarity, so this value is the same in every coordinate system, and with
 under reparametrization (by ``log |det J|`` at a critical point), and with an
 over-parametrization such as WeightNorm's ``(v, g)`` even ``d`` changes.
 
-Decomposition (:class:`LaplaceResult`): ``log_Z = neg_loss + log_prior + rest`` with
+Decomposition (:class:`~lib.laplace.LaplaceResult`): ``log_Z = neg_loss + log_prior + rest`` with
 ``neg_loss = log p(D | theta*)`` (the paper's ``-L``), ``log_prior = log p(theta*)`` and
 ``rest = (d/2) log(2 pi) - (1/2) log det(G^-1 H)``. The paper's Table 1 column "Rest" is
-``log_prior + rest`` (:attr:`LaplaceResult.table_rest`).
+``log_prior + rest`` (:attr:`~lib.laplace.LaplaceResult.table_rest`).
 
 The module also holds the paper's A6 experiment (section 5.2, Table 1) in two protocols:
 
@@ -160,7 +160,7 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
             not critical (e.g. the naive WeightNorm computation).
 
     Returns:
-        A :class:`LaplaceResult`.
+        A :class:`~lib.laplace.LaplaceResult`.
 
     Raises:
         ValueError: unknown ``form``; a metric with the naive form; a bad point (not flat,
@@ -262,7 +262,7 @@ def ggn_log_marginal_likelihood(predict: Callable[[Tensor], Tensor], y: Tensor, 
         form: ``"invariant"`` or ``"naive"`` (a label; the naive form takes no metric).
 
     Returns:
-        A :class:`LaplaceResult` with ``curvature="ggn"``; ``logdet_hessian`` is
+        A :class:`~lib.laplace.LaplaceResult` with ``curvature="ggn"``; ``logdet_hessian`` is
         ``log det P``, ``grad_norm`` the norm of the gradient of ``L_MAP`` at the point.
 
     Raises:
@@ -477,7 +477,7 @@ def sine_laplace_table(seed: int, *, n_samples: int = 150, hidden: int = 20, sig
     noise ``sigma``, default the true 0.3; prior ``N(0, prior_precision^-1 I)`` on the
     Cartesian weights); MAP by :func:`fit_map` from ``SineMLPProblem.init(seed)``.
 
-    Returns three :class:`LaplaceResult` at the same network (the same function), and with
+    Returns three :class:`~lib.laplace.LaplaceResult` at the same network (the same function), and with
     ``with_ggn`` a fourth, ``"cartesian_ggn"``: :func:`ggn_log_marginal_likelihood` at the
     same MAP (the GGN instead of the Hessian):
 
@@ -544,7 +544,7 @@ class SineProtocolRun:
 
     Attributes:
         theta: the trained point ``(d,)`` (float64).
-        results: :class:`LaplaceResult` (GGN) by name: ``"cartesian"`` and, if computed,
+        results: :class:`~lib.laplace.LaplaceResult` (GGN) by name: ``"cartesian"`` and, if computed,
             ``"weightnorm_naive"`` and ``"weightnorm_invariant"``.
         grad_norm: ``||grad L_MAP(theta)||`` of the evidence's own objective (noise
             ``sigma``, the prior) at the trained point: 0 at a MAP.
