@@ -98,10 +98,10 @@ test-nbval: $(STAMP)
 	$(PY) -m pytest chapters --nbval --nbval-current-env \
 	    --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout=600 $(PYTEST_ARGS)
 
-# Re-execute every chapter in place at its default preset (the stored outputs that
-# nbval compares); commit the result.
+# Re-execute every chapter (or those in CHAPTERS=...) in place at its default preset
+# (the stored outputs that nbval compares); commit the result.
 outputs: $(STAMP)
-	$(PY) tools/execute_chapters.py
+	$(PY) tools/execute_chapters.py $(CHAPTERS)
 
 # Run one chapter with other parameters through lib.run, which checks the knobs first:
 #   make run CHAPTER=curvature ARGS="-p preset paper -p device cuda"
