@@ -206,6 +206,7 @@ class _GLPoint:
             self.K_G, self.K_H = S_H, S_G
             self.Kinv_G, self.Kinv_H = _spd_inverse(S_H), _spd_inverse(S_G)
         self._solver = None
+        self._adaptive_solver = None
 
     # -- metric and gradients ------------------------------------------------------
     def inner(self, a_G, a_H, b_G, b_H) -> Tensor:
@@ -269,6 +270,53 @@ class _GLPoint:
         C = (self.H.mT @ x_H) @ self.K_H - self.K_G @ (x_G.mT @ self.G)
         Y = post_l @ _safe_divide(pre_l @ C @ pre_r, denom) @ post_r
         return x_G + self.G @ Y.mT, x_H - self.H @ Y
+
+    def horizontal_adaptive(self, x_G, x_H) -> tuple[Tensor, Tensor]:
+        """Projection onto the same horizontal space, orthogonal in the *adaptive* inner
+        product ``sum(a_G b_G / G^2) + sum(a_H b_H / H^2)`` (entries where a weight is 0
+        are frozen: their component is set to 0).
+
+        With the constraint ``C(xi) = K_H xi_H^T H - G^T xi_G K_G`` (horizontal <=>
+        ``C(xi) = 0``, see the module docstring) and its
+        Euclidean adjoint ``C*(Y) = (-G Y K_G, H Y^T K_H)`` (the metric applied to the
+        vertical vector of ``Y``), the projection is ``xi - D C*(Y)`` with
+        ``D = diag(G^2, H^2)`` the inverse adaptive metric and ``Y`` solving
+        ``C(D C*(Y)) = C(xi)``, an ``h^2 x h^2`` symmetric positive semi-definite system
+        (pseudo-inverted once per base point, in float64). Used for the ablation
+        ``geodesic_norm=False``: only with this projection is the normalised projected
+        adaptive gradient the steepest ascent direction among horizontal vectors.
+        """
+        if self._adaptive_solver is None:
+            self._adaptive_solver = self._factorize_adaptive()
+        G, H, K_G, K_H, D_G, D_H, pinv = self._adaptive_solver
+        h = G.shape[-1]
+        x_G = torch.where(D_G == 0, 0.0, x_G.double())
+        x_H = torch.where(D_H == 0, 0.0, x_H.double())
+        C = K_H @ x_H.mT @ H - G.mT @ x_G @ K_G
+        Y = (pinv @ C.reshape(*C.shape[:-2], h * h, 1)).reshape(C.shape)
+        out_G = x_G + (G @ Y @ K_G) * D_G
+        out_H = x_H - (H @ Y.mT @ K_H) * D_H
+        return out_G.to(self.G.dtype), out_H.to(self.H.dtype)
+
+    def _factorize_adaptive(self, chunk: int = 256):
+        G, H = self.G.double(), self.H.double()
+        K_G, K_H = self.K_G.double(), self.K_H.double()
+        D_G, D_H = G * G, H * H
+        h = G.shape[-1]
+        basis = torch.eye(h * h, dtype=G.dtype, device=G.device).reshape(h * h, h, h)
+        Gb, Hb, KGb, KHb = (M.unsqueeze(-3) for M in (G, H, K_G, K_H))
+        columns = []
+        for E in basis.split(chunk):        # L[:, k] = vec C(D C*(E_k)), E_k the unit matrices
+            z_G = -(Gb @ E @ KGb) * D_G.unsqueeze(-3)
+            z_H = (Hb @ E.mT @ KHb) * D_H.unsqueeze(-3)
+            out = KHb @ z_H.mT @ Hb - Gb.mT @ z_G @ KGb
+            columns.append(out.reshape(*out.shape[:-2], h * h))
+        L = torch.cat(columns, dim=-2).mT
+        L = 0.5 * (L + L.mT)
+        w, V = torch.linalg.eigh(L)
+        tol = h * h * torch.finfo(w.dtype).eps * w.abs().amax(-1, keepdim=True)
+        w_inv = torch.where(w > tol, 1.0 / torch.where(w > tol, w, torch.ones_like(w)), 0.0)
+        return G, H, K_G, K_H, D_G, D_H, (V * w_inv.unsqueeze(-2)) @ V.mT
 
     # -- sampling ------------------------------------------------------------------
     def isotropic(self, z_G, z_H) -> tuple[Tensor, Tensor]:
@@ -725,7 +773,10 @@ class QuotientGeometry:
             Attention: every ``nn.MultiheadAttention`` whose packed weights are trainable.
             Rescale: every module attribute ``rescale_pairs = ((name_u, name_v), ...)``.
         geodesic_norm: False measures attention blocks with the adaptive norm instead
-            of the metric (still projected horizontally; the ablation of Figs. 9-10).
+            of the metric (the ablation of Figs. 9-10). Perturbations stay in the
+            metric's horizontal space, but the projection onto it is the one orthogonal
+            in the adaptive norm (:meth:`_GLPoint.horizontal_adaptive`), so that Auto-PGD
+            ascends along the steepest feasible direction.
         second_order: False moves attention and rescale blocks on the straight line
             ``w + xi`` instead of the (second-order or exact) geodesic.
 
@@ -829,10 +880,10 @@ class QuotientGeometry:
         def attn(pt, x_G, x_H):
             if self.geodesic_norm:
                 return pt.horizontal(x_G, x_H)
-            # Adaptive norm: zero weights (e.g. bias rows at initialization) cannot move.
-            # Masking before and after keeps zero rows zero and the result horizontal.
-            h_G, h_H = pt.horizontal(_mask(pt.G, x_G), _mask(pt.H, x_H))
-            return _mask(pt.G, h_G), _mask(pt.H, h_H)
+            # Adaptive norm: project orthogonally *in that norm* (zero weights, e.g. bias
+            # rows at initialization, cannot move), so that the projected gradient is the
+            # steepest ascent direction among horizontal vectors of the adaptive ball.
+            return pt.horizontal_adaptive(x_G, x_H)
         return self._map(xi, attn, rescale_horizontal, _mask)
 
     def riemannian_gradient(self, grad: Mapping[str, Tensor]) -> dict[str, Tensor]:
