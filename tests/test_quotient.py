@@ -565,6 +565,16 @@ def test_geometry_zero_weights_do_not_move():
     assert float(geo.norm(p)) == pytest.approx(0.1)
     flat = QuotientGeometry(model, geodesic_norm=False)  # zero bias rows of G stay zero
     assert float(flat.norm(flat.project(_random_vector(geo, 1), 0.1))) == pytest.approx(0.1)
+    # an "other" weight that is exactly zero: moving it has infinite norm, and the
+    # horizontal part and the Riemannian gradient leave it at zero
+    with torch.no_grad():
+        model.head.bias[1] = 0.0
+    geo = QuotientGeometry(model)
+    xi = _random_vector(geo, 2)
+    assert float(geo.norm(xi)) == math.inf
+    for t in (geo.horizontal(xi), geo.riemannian_gradient(xi), geo.project(xi, 0.1)):
+        assert float(t["head.bias"][1]) == 0.0 and float(t["head.bias"][0]) != 0.0
+    assert math.isfinite(float(geo.norm(geo.horizontal(xi))))
 
 
 class _DiagonalNet(nn.Module):
