@@ -206,6 +206,7 @@ class _GLPoint:
             self.K_G, self.K_H = S_H, S_G
             self.Kinv_G, self.Kinv_H = _spd_inverse(S_H), _spd_inverse(S_G)
         self._solver = None
+        self._adaptive_solver = None
 
     # -- metric and gradients ------------------------------------------------------
     def inner(self, a_G, a_H, b_G, b_H) -> Tensor:
@@ -269,6 +270,53 @@ class _GLPoint:
         C = (self.H.mT @ x_H) @ self.K_H - self.K_G @ (x_G.mT @ self.G)
         Y = post_l @ _safe_divide(pre_l @ C @ pre_r, denom) @ post_r
         return x_G + self.G @ Y.mT, x_H - self.H @ Y
+
+    def horizontal_adaptive(self, x_G, x_H) -> tuple[Tensor, Tensor]:
+        """Projection onto the same horizontal space, orthogonal in the *adaptive* inner
+        product ``sum(a_G b_G / G^2) + sum(a_H b_H / H^2)`` (entries where a weight is 0
+        are frozen: their component is set to 0).
+
+        With the constraint ``C(xi) = K_H xi_H^T H - G^T xi_G K_G`` (horizontal <=>
+        ``C(xi) = 0``, see the module docstring) and its
+        Euclidean adjoint ``C*(Y) = (-G Y K_G, H Y^T K_H)`` (the metric applied to the
+        vertical vector of ``Y``), the projection is ``xi - D C*(Y)`` with
+        ``D = diag(G^2, H^2)`` the inverse adaptive metric and ``Y`` solving
+        ``C(D C*(Y)) = C(xi)``, an ``h^2 x h^2`` symmetric positive semi-definite system
+        (pseudo-inverted once per base point, in float64). Used for the ablation
+        ``geodesic_norm=False``: only with this projection is the normalised projected
+        adaptive gradient the steepest ascent direction among horizontal vectors.
+        """
+        if self._adaptive_solver is None:
+            self._adaptive_solver = self._factorize_adaptive()
+        G, H, K_G, K_H, D_G, D_H, pinv = self._adaptive_solver
+        h = G.shape[-1]
+        x_G = torch.where(D_G == 0, 0.0, x_G.double())
+        x_H = torch.where(D_H == 0, 0.0, x_H.double())
+        C = K_H @ x_H.mT @ H - G.mT @ x_G @ K_G
+        Y = (pinv @ C.reshape(*C.shape[:-2], h * h, 1)).reshape(C.shape)
+        out_G = x_G + (G @ Y @ K_G) * D_G
+        out_H = x_H - (H @ Y.mT @ K_H) * D_H
+        return out_G.to(self.G.dtype), out_H.to(self.H.dtype)
+
+    def _factorize_adaptive(self, chunk: int = 256):
+        G, H = self.G.double(), self.H.double()
+        K_G, K_H = self.K_G.double(), self.K_H.double()
+        D_G, D_H = G * G, H * H
+        h = G.shape[-1]
+        basis = torch.eye(h * h, dtype=G.dtype, device=G.device).reshape(h * h, h, h)
+        Gb, Hb, KGb, KHb = (M.unsqueeze(-3) for M in (G, H, K_G, K_H))
+        columns = []
+        for E in basis.split(chunk):        # L[:, k] = vec C(D C*(E_k)), E_k the unit matrices
+            z_G = -(Gb @ E @ KGb) * D_G.unsqueeze(-3)
+            z_H = (Hb @ E.mT @ KHb) * D_H.unsqueeze(-3)
+            out = KHb @ z_H.mT @ Hb - Gb.mT @ z_G @ KGb
+            columns.append(out.reshape(*out.shape[:-2], h * h))
+        L = torch.cat(columns, dim=-2).mT
+        L = 0.5 * (L + L.mT)
+        w, V = torch.linalg.eigh(L)
+        tol = h * h * torch.finfo(w.dtype).eps * w.abs().amax(-1, keepdim=True)
+        w_inv = torch.where(w > tol, 1.0 / torch.where(w > tol, w, torch.ones_like(w)), 0.0)
+        return G, H, K_G, K_H, D_G, D_H, (V * w_inv.unsqueeze(-2)) @ V.mT
 
     # -- sampling ------------------------------------------------------------------
     def isotropic(self, z_G, z_H) -> tuple[Tensor, Tensor]:
@@ -549,10 +597,7 @@ class _MHA:
         p = _prefix(module_name)
         self.w_in, self.w_out = p + "in_proj_weight", p + "out_proj.weight"
         self.b_in = p + "in_proj_bias" if module.in_proj_bias is not None else None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.w_in, self.b_in, self.w_out) if n is not None)
+        self.names = tuple(n for n in (self.w_in, self.b_in, self.w_out) if n is not None)
 
     def _side(self, params, part: int) -> Tensor:
         """Rows of q (0), k (1) or v (2) as ``(heads, E [+1], dh)``."""
@@ -570,16 +615,21 @@ class _MHA:
         return {"qk": (self._side(params, 0), self._side(params, 1)),
                 "vo": (self._side(params, 2), H_o)}
 
-    def put(self, params: Mapping[str, Tensor], blocks: Mapping[str, tuple[Tensor, Tensor]]
-            ) -> dict[str, Tensor]:
+    def own(self, blocks: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """The module's packed parameters ``{name: tensor}`` built from per-head blocks."""
         (G_q, G_k), (G_v, H_o) = blocks["qk"], blocks["vo"]
         E = self.E
         sides = (G_q, G_k, G_v)
-        out = dict(params)
-        out[self.w_in] = torch.cat([S[:, :E, :].mT.reshape(E, E) for S in sides], dim=0)
+        out = {self.w_in: torch.cat([S[:, :E, :].mT.reshape(E, E) for S in sides], dim=0)}
         if self.b_in is not None:
             out[self.b_in] = torch.cat([S[:, E, :].reshape(E) for S in sides], dim=0)
         out[self.w_out] = H_o.permute(1, 0, 2).reshape(E, E)
+        return out
+
+    def put(self, params: Mapping[str, Tensor], blocks: Mapping[str, tuple[Tensor, Tensor]]
+            ) -> dict[str, Tensor]:
+        out = dict(params)
+        out.update(self.own(blocks))
         return out
 
 
@@ -725,7 +775,10 @@ class QuotientGeometry:
             Attention: every ``nn.MultiheadAttention`` whose packed weights are trainable.
             Rescale: every module attribute ``rescale_pairs = ((name_u, name_v), ...)``.
         geodesic_norm: False measures attention blocks with the adaptive norm instead
-            of the metric (still projected horizontally; the ablation of Figs. 9-10).
+            of the metric (the ablation of Figs. 9-10). Perturbations stay in the
+            metric's horizontal space, but the projection onto it is the one orthogonal
+            in the adaptive norm (:meth:`_GLPoint.horizontal_adaptive`), so that Auto-PGD
+            ascends along the steepest feasible direction.
         second_order: False moves attention and rescale blocks on the straight line
             ``w + xi`` instead of the (second-order or exact) geodesic.
 
@@ -759,6 +812,15 @@ class QuotientGeometry:
         covered = {n for m in self._attn for n in m.names}
         covered |= {n for pair in self._rescale for n in pair}
         self._other = [n for n in self.params if n not in covered]
+        # Adaptive scales of the other weights, precomputed (Auto-PGD calls norm, horizontal
+        # and riemannian_gradient several times per step): 1 / |w| (0 where w == 0) as one
+        # flat vector, w^2, and masks of the weights that are exactly zero (cannot move).
+        others = [self.params[n] for n in self._other]
+        self._other_inv = (torch.cat([torch.where(w == 0, 0.0, 1.0 / w.abs()).reshape(-1)
+                                      for w in others]) if others else None)
+        self._other_sq = {n: self.params[n] ** 2 for n in self._other}
+        self._other_zero = {n: self.params[n] == 0 for n in self._other
+                            if bool((self.params[n] == 0).any())}
         self._points = [{kind: self._make_point(*GH) for kind, GH in m.get(self.params).items()}
                         for m in self._attn]
         for nu, nv in self._rescale:
@@ -784,16 +846,21 @@ class QuotientGeometry:
         return xi
 
     def _map(self, xi, attn_fn, rescale_fn, other_fn) -> dict[str, Tensor]:
-        """Apply per-block maps; ``attn_fn(point, x_G, x_H, G_H_abs)`` returns new blocks."""
+        """Apply per-block maps: ``attn_fn(point, x_G, x_H)`` returns new blocks,
+        ``rescale_fn(u, v, x_u, x_v)`` a new pair, ``other_fn(name, x)`` a new tensor."""
         out = dict(xi)
         for mha, points in zip(self._attn, self._points):
             blocks = {kind: attn_fn(points[kind], *xs) for kind, xs in mha.get(xi).items()}
-            out.update({n: t for n, t in mha.put(xi, blocks).items() if n in mha.names})
+            out.update(mha.own(blocks))
         for nu, nv in self._rescale:
             out[nu], out[nv] = rescale_fn(self.params[nu], self.params[nv], xi[nu], xi[nv])
         for n in self._other:
-            out[n] = other_fn(self.params[n], xi[n])
+            out[n] = other_fn(n, xi[n])
         return out
+
+    def _mask_other(self, name: str, x: Tensor) -> Tensor:
+        zero = self._other_zero.get(name)
+        return x if zero is None else torch.where(zero, torch.zeros_like(x), x)
 
     @staticmethod
     def _scaled(x: Tensor, c: Tensor) -> Tensor:
@@ -818,8 +885,12 @@ class QuotientGeometry:
         for nu, nv in self._rescale:
             u, v = self.params[nu], self.params[nv]
             total = total + rescale_metric(u, v, xi[nu], xi[nv], xi[nu], xi[nv])
-        for n in self._other:
-            total = total + (self._scaled(xi[n], self.params[n].abs()) ** 2).sum()
+        if self._other:
+            scaled = torch.cat([xi[n].reshape(-1) for n in self._other]) * self._other_inv
+            total = total + (scaled * scaled).sum()
+            for n, zero in self._other_zero.items():   # a zero weight that moves: infinite
+                if bool((xi[n][zero] != 0).any()):
+                    total = total + float("inf")
         return total.sqrt()
 
     def horizontal(self, xi: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -829,11 +900,11 @@ class QuotientGeometry:
         def attn(pt, x_G, x_H):
             if self.geodesic_norm:
                 return pt.horizontal(x_G, x_H)
-            # Adaptive norm: zero weights (e.g. bias rows at initialization) cannot move.
-            # Masking before and after keeps zero rows zero and the result horizontal.
-            h_G, h_H = pt.horizontal(_mask(pt.G, x_G), _mask(pt.H, x_H))
-            return _mask(pt.G, h_G), _mask(pt.H, h_H)
-        return self._map(xi, attn, rescale_horizontal, _mask)
+            # Adaptive norm: project orthogonally *in that norm* (zero weights, e.g. bias
+            # rows at initialization, cannot move), so that the projected gradient is the
+            # steepest ascent direction among horizontal vectors of the adaptive ball.
+            return pt.horizontal_adaptive(x_G, x_H)
+        return self._map(xi, attn, rescale_horizontal, self._mask_other)
 
     def riemannian_gradient(self, grad: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Riemannian gradient of the norm used by :meth:`norm` (not yet horizontal)."""
@@ -843,7 +914,8 @@ class QuotientGeometry:
             if self.geodesic_norm:
                 return pt.riemannian_gradient(g_G, g_H)
             return g_G * pt.G**2, g_H * pt.H**2
-        return self._map(grad, attn, rescale_riemannian_gradient, lambda w, g: g * w**2)
+        return self._map(grad, attn, rescale_riemannian_gradient,
+                         lambda n, g: g * self._other_sq[n])
 
     def project(self, xi: Mapping[str, Tensor], rho: float) -> dict[str, Tensor]:
         """Horizontal part of ``xi``, scaled down (if needed) into the ball of radius ``rho``."""
@@ -877,7 +949,7 @@ class QuotientGeometry:
                 return rescale_geodesic(u, v, x_u, x_v)
             return u + x_u, v + x_v
 
-        out = self._map(xi, attn, rescale, lambda w, x: w + x)
+        out = self._map(xi, attn, rescale, lambda n, x: self.params[n] + x)
         out.update(self._frozen)
         return out
 
@@ -896,15 +968,10 @@ class QuotientGeometry:
                 return pt.isotropic(z_G, z_H)
             return z_G * pt.G.abs(), z_H * pt.H.abs()
         xi = self._map(z, attn, lambda u, v, a, b: (a * u.abs(), b * v.abs()),
-                       lambda w, x: x * w.abs())
+                       lambda n, x: x * self.params[n].abs())
         h = self.horizontal(xi)
         n = self.norm(h)
         return {k: t * (rho / n) for k, t in h.items()}
-
-
-def _mask(w: Tensor, x: Tensor) -> Tensor:
-    """``x`` with the entries where the weight ``w`` is exactly zero set to zero."""
-    return torch.where(w == 0, torch.zeros_like(x), x)
 
 
 def _check_rho(rho) -> float:

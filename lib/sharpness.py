@@ -577,7 +577,9 @@ def trust_region_max(a: Tensor, Q: Tensor, radius: float) -> TrustRegionResult:
     av = a.detach().cpu().double().numpy()
     Qv = Q.detach().cpu().double().numpy()
     Qv = 0.5 * (Qv + Qv.T)
-    q, V = np.linalg.eigh(Qv)
+    # torch's LAPACK, not numpy's: numpy's threaded eigh of a 200 x 200 matrix can take
+    # 100x longer on a busy machine (thread oversubscription); the result is the same.
+    q, V = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy(Qv)))
     alpha = V.T @ av
     q_max = q[-1]
     scale = max(np.abs(q).max(), np.abs(alpha).max() / radius, 1e-300)

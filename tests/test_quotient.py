@@ -512,6 +512,49 @@ def test_geometry_ablation_flags():
     assert float(flat.norm(d)) == pytest.approx(1.0)
 
 
+def _dense_horizontal_basis(geo, model, metric, eps):
+    """Orthonormal basis (columns) of the horizontal space of the whole model, flattened in
+    the order of ``geo.params``: the null space of the functionals ``xi -> <xi, v>_metric``
+    over every vertical basis vector ``v`` of every attention pair (other weights free)."""
+    names = list(geo.params)
+    sizes = [geo.params[n].numel() for n in names]
+    rows = []
+    for pair in attention_pairs(model):
+        G, H = pair.get(geo.params)
+        for v_G, v_H in _vertical_basis(G, H):
+            flat = torch.zeros(sum(sizes), dtype=DT, requires_grad=True)
+            xi = dict(zip(names, (t.reshape(geo.params[n].shape)
+                                  for n, t in zip(names, flat.split(sizes)))))
+            value = gl_metric(G, H, *pair.get(xi), v_G, v_H, metric=metric, eps=eps)
+            rows.append(torch.autograd.grad(value, flat)[0])
+    return torch.as_tensor(scipy.linalg.null_space(torch.stack(rows).numpy(), rcond=1e-10))
+
+
+@pytest.mark.parametrize("metric", METRIC_NAMES)
+def test_adaptive_norm_ablation_projects_orthogonally_in_the_adaptive_norm(metric):
+    # geodesic_norm=False: horizontal vectors of the metric, measured in the adaptive norm.
+    # The projection must be the orthogonal one *in that norm*, so that the normalised
+    # projected gradient is the steepest ascent direction of the ablated ball. Reference:
+    # a dense basis B of the horizontal space; with A = diag(1 / w^2) the projector is
+    # B (B^T A B)^-1 B^T A and max{<g, d> : d horizontal, |d|_A <= 1} = |B^T g|_(B^T A B)^-1.
+    model = _tiny_vit(3)
+    geo = QuotientGeometry(model, metric=metric, geodesic_norm=False)
+    B = _dense_horizontal_basis(geo, model, metric, geo.eps)
+    w = torch.cat([p.reshape(-1) for p in geo.params.values()])
+    A = torch.diag(w ** -2)
+    flat = lambda d: torch.cat([d[n].reshape(-1) for n in geo.params])
+    xi = _random_vector(geo, 4)
+    projector = B @ torch.linalg.solve(B.T @ A @ B, B.T @ A)
+    torch.testing.assert_close(flat(geo.horizontal(xi)), projector @ flat(xi), rtol=1e-7, atol=1e-9)
+    grad = _random_vector(geo, 5)
+    g = flat(grad)
+    best = float((B.T @ g) @ torch.linalg.solve(B.T @ A @ B, B.T @ g)) ** 0.5
+    d = geo.ascent_direction(grad)
+    assert float(geo.norm(d)) == pytest.approx(1.0, rel=1e-10)
+    assert float(g @ flat(d)) == pytest.approx(best, rel=1e-8)
+    assert float((B @ (B.T @ flat(d)) - flat(d)).abs().max()) < 1e-9       # horizontal
+
+
 def test_geometry_zero_weights_do_not_move():
     model = vit(1, 3, image_size=4, patch_size=2, dim=8, depth=1, heads=2, mlp_ratio=1,
                 seed=0).double()  # out_proj.bias is zero at initialization
@@ -522,6 +565,16 @@ def test_geometry_zero_weights_do_not_move():
     assert float(geo.norm(p)) == pytest.approx(0.1)
     flat = QuotientGeometry(model, geodesic_norm=False)  # zero bias rows of G stay zero
     assert float(flat.norm(flat.project(_random_vector(geo, 1), 0.1))) == pytest.approx(0.1)
+    # an "other" weight that is exactly zero: moving it has infinite norm, and the
+    # horizontal part and the Riemannian gradient leave it at zero
+    with torch.no_grad():
+        model.head.bias[1] = 0.0
+    geo = QuotientGeometry(model)
+    xi = _random_vector(geo, 2)
+    assert float(geo.norm(xi)) == math.inf
+    for t in (geo.horizontal(xi), geo.riemannian_gradient(xi), geo.project(xi, 0.1)):
+        assert float(t["head.bias"][1]) == 0.0 and float(t["head.bias"][0]) != 0.0
+    assert math.isfinite(float(geo.norm(geo.horizontal(xi))))
 
 
 class _DiagonalNet(nn.Module):

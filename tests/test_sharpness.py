@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -425,6 +426,23 @@ def test_ablation_flags_change_geodesic_sharpness():
     # float32 runs too and agrees with float64 to single precision
     value32 = geodesic_sharpness(model.float(), MSE, tuple(t.float() for t in data), 0.1, **kwargs)
     assert value32 == pytest.approx(base, rel=1e-3)
+
+
+@pytest.mark.parametrize("metric", ["inv", "mix"])
+def test_adaptive_norm_ablation_is_at_least_a_feasible_value(metric):
+    # With geodesic_norm=False the ball is the adaptive one restricted to horizontal
+    # attention perturbations. Leaving the attention weights alone is feasible, so the
+    # maximum is at least the worst-case adaptive sharpness of the read-out alone. (The
+    # solver once projected with the metric instead of the adaptive norm, ascended along
+    # a poor direction and stopped at a quarter of that value.)
+    model = attention_model()
+    data = attention_data()
+    readout_only = copy.deepcopy(model)
+    readout_only.attn.requires_grad_(False)
+    floor = adaptive_sharpness(readout_only, MSE, data, 0.1, "worst", n_iter=10)
+    ablated = geodesic_sharpness(model, MSE, data, 0.1, metric, geodesic_norm=False, n_iter=10)
+    assert floor > 0
+    assert ablated >= floor
 
 
 # --------------------------------------------------------------------------------------
