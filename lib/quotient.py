@@ -421,7 +421,7 @@ def gl_christoffel(G: Tensor, H: Tensor, xi_G: Tensor, xi_H: Tensor, *, metric: 
                    eps: float = 0.0) -> tuple[Tensor, Tensor]:
     """Christoffel contraction ``Gamma(xi, xi)``: the geodesic with velocity ``xi`` has
     acceleration ``-Gamma(xi, xi)``, so ``w + xi - Gamma(xi, xi) / 2`` is its point at
-    ``t = 1`` up to O(|xi|^3) (eq. 16 for "inv", eqs. 35-36 for "mix"; valid for any xi,
+    ``t = 1`` up to ``O(|xi|^3)`` (eq. 16 for "inv", eqs. 35-36 for "mix"; valid for any xi,
     horizontal or not, and for the relaxed metric with eps > 0).
 
     Args:
