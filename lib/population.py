@@ -155,8 +155,10 @@ def checkpoint_steps(total_steps: int, num: int = 70, *, schedule: str = "geomet
     step is returned). Most checkpoints of a long run then fall in its first epoch.
 
     ``schedule="epoch"``: the initialization and the end of every epoch,
-    ``0, steps_per_epoch, 2 steps_per_epoch, ..., total_steps`` (``num`` is ignored). This
-    is the schedule of the runner published with Mao's thesis for its first epochs.
+    ``0, steps_per_epoch, 2 steps_per_epoch, ..., total_steps`` (``num`` is ignored). The
+    runner published with Mao's thesis records at this granularity: the initialization and
+    every epoch end through epoch 21 in one version; the latest adds four points per epoch
+    in the first five epochs and thins out to every 4th, then every 15th epoch after epoch 25.
 
     Args:
         total_steps: number of mini-batch updates, >= 0.
