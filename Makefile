@@ -36,6 +36,18 @@ unexport MPLBACKEND
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 # Same hash seed in every run (and kernel), so set/dict orders of strings repeat.
 export PYTHONHASHSEED := 0
+# Stored outputs depend on round-off, and several chapters train chaotically enough
+# (SGD at a large learning rate) for a last-bit difference to reach the printed digits.
+# PyTorch, MKL and oneDNN each pick their kernels by the CPU's instruction set and
+# split reductions by thread count, so an AVX-512 machine and an AVX2 machine print
+# different numbers. These fix the AVX2 kernels and two threads for every run that
+# makes or checks stored outputs (tools/execute_chapters.py refuses to run without
+# them), so every x86-64 machine with AVX2 repeats them bit for bit.
+export ATEN_CPU_CAPABILITY := avx2
+export MKL_CBWR := AVX2
+export ONEDNN_MAX_CPU_ISA := AVX2
+export OMP_NUM_THREADS := 2
+export MKL_NUM_THREADS := 2
 
 .PHONY: help install book test test-unit test-notebooks test-nbval outputs clean
 

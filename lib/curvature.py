@@ -39,7 +39,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._checks import check_int
+from ._checks import check_finite, check_int
 from .estimators import eigvalsh, logdet, relative_difference, spectral_density, trace
 from .linear_operator import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                               IdentityOperator, LinearOperator, ProductOperator,
@@ -201,29 +201,85 @@ def _as_batches(data) -> list | Iterable:
     return data
 
 
-def _count_data(model: nn.Module, batches, device) -> tuple[int, int]:
-    """Validate the batches; return the number of data points ``N`` and of outputs ``C``."""
-    num_data, num_outputs = 0, None
-    for batch in batches:
+def _inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
+    """Validate the batches once, when an operator is built; return ``N`` and ``C``.
+
+    The one place where the data are inspected, for every operator of this module and of
+    :mod:`lib.kfac`, so that bad data fail here with an error that names the problem
+    instead of deep inside a product:
+
+    * every batch is an ``(X, y)`` pair of equal lengths; floating-point inputs ``X``
+      have the model's dtype (``TypeError``); ``X`` and floating-point targets ``y`` are
+      finite (``ValueError``). This rides on the counting pass over the batches that
+      builds ``N`` anyway, one reduction per tensor, never a pass per product;
+    * the first non-empty batch is evaluated twice (without gradients) and the outputs
+      compared: a forward pass that draws random numbers (dropout through
+      ``F.dropout`` in a custom module, noise injection) would make every product a
+      different matrix, and no module type reveals it (curvlinops probes the same way).
+      The module types that do reveal it are checked first, by
+      :func:`_check_no_stochastic_layers`.
+
+    Returns:
+        The number of data points ``N`` and of outputs per point ``C``.
+    """
+    num_data, first = 0, None
+    for index, batch in enumerate(batches):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("every batch must be an (X, y) pair")
         X, y = batch
+        if not (isinstance(X, Tensor) and isinstance(y, Tensor)):
+            raise TypeError(f"batch {index} must hold tensors X and y, got "
+                            f"{type(X).__name__} and {type(y).__name__}")
         if len(X) != len(y):
             raise ValueError(f"batch has {len(X)} inputs but {len(y)} targets")
+        if torch.is_floating_point(X) and X.dtype != dtype:
+            raise TypeError(f"the input X of batch {index} has dtype {X.dtype} but the model's "
+                            f"parameters have dtype {dtype}; convert one of them (e.g. "
+                            f"X.to({dtype}) or model.to({dtype}))")
+        check_finite(X, f"the input X of batch {index}")
+        if torch.is_floating_point(y):
+            check_finite(y, f"the target y of batch {index}")
         num_data += len(X)
-        if num_outputs is None and len(X) > 0:
-            with torch.no_grad():
-                num_outputs = model(X[:1].to(device))[0].numel()
+        if first is None and len(X) > 0:
+            first = X
     if num_data == 0:
         raise ValueError("data is empty: the loss of zero data points has no curvature")
-    return num_data, num_outputs
+    return num_data, _check_deterministic_forward(model, first.to(device))
+
+
+def _check_deterministic_forward(model: nn.Module, X: Tensor) -> int:
+    """Evaluate ``model`` twice on the batch ``X``; ``ValueError`` if the outputs differ.
+
+    Returns the number of outputs per data point, ``C``.
+    """
+    with torch.no_grad():
+        first, second = model(X), model(X)
+    if torch.equal(first, second):  # the usual case, one cheap comparison
+        return first[0].numel()
+    # Not bitwise equal: NaN entries, or kernels that sum in a varying order (some GPU
+    # ones); accept round-off relative to the largest finite output.
+    if first.shape != second.shape:
+        what = f"outputs of shapes {tuple(first.shape)} and {tuple(second.shape)}"
+    else:
+        finite = first[torch.isfinite(first)]
+        atol = 1e-6 * float(finite.abs().max()) if finite.numel() else 0.0
+        if torch.allclose(first, second, rtol=1e-5, atol=atol, equal_nan=True):
+            return first[0].numel()
+        what = f"outputs that differ by up to {float((first - second).abs().max()):.3g}"
+    raise ValueError(f"the model's forward pass is not deterministic: two evaluations of the "
+                     f"first batch give {what}, so every curvature product would be a "
+                     "different matrix. A random operation in training mode (e.g. F.dropout "
+                     "in a custom module) does this; call model.eval() first or remove the "
+                     "randomness")
 
 
 def _check_no_stochastic_layers(model: nn.Module):
+    """``ValueError`` naming the first module whose training mode makes the loss depend
+    on the batch (BatchNorm) or on chance (every dropout: ``_DropoutNd`` is the base of
+    ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout``)."""
+    stochastic_types = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
     for name, module in model.named_modules():
-        stochastic = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Dropout,
-                                         nn.Dropout1d, nn.Dropout2d, nn.Dropout3d))
-        if stochastic and module.training:
+        if isinstance(module, stochastic_types) and module.training:
             raise ValueError(f"module '{name or type(module).__name__}' "
                              f"({type(module).__name__}) is in training mode, which makes the "
                              "loss depend on the batch or on chance; call model.eval() first")
@@ -238,6 +294,11 @@ class CurvatureOperator(LinearOperator):
         loss_fn: ``nn.CrossEntropyLoss`` or ``nn.MSELoss``, reduction ``"mean"`` or ``"sum"``.
         data: an ``(X, y)`` pair or a re-iterable of ``(X, y)`` batches (a list, a
             ``DataLoader``); ``"mean"`` averages over all points of all batches.
+
+    Raises (once, when the operator is built; see :func:`_inspect_data`):
+        TypeError: floating-point inputs of another dtype than the model's parameters.
+        ValueError: empty data, NaN or infinite inputs or targets, a dropout or BatchNorm
+            module in training mode, or a forward pass that is not deterministic.
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, data):
@@ -257,7 +318,7 @@ class CurvatureOperator(LinearOperator):
                          True, [p.shape for p in self.params])
 
     def _inspect_data(self) -> tuple[int, int]:
-        return _count_data(self.model, self.data, self.params[0].device)
+        return _inspect_data(self.model, self.data, self.params[0].device, self.params[0].dtype)
 
     def _batches(self):
         for X, y in self.data:

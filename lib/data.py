@@ -463,7 +463,8 @@ def batches(X: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = False,
 # Synthetic problems
 # --------------------------------------------------------------------------- #
 def make_sine(n_samples: int = 100, *, noise: float = 0.3, low: float = 0.0, high: float = 8.0,
-              seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+              seed: int = 0, dtype: torch.dtype = torch.float32,
+              sample_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
     """Noisy sine regression: ``x ~ U[low, high]``, ``y = sin(x) + N(0, noise^2)``.
 
     Args:
@@ -471,7 +472,12 @@ def make_sine(n_samples: int = 100, *, noise: float = 0.3, low: float = 0.0, hig
         noise: standard deviation of the additive Gaussian noise.
         low, high: input interval, ``low < high``.
         seed: seed of this call's private generator.
-        dtype: floating dtype.
+        dtype: floating dtype of the returned tensors.
+        sample_dtype: floating dtype in which the random numbers are drawn and ``y`` is
+            computed (the draws differ between dtypes). ``torch.float32`` with ``low = 0``
+            reproduces, value for value, the sinusoid data of the Laplace library's
+            regression example (``torch.manual_seed(seed)``, ``x = 8 rand(N)``,
+            ``y = sin x + noise randn``; Daxberger et al. 2021).
 
     Returns:
         ``(X, y)``, both of shape ``(N, 1)`` (so they suit ``nn.MSELoss``).
@@ -482,8 +488,10 @@ def make_sine(n_samples: int = 100, *, noise: float = 0.3, low: float = 0.0, hig
         raise ValueError(f"need low < high, got low={low}, high={high}")
     generator = torch.Generator().manual_seed(check_seed(seed))
     _check_float_dtype(dtype)
-    X = low + (high - low) * torch.rand(n_samples, 1, generator=generator, dtype=torch.float64)
-    y = torch.sin(X) + noise * torch.randn(n_samples, 1, generator=generator, dtype=torch.float64)
+    if not isinstance(sample_dtype, torch.dtype) or not sample_dtype.is_floating_point:
+        raise TypeError(f"sample_dtype must be a floating torch.dtype, got {sample_dtype!r}")
+    X = low + (high - low) * torch.rand(n_samples, 1, generator=generator, dtype=sample_dtype)
+    y = torch.sin(X) + noise * torch.randn(n_samples, 1, generator=generator, dtype=sample_dtype)
     return X.to(dtype), y.to(dtype)
 
 

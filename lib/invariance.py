@@ -379,9 +379,10 @@ class InvariantHessianOperator:
     ``G = B B^T`` and all spectral quantities use the symmetric, similar operator
     ``S = B^-1 H B^-T`` (:attr:`whitened`), so ``eigvalsh`` can run Lanczos. For other
     operator metrics (e.g. a damped GGN) only products with ``G^-1`` by conjugate
-    gradients are available: ``trace`` works (``tr(G^-1 H)``), ``logdet`` uses
-    ``log det H - log det G``, and ``eigvalsh`` runs Lanczos on ``G^-1 H`` in the
-    ``G``-inner product, where it is self-adjoint (one CG solve per step).
+    gradients are available: ``trace`` works (``tr(G^-1 H)``), ``logdet`` whitens the
+    materialized ``H`` with a Cholesky factor of the materialized ``G`` (``"exact"``) or
+    uses ``log det H - log det G`` by SLQ, and ``eigvalsh`` runs Lanczos on ``G^-1 H`` in
+    the ``G``-inner product, where it is self-adjoint (one CG solve per step).
 
     Attributes:
         H, G: the operators. whitened: ``S`` or ``None`` for operator metrics.
@@ -428,16 +429,9 @@ class InvariantHessianOperator:
         """
         d = self.shape[0]
         if method == "exact":
-            if self.whitened is not None:
-                S = self.whitened.to_dense()
-            else:
-                L = torch.linalg.cholesky(_sym(self.G.to_dense()))
-                Hd = _sym(self.H.to_dense()).to(L.dtype)
-                X = torch.linalg.solve_triangular(L, Hd, upper=False)
-                S = torch.linalg.solve_triangular(L, X.T, upper=False)
             if not 1 <= k <= d:
                 raise ValueError(f"k={k} must lie in [1, {d}]")
-            return torch.linalg.eigvalsh(_sym(S)).flip(0)[:k]
+            return self._dense_eigenvalues().flip(0)[:k]
         if method != "lanczos":
             raise ValueError(f"unknown eigvalsh method '{method}'; choose 'lanczos' or 'exact'")
         if self.whitened is None:
@@ -447,27 +441,44 @@ class InvariantHessianOperator:
                                      metric_solve=self.G.damped_inverse(0.0, tol=self.cg_tol))
         return _lanczos_eigvalsh(self.whitened, k, tol=tol, seed=seed)
 
+    def _dense_eigenvalues(self) -> Tensor:
+        """All eigenvalues of ``G^-1 H``, ascending, from a dense symmetric matrix similar
+        to it: ``B^-1 H B^-T`` with the metric's own factor ``G = B B^T`` if it has one,
+        else with the Cholesky factor of the materialized ``G`` (small ``d`` only)."""
+        if self.whitened is not None:
+            S = self.whitened.to_dense()
+        else:
+            L, info = torch.linalg.cholesky_ex(_sym(self.G.to_dense()))
+            if int(info) != 0:
+                raise ValueError("the metric is not positive definite (Cholesky factorization "
+                                 "failed)")
+            Hd = _sym(self.H.to_dense()).to(L.dtype)
+            X = torch.linalg.solve_triangular(L, Hd, upper=False)
+            S = torch.linalg.solve_triangular(L, X.T, upper=False)
+        return torch.linalg.eigvalsh(_sym(S))
+
     def logdet(self, method: str = "exact", *, num_probes: int = 10, num_steps: int = 30,
                seed: int = 0) -> float:
         """``log det(G^-1 H) = log det H - log det G`` (``H`` positive definite).
 
-        ``method="exact"`` materializes (small ``d``); ``method="slq"`` uses stochastic
-        Lanczos quadrature (:func:`lib.estimators.logdet`) on ``B^-1 H B^-T``, or on ``H``
-        and ``G`` separately for operator metrics. Raises ``ValueError`` if ``E`` has a
-        non-positive eigenvalue (the point is not a strict minimum).
+        ``method="exact"`` materializes (small ``d``): the eigenvalues of ``G^-1 H`` are
+        those of ``B^-1 H B^-T`` (``G = B B^T``, the metric's factor or a Cholesky factor),
+        a matrix congruent to ``H``, so all are positive exactly when ``H`` is positive
+        definite; a sign test on ``det H`` would pass an even number of negative ones.
+        ``method="slq"`` uses stochastic Lanczos quadrature (:func:`lib.estimators.logdet`)
+        on ``B^-1 H B^-T``, or on ``H`` and ``G`` separately for operator metrics; it
+        raises when a Ritz value is not positive, which catches an indefinite ``H`` only
+        as far as the Lanczos steps resolve its lowest eigenvalue.
+
+        Raises ``ValueError`` if ``E`` has a non-positive eigenvalue (the point is not a
+        strict minimum) or the metric is not positive definite.
         """
         if method == "exact":
-            if self.whitened is not None:
-                ev = torch.linalg.eigvalsh(_sym(self.whitened.to_dense()))
-                if bool((ev <= 0).any()):
-                    raise ValueError(f"G^-1 H has a non-positive eigenvalue {float(ev.min()):.3g}; "
-                                     "its log-determinant is undefined")
-                return float(ev.log().sum())
-            sh, lh = torch.linalg.slogdet(_sym(self.H.to_dense()))
-            sg, lg = torch.linalg.slogdet(_sym(self.G.to_dense()))
-            if float(sh) <= 0 or float(sg) <= 0:
-                raise ValueError("log det(G^-1 H) is undefined: H or G has a non-positive determinant")
-            return float(lh - lg)
+            ev = self._dense_eigenvalues()
+            if bool((ev <= 0).any()):
+                raise ValueError(f"G^-1 H has a non-positive eigenvalue {float(ev.min()):.3g} "
+                                 "(H is not positive definite); its log-determinant is undefined")
+            return float(ev.log().sum())
         if method != "slq":
             raise ValueError(f"unknown logdet method '{method}'; choose 'exact' or 'slq'")
         if self.whitened is not None:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_int
-from .curvature import _as_batches, _check_no_stochastic_layers, _count_data, _Loss
+from .curvature import _as_batches, _check_no_stochastic_layers, _inspect_data, _Loss
 from .linear_operator import LinearOperator
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_MODULES", "KroneckerFactors", "KFACOperator",
@@ -150,7 +150,19 @@ def _output_grad_matrix(module: nn.Module, g: Tensor) -> Tensor:
 
 def _output_columns(loss: _Loss, f: Tensor, y: Tensor, fisher_type: str, mc_samples: int,
                     generator: torch.Generator) -> Tensor:
-    """Columns ``S`` with ``sum_k S_k S_k^T`` the per-example output curvature; (K, B, C).
+    """Columns ``S`` with ``sum_k S_k S_k^T`` the per-example output curvature; (K, *f.shape).
+
+    Outputs with more than one dimension per example, ``(B, d_1, ..., d_m)``, are read as
+    ``C = d_1 ... d_m`` outputs (MSE only: cross-entropy needs ``(B, C)``, which
+    ``_Loss.check_output`` enforces). The squared error sums over all entries and its
+    output Hessian is ``2 I``, so the columns are those of the Fisher (= GGN) of
+    :mod:`lib.curvature` with that ``C``, and one example through one layer stays exact.
+    curvlinops instead moves the extra dimensions into the batch and backpropagates each
+    of its ``d_m`` type-2 columns through all positions at once: the same matrix where
+    the positions are ones a layer is applied at (weight sharing, K-FAC "expand"), but not
+    the GGN where they mix inside the network (e.g. an ``nn.Unflatten`` of one layer's
+    output); its Monte-Carlo and empirical Fishers agree with these columns in both cases
+    (``tests/test_input_checks.py``).
 
     * ``"exact"``: the Fisher by definition, ``E_y[g g^T] = sum_c p_c g_c g_c^T``, so the
       columns are ``sqrt(p_c) g_c`` (cross-entropy) or ``sqrt(2) e_c`` (MSE).
@@ -161,6 +173,16 @@ def _output_columns(loss: _Loss, f: Tensor, y: Tensor, fisher_type: str, mc_samp
     * ``"mc"``: gradients at ``mc_samples`` labels drawn from the model, over ``sqrt(S)``.
     * ``"empirical"``: the gradient at the true label.
     """
+    shape = f.shape
+    f = f.reshape(len(f), -1)
+    if loss.name == "mse" and y is not None:
+        y = y.reshape(len(y), -1)
+    S = _flat_output_columns(loss, f, y, fisher_type, mc_samples, generator)
+    return S.reshape(S.shape[0], *shape)
+
+
+def _flat_output_columns(loss, f, y, fisher_type, mc_samples, generator) -> Tensor:
+    """:func:`_output_columns` for outputs ``f`` of shape ``(B, C)``; (K, B, C)."""
     B, C = f.shape
     if fisher_type == "mc":
         return loss.sample_gradients(f, mc_samples, generator) / math.sqrt(mc_samples)
@@ -205,17 +227,47 @@ class KroneckerFactors:
 
 
 class _LayerRecorder:
-    """Forward hooks that keep each layer's input and output of the last forward pass."""
+    """Forward hooks that keep each layer's input and output and count its calls.
+
+    K-FAC needs exactly one input and one output per layer and forward pass: a layer
+    applied twice in one pass (its weight shared across the calls) would silently keep
+    only the last call's statistics, and a layer never called would have none. So the
+    hooks count calls since :meth:`clear` (called before every forward pass), and
+    :meth:`recorded` raises a ``ValueError`` naming any layer not called exactly once.
+    """
 
     def __init__(self, layers):
-        self.inputs, self.outputs = {}, {}
-        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in layers]
+        self.layers = list(layers)
+        self.clear()
+        self.handles = [module.register_forward_hook(self._hook(name))
+                        for name, module in self.layers]
 
     def _hook(self, name):
         def hook(module, args, output):
             self.inputs[name] = args[0].detach()
             self.outputs[name] = output
+            self.calls[name] = self.calls.get(name, 0) + 1
         return hook
+
+    def clear(self):
+        """Forget the recorded pass: call before each forward pass."""
+        self.inputs, self.outputs, self.calls = {}, {}, {}
+
+    def recorded(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Inputs and outputs of every layer (in layer order) in the pass since :meth:`clear`."""
+        for name, module in self.layers:
+            calls = self.calls.get(name, 0)
+            if calls == 0:
+                raise ValueError(f"module '{name}' ({type(module).__name__}) was not called in "
+                                 "the forward pass, so K-FAC has no statistics for its "
+                                 "parameters; freeze them (requires_grad=False) or remove it")
+            if calls > 1:
+                raise ValueError(f"module '{name}' ({type(module).__name__}) was called {calls} "
+                                 "times in one forward pass; K-FAC's factors need one input and "
+                                 "one output per layer and pass (a weight shared across calls "
+                                 "is not supported): use a separate module for each call")
+        return ([self.inputs[name] for name, _ in self.layers],
+                [self.outputs[name] for name, _ in self.layers])
 
     def remove(self):
         for handle in self.handles:
@@ -240,13 +292,15 @@ def _accumulate_factors(model, layers, loss, batches, fisher_type, mc_samples, s
     recorder = _LayerRecorder(layers)
     try:
         for X, y in batches:
+            recorder.clear()
             with torch.enable_grad():
                 f = model(X)
             loss.check_output(f, y)
+            inputs, outputs = recorder.recorded()
             S = _output_columns(loss, f.detach(), y, fisher_type, mc_samples, generator)
-            grads = _output_grads(f, [recorder.outputs[n] for n, _ in layers], S)
-            for (name, module), g in zip(layers, grads):
-                a, T = _input_matrix(module, recorder.inputs[name], fold_bias)
+            grads = _output_grads(f, outputs, S)
+            for (name, module), x, g in zip(layers, inputs, grads):
+                a, T = _input_matrix(module, x, fold_bias)
                 rows = _output_grad_matrix(module, g).flatten(0, 1)
                 a_cov = (a.T @ a) / (num_data * T)
                 g_cov = scale * (rows.T @ rows)
@@ -269,8 +323,9 @@ def _prepare(model, loss_fn, data, fisher_type, mc_samples, unsupported):
     _check_no_stochastic_layers(model)
     layers = _supported_layers(model, unsupported)
     batches = _as_batches(data)
-    device = next(model.parameters()).device
-    num_data, num_outputs = _count_data(model, batches, device)
+    weight = layers[0][1].weight
+    num_data, num_outputs = _inspect_data(model, batches, weight.device, weight.dtype)
+    device = weight.device
     moved = [(X.to(device), y.to(device)) for X, y in batches if len(X) > 0]
     return loss, layers, moved, num_data, num_outputs
 
@@ -282,8 +337,8 @@ def kfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
 
     Args:
         model: a module mapping ``X`` to outputs ``(B, C)``, built from ``nn.Linear`` and
-            ``nn.Conv2d`` layers (plus parameter-free modules); in eval mode if it has
-            dropout or BatchNorm.
+            ``nn.Conv2d`` layers (plus parameter-free modules), each called once per
+            forward pass; in eval mode if it has dropout or BatchNorm.
         loss_fn: ``nn.CrossEntropyLoss`` or ``nn.MSELoss``, reduction ``"mean"`` or ``"sum"``.
         data: an ``(X, y)`` pair or a re-iterable of batches; ``"mean"`` spans all of them.
         fisher_type: ``"exact"`` (expectation over the model's labels, C backward passes),
@@ -297,6 +352,14 @@ def kfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
     Returns:
         :class:`KFACOperator` of shape ``(d, d)``, ``d`` the number of covered parameters,
         in ``model.parameters()`` order.
+
+    Raises:
+        TypeError, ValueError: bad data, as for :class:`lib.curvature.CurvatureOperator`
+            (the same checks); a covered layer called more than once, or never, in a
+            forward pass.
+
+    Outputs may have extra dimensions, ``(B, d_1, ..., d_m)``, under MSE (read as
+    ``C = d_1 ... d_m`` outputs, as in :mod:`lib.curvature`); cross-entropy needs ``(B, C)``.
     """
     loss, layers, batches, num_data, num_outputs = _prepare(model, loss_fn, data, fisher_type,
                                                             mc_samples, unsupported)
@@ -592,13 +655,15 @@ def ekfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact"
     recorder = _LayerRecorder(layers)
     try:
         for X, y in batches:
+            recorder.clear()
             with torch.enable_grad():
                 f = model(X)
+            inputs, outputs = recorder.recorded()
             S = _output_columns(loss, f.detach(), y, fisher_type, mc_samples, generator)
-            grads = _output_grads(f, [recorder.outputs[n] for n, _ in layers], S)
-            for i, ((name, module), g) in enumerate(zip(layers, grads)):
+            grads = _output_grads(f, outputs, S)
+            for i, ((name, module), x, g) in enumerate(zip(layers, inputs, grads)):
                 _, QA, _, QG = bases[i]
-                a, T = _input_matrix(module, recorder.inputs[name], fold_bias)
+                a, T = _input_matrix(module, x, fold_bias)
                 K, B = g.shape[0], X.shape[0]
                 a = (a @ QA.to(a.dtype)).reshape(B, T, -1)                     # (B, T, in')
                 rows = _output_grad_matrix(module, g).reshape(K, B, T, -1) @ QG.to(a.dtype)
@@ -691,6 +756,7 @@ class KFACOptimizer(torch.optim.Optimizer):
         self.generator = torch.Generator(device=params[0].device).manual_seed(seed)
         self._recorder = _LayerRecorder(self.layers)
         self._batch_targets = None
+        self._pre_handle = model.register_forward_pre_hook(self._before_forward)
         self._handle = model.register_forward_hook(self._after_forward)
 
     # -- statistics ---------------------------------------------------------------------
@@ -705,27 +771,29 @@ class KFACOptimizer(torch.optim.Optimizer):
         """Give the true labels of the next forward pass (only ``fisher_type="empirical"``)."""
         self._batch_targets = y
 
+    def _before_forward(self, model, args):
+        """Before the model's forward pass: forget the layers' previous calls."""
+        self._recorder.clear()
+
     def _after_forward(self, model, args, f):
         """After the model's forward pass: the factors of this mini-batch (on stats steps)."""
         if not (model.training and torch.is_grad_enabled() and f.requires_grad):
             return
         if self._steps() % self.curvature_interval != 0:
             return
-        if self.fisher_type == "empirical":
-            if self._batch_targets is None:
-                raise ValueError("fisher_type='empirical' needs the labels: call "
-                                 "optimizer.set_targets(y) before the forward pass")
-            S = self.loss.gradient(f.detach(), self._batch_targets)[None]
-        else:
-            S = self.loss.sample_gradients(f.detach(), self.mc_samples, self.generator)
-            S = S / math.sqrt(self.mc_samples)
+        if self.fisher_type == "empirical" and self._batch_targets is None:
+            raise ValueError("fisher_type='empirical' needs the labels: call "
+                             "optimizer.set_targets(y) before the forward pass")
+        inputs, outputs = self._recorder.recorded()
+        y = self._batch_targets if self.fisher_type == "empirical" else None
+        S = _output_columns(self.loss, f.detach(), y, self.fisher_type, self.mc_samples,
+                            self.generator)
         # The curvature of the batch's mean loss: c = 1 / B (or 1 / (B C) for MSE).
         scale = self.loss.scale(f.shape[0], f[0].numel())
-        outputs = [self._recorder.outputs[name] for name, _ in self.layers]
         grads = _output_grads(f, outputs, S, retain_graph=True)
         with torch.no_grad():
-            for (name, module), g in zip(self.layers, grads):
-                a, T = _input_matrix(module, self._recorder.inputs[name], self.fold_bias)
+            for (name, module), x, g in zip(self.layers, inputs, grads):
+                a, T = _input_matrix(module, x, self.fold_bias)
                 rows = _output_grad_matrix(module, g).flatten(0, 1)
                 self._update_average(module, "A", (a.T @ a) / (f.shape[0] * T))
                 self._update_average(module, "G", scale * (rows.T @ rows))
@@ -829,4 +897,5 @@ class KFACOptimizer(torch.optim.Optimizer):
     def remove_hooks(self) -> None:
         """Detach the optimizer from the model's forward passes."""
         self._recorder.remove()
+        self._pre_handle.remove()
         self._handle.remove()

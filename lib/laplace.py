@@ -36,8 +36,15 @@ Decomposition (:class:`LaplaceResult`): ``log_Z = neg_loss + log_prior + rest`` 
 ``rest = (d/2) log(2 pi) - (1/2) log det(G^-1 H)``. The paper's Table 1 column "Rest" is
 ``log_prior + rest`` (:attr:`LaplaceResult.table_rest`).
 
-The module also holds the paper's A6 experiment (section 5.2, Table 1):
-:func:`sine_laplace_table`.
+The module also holds the paper's A6 experiment (section 5.2, Table 1) in two protocols:
+
+* :func:`sine_laplace_protocol_run`: the protocol of the Laplace library's sinusoid example
+  (laplace-torch, Daxberger et al. 2021), which the paper's appendix E.3.1 describes: a
+  1-50-1 tanh network trained on the MSE with Adam, then the evidence with the generalized
+  Gauss-Newton (GGN) posterior precision, noise ``sigma = 1`` and prior precision 1
+  (:func:`ggn_log_marginal_likelihood`);
+* :func:`sine_laplace_table`: the exact MAP of a stated model (true noise 0.3, 1-20-1) and
+  the exact Hessian there.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ from .invariance import check_critical_point, hessian_operator, pullback_metric
 from .reparam import Reparametrization, WeightNorm
 
 __all__ = ["LaplaceResult", "dense_hessian", "laplace_log_marginal_likelihood",
-           "SineMLPProblem", "fit_map", "sine_laplace_table", "LAPLACE_FORMS"]
+           "ggn_log_marginal_likelihood", "SineMLPProblem", "fit_map", "fit_mse_adam",
+           "sine_laplace_table", "laplace_torch_sine_data", "sine_laplace_protocol_run",
+           "SineProtocolRun", "LAPLACE_FORMS", "LAPLACE_TORCH_DATA_SEED"]
 
 LAPLACE_FORMS = ("invariant", "naive")
 _LOG_2PI = math.log(2 * math.pi)
@@ -72,11 +81,14 @@ class LaplaceResult:
             ``None`` if no ``log_prior`` was given.
         log_prior: ``log p(theta*)``, or ``None``.
         rest: ``(d/2) log(2 pi) - (1/2) logdet_operator``.
-        logdet_hessian: ``log det H`` (autodiff Hessian in the working coordinates).
+        logdet_hessian: ``log det H`` (autodiff Hessian in the working coordinates), or of
+            the GGN posterior precision for :func:`ggn_log_marginal_likelihood`.
         logdet_metric: ``log det G`` in the working coordinates (0 for the naive form).
         logdet_operator: ``log det(G^-1 H)``, the one used in ``rest``.
         d: number of coordinates. grad_norm: ``||grad L_MAP||`` at the point.
         form: ``"invariant"`` or ``"naive"``.
+        curvature: ``"hessian"`` (the exact Hessian) or ``"ggn"`` (the generalized
+            Gauss-Newton posterior precision).
     """
 
     log_Z: float
@@ -90,6 +102,7 @@ class LaplaceResult:
     d: int
     grad_norm: float
     form: str
+    curvature: str = "hessian"
 
     @property
     def table_rest(self) -> float | None:
@@ -102,7 +115,12 @@ def dense_hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Ten
 
     Plain reverse-over-reverse autograd (one backward pass per row), so ``f`` may contain
     Python-side checks; meant for ``d`` up to a few hundred. The Hessian is symmetrized.
+    Raises ``ValueError`` if ``x`` is not a flat floating-point tensor with ``d >= 1``.
     """
+    if not isinstance(x, Tensor) or x.ndim != 1 or not torch.is_floating_point(x):
+        raise ValueError("x must be a flat floating-point tensor of shape (d,)")
+    if x.numel() == 0:
+        raise ValueError("x has no entries (d = 0): a function of no parameters has no Hessian")
     x = x.detach().clone().requires_grad_(True)
     value = f(x)
     if not isinstance(value, Tensor) or value.numel() != 1:
@@ -145,8 +163,9 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
         A :class:`LaplaceResult`.
 
     Raises:
-        ValueError: unknown ``form``; a metric with the naive form; a bad point; a Hessian
-            (or ``G^-1 H``) that is not positive definite (not a strict minimum).
+        ValueError: unknown ``form``; a metric with the naive form; a bad point (not flat,
+            not finite, or with no entries); a Hessian (or ``G^-1 H``) that is not positive
+            definite (not a strict minimum), whatever the metric.
     """
     if form not in LAPLACE_FORMS:
         raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
@@ -155,6 +174,9 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
                          "pass metric=None or use form='invariant'")
     if not isinstance(theta_map, Tensor) or theta_map.ndim != 1 or not torch.is_floating_point(theta_map):
         raise ValueError("theta_map must be a flat floating-point tensor of shape (d,)")
+    if theta_map.numel() == 0:
+        raise ValueError("theta_map has no entries (d = 0): the Laplace approximation needs at "
+                         "least one parameter")
     if not bool(torch.isfinite(theta_map).all()):
         raise ValueError("theta_map contains NaN or infinite entries")
     theta_map = theta_map.detach()
@@ -199,6 +221,98 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
                          neg_loss=neg_loss, log_prior=lp, rest=rest,
                          logdet_hessian=float(logdet_h), logdet_metric=logdet_g,
                          logdet_operator=float(logdet_e), d=d, grad_norm=grad_norm, form=form)
+
+
+def ggn_log_marginal_likelihood(predict: Callable[[Tensor], Tensor], y: Tensor, point: Tensor, *,
+                                sigma: float = 1.0, prior_precision: float = 1.0,
+                                prior_map: Callable[[Tensor], Tensor] | None = None,
+                                metric=None, form: str = "invariant") -> LaplaceResult:
+    """The Laplace ``log Z`` of Gaussian regression with the GGN as the curvature.
+
+    The model: ``y_i ~ N(f_i(point), sigma^2)`` with ``f = predict(point)`` of shape
+    ``(n,)``, and the prior ``N(0, prior_precision^-1 I)`` on ``theta = prior_map(point)``
+    (default: on ``point`` itself). Both terms of ``L_MAP`` are convex functions of an
+    inner map (the outputs ``f`` and the prior's argument ``theta``), and the curvature is
+    their generalized Gauss-Newton matrix (Schraudolph 2002)
+
+        ``P = J_f^T J_f / sigma^2 + prior_precision J_theta^T J_theta``   ``(d, d)``,
+
+    the posterior precision of the Laplace library (laplace-torch, Daxberger et al. 2021,
+    ``hessian_structure="full"`` with its default GGN backend). Then
+
+        ``log Z = log p(y | f) + log p(theta) + (d/2) log(2 pi) - (1/2) log det(G^-1 P)``,
+
+    equal to laplace-torch's ``log_likelihood - (log det P - log det P_0 + scatter) / 2``
+    for ``G = I``. Unlike the Hessian, ``P`` needs only first derivatives, so it transforms
+    as ``J^-T P J^-1`` under a reparametrization at *every* point, and with ``prior_map =
+    phi^-1`` and the pulled-back metric the value is invariant at any point (no critical
+    point needed). It is also positive definite by construction (``prior_precision > 0``
+    and an injective ``prior_map``), so it exists where the Hessian is indefinite.
+
+    Args:
+        predict: ``point -> f`` of shape ``(n,)`` (float64 recommended).
+        y: targets, ``(n,)`` or ``(n, 1)``.
+        point: flat ``(d,)`` point in the coordinates of ``predict``.
+        sigma: the likelihood's noise standard deviation (> 0).
+        prior_precision: the prior's precision (> 0).
+        prior_map: ``point -> theta``, the coordinates the Gaussian prior is placed on
+            (e.g. a reparametrization's ``inverse``); ``None``: the point's own coordinates.
+        metric: ``G`` at the point in its coordinates (``None``: identity; see
+            :func:`lib.invariance.hessian_operator`). Invariant form only.
+        form: ``"invariant"`` or ``"naive"`` (a label; the naive form takes no metric).
+
+    Returns:
+        A :class:`LaplaceResult` with ``curvature="ggn"``; ``logdet_hessian`` is
+        ``log det P``, ``grad_norm`` the norm of the gradient of ``L_MAP`` at the point.
+
+    Raises:
+        ValueError: bad ``form``, ``sigma``, ``prior_precision``, point or shapes; a metric
+            with the naive form.
+    """
+    if form not in LAPLACE_FORMS:
+        raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
+    if form == "naive" and metric is not None:
+        raise ValueError("the naive form ignores the metric; pass metric=None or use form='invariant'")
+    if not sigma > 0 or not prior_precision > 0:
+        raise ValueError(f"sigma and prior_precision must be positive, got {sigma} and {prior_precision}")
+    if not isinstance(point, Tensor) or point.ndim != 1 or not torch.is_floating_point(point):
+        raise ValueError("point must be a flat floating-point tensor of shape (d,)")
+    if not bool(torch.isfinite(point).all()):
+        raise ValueError("point contains NaN or infinite entries")
+    point = point.detach()
+    y = torch.as_tensor(y).detach().to(point.dtype).reshape(-1)
+    prior_map = (lambda t: t) if prior_map is None else prior_map  # noqa: E731
+    sigma, prior_precision = float(sigma), float(prior_precision)
+    d = point.shape[0]
+    f = predict(point).detach()
+    if f.shape != y.shape:
+        raise ValueError(f"predict returned shape {tuple(f.shape)}, but y has {y.shape[0]} targets")
+    n = y.shape[0]
+
+    def log_lik(p):
+        r = y - predict(p)
+        return -0.5 * (r * r).sum() / sigma**2 - n * (math.log(sigma) + 0.5 * _LOG_2PI)
+
+    def log_prior(p):
+        return _gaussian_log_density(prior_map(p), prior_precision)
+
+    J_f = torch.func.jacrev(predict)(point)                              # (n, d)
+    J_p = torch.func.jacrev(prior_map)(point)                            # (d_theta, d)
+    P = J_f.T @ J_f / sigma**2 + prior_precision * (J_p.T @ J_p)
+    P = 0.5 * (P + P.T)
+    grad = torch.func.grad(lambda p: -log_lik(p) - log_prior(p))(point)
+    E = hessian_operator(P, metric)
+    try:
+        logdet_e = E.logdet()
+    except ValueError as err:
+        raise ValueError(f"the Laplace approximation is undefined: {err}") from err
+    logdet_g = float(torch.linalg.slogdet(E.G.to_dense()).logabsdet)
+    ll, lp = float(log_lik(point)), float(log_prior(point))
+    rest = 0.5 * d * _LOG_2PI - 0.5 * logdet_e
+    return LaplaceResult(log_Z=ll + lp + rest, neg_log_joint=-(ll + lp), neg_loss=ll, log_prior=lp,
+                         rest=rest, logdet_hessian=float(torch.linalg.slogdet(P).logabsdet),
+                         logdet_metric=logdet_g, logdet_operator=float(logdet_e), d=d,
+                         grad_norm=float(grad.norm()), form=form, curvature="ggn")
 
 
 # --------------------------------------------------------------------------------------
@@ -260,6 +374,25 @@ class SineMLPProblem:
         return torch.cat([W1, torch.zeros(h, dtype=torch.float64), W2,
                           torch.zeros(1, dtype=torch.float64)])
 
+    def init_pytorch(self, seed: int) -> Tensor:
+        """PyTorch's default ``nn.Linear`` initialization, number for number, in float64.
+
+        The values of ``torch.manual_seed(seed); nn.Sequential(nn.Linear(1, h), nn.Tanh(),
+        nn.Linear(h, 1))`` (weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+        drawn in float32 in the order ``W1, b1, W2, b2``), from a private generator, so
+        the global random state is untouched. This is how the Laplace library's sinusoid
+        example initializes its network.
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        parts = []
+        for shape, fan_in in [((self.hidden, 1), 1), ((1, self.hidden), self.hidden)]:
+            # kaiming_uniform_(a=sqrt(5)) for the weight, U(+-1/sqrt(fan_in)) for the bias
+            w_bound = math.sqrt(3.0) * (math.sqrt(2.0 / (1 + 5)) / math.sqrt(fan_in))
+            b_bound = 1 / math.sqrt(fan_in)
+            parts.append(torch.empty(shape).uniform_(-w_bound, w_bound, generator=g).reshape(-1))
+            parts.append(torch.empty(shape[0]).uniform_(-b_bound, b_bound, generator=g))
+        return torch.cat(parts).to(torch.float64)
+
 
 def fit_map(neg_log_joint: Callable[[Tensor], Tensor], theta0: Tensor, *, adam_steps: int = 3000,
             lr: float = 1e-2, grad_tol: float = 1e-8, max_lbfgs_rounds: int = 10,
@@ -311,17 +444,42 @@ def fit_map(neg_log_joint: Callable[[Tensor], Tensor], theta0: Tensor, *, adam_s
     return theta.detach()
 
 
-def sine_laplace_table(seed: int, *, n_samples: int = 150, hidden: int = 20, sigma: float = 0.3,
-                       prior_precision: float = 1.0, adam_steps: int = 3000
-                       ) -> dict[str, LaplaceResult]:
-    """The paper's A6 experiment (Table 1) for one seed.
+def fit_mse_adam(problem: "SineMLPProblem", theta0: Tensor, *, epochs: int = 1000,
+                 lr: float = 1e-2) -> Tensor:
+    """Train on the mean squared error with full-batch Adam, as the Laplace library's example.
 
-    Data: ``make_sine(n_samples, noise=0.3, seed=seed)`` (``x ~ U[0, 8]``,
+    ``epochs`` steps of ``torch.optim.Adam(lr=lr)`` (default betas and eps, no weight decay)
+    on ``mean((y - f(theta))^2)`` over all of ``problem``'s data, in float64. Neither the
+    noise ``sigma`` nor the prior enters: the result is *not* the MAP of
+    ``problem.neg_log_joint``. Returns the detached ``(d,)`` end point.
+    """
+    if int(epochs) < 1 or not lr > 0:
+        raise ValueError(f"need epochs >= 1 and lr > 0, got {epochs} and {lr}")
+    theta = theta0.detach().to(torch.float64).clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    for _ in range(int(epochs)):
+        opt.zero_grad()
+        r = problem.y - problem.predict(theta)
+        (r * r).mean().backward()
+        opt.step()
+    return theta.detach()
+
+
+def sine_laplace_table(seed: int, *, n_samples: int = 150, hidden: int = 20, sigma: float = 0.3,
+                       prior_precision: float = 1.0, adam_steps: int = 3000,
+                       data: tuple[Tensor, Tensor] | None = None, with_ggn: bool = False
+                       ) -> dict[str, LaplaceResult]:
+    """The paper's A6 experiment (Table 1) for one seed, at the exact MAP with the Hessian.
+
+    Data: ``data = (X, y)`` if given (e.g. :func:`laplace_torch_sine_data`), else
+    ``make_sine(n_samples, noise=0.3, seed=seed)`` (``x ~ U[0, 8]``,
     ``y = sin x + N(0, 0.3^2)``); model and prior: :class:`SineMLPProblem` (likelihood
     noise ``sigma``, default the true 0.3; prior ``N(0, prior_precision^-1 I)`` on the
     Cartesian weights); MAP by :func:`fit_map` from ``SineMLPProblem.init(seed)``.
 
-    Returns three :class:`LaplaceResult` at the same network (the same function):
+    Returns three :class:`LaplaceResult` at the same network (the same function), and with
+    ``with_ggn`` a fourth, ``"cartesian_ggn"``: :func:`ggn_log_marginal_likelihood` at the
+    same MAP (the GGN instead of the Hessian):
 
     * ``"cartesian"``: the classical value (``G = I`` in Cartesian coordinates).
     * ``"weightnorm_naive"``: what a practitioner gets by wrapping both trained layers in
@@ -336,7 +494,7 @@ def sine_laplace_table(seed: int, *, n_samples: int = 150, hidden: int = 20, sig
       composed with ``phi^-1``, the autodiff Hessian in ``psi`` and the pulled-back
       identity metric: equal to ``"cartesian"`` up to round-off.
     """
-    X, y = make_sine(n_samples, noise=0.3, seed=seed, dtype=torch.float64)
+    X, y = make_sine(n_samples, noise=0.3, seed=seed, dtype=torch.float64) if data is None else data
     prob = SineMLPProblem(X, y, hidden=hidden, sigma=sigma, prior_precision=prior_precision)
     theta = fit_map(prob.neg_log_joint, prob.init(seed), adam_steps=adam_steps)
     cart = laplace_log_marginal_likelihood(prob.neg_log_joint, theta, log_prior=prob.log_prior)
@@ -354,4 +512,100 @@ def sine_laplace_table(seed: int, *, n_samples: int = 150, hidden: int = 20, sig
                                             form="naive", check_critical=False)
     inv = laplace_log_marginal_likelihood(prob.neg_log_joint, theta, log_prior=prob.log_prior,
                                           reparam=wn, form="invariant")
-    return {"cartesian": cart, "weightnorm_naive": naive, "weightnorm_invariant": inv}
+    out = {"cartesian": cart, "weightnorm_naive": naive, "weightnorm_invariant": inv}
+    if with_ggn:
+        out["cartesian_ggn"] = ggn_log_marginal_likelihood(
+            prob.predict, prob.y, theta, sigma=prob.sigma, prior_precision=prob.prior_precision)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# A6 under the Laplace library's protocol
+# --------------------------------------------------------------------------------------
+LAPLACE_TORCH_DATA_SEED = 711  # the seed of laplace-torch's regression example
+
+
+def laplace_torch_sine_data(n_samples: int = 150, *, seed: int = LAPLACE_TORCH_DATA_SEED,
+                            dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """The sinusoid data of the Laplace library's regression example, value for value.
+
+    ``x = 8 rand(N)``, ``y = sin x + 0.3 randn`` drawn in float32 after
+    ``torch.manual_seed(seed)`` (its ``get_sinusoid_example``), here from a private
+    generator (:func:`lib.data.make_sine` with ``sample_dtype=torch.float32``) and cast to
+    ``dtype``. Returns ``(X, y)`` of shapes ``(N, 1)``.
+    """
+    return make_sine(n_samples, noise=0.3, low=0.0, high=8.0, seed=seed, dtype=dtype,
+                     sample_dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class SineProtocolRun:
+    """One seed of the A6 experiment under the Laplace library's protocol.
+
+    Attributes:
+        theta: the trained point ``(d,)`` (float64).
+        results: :class:`LaplaceResult` (GGN) by name: ``"cartesian"`` and, if computed,
+            ``"weightnorm_naive"`` and ``"weightnorm_invariant"``.
+        grad_norm: ``||grad L_MAP(theta)||`` of the evidence's own objective (noise
+            ``sigma``, the prior) at the trained point: 0 at a MAP.
+        hessian_min_eigenvalue: smallest eigenvalue of the exact Hessian of ``L_MAP`` at
+            ``theta`` (negative: a saddle region, the Hessian Laplace is undefined), or
+            ``None`` if not computed.
+    """
+
+    theta: Tensor
+    results: dict
+    grad_norm: float
+    hessian_min_eigenvalue: float | None
+
+    @property
+    def sq_norm(self) -> float:
+        """``|theta|^2``; the prior contributes ``-prior_precision |theta|^2 / 2`` to ``log Z``."""
+        return float((self.theta * self.theta).sum())
+
+
+def sine_laplace_protocol_run(seed: int, *, data: tuple[Tensor, Tensor] | None = None,
+                              hidden: int = 50, sigma: float = 1.0, prior_precision: float = 1.0,
+                              epochs: int = 1000, lr: float = 1e-2, weightnorm: bool = True,
+                              hessian: bool = True) -> SineProtocolRun:
+    """The paper's A6 experiment (Table 1) for one seed, under laplace-torch's protocol.
+
+    The paper's appendix E.3.1 (150 points ``x ~ U[0, 8]``, ``y = sin x + N(0, 0.3^2)``,
+    one hidden tanh layer, 1000 epochs) is the regression example of the Laplace library
+    (Daxberger et al. 2021), whose evidence it computes with that library's defaults:
+
+    * data: ``data`` or :func:`laplace_torch_sine_data` (drawn once; the same for every
+      ``seed``);
+    * model: 1-``hidden``-1 tanh MLP, :meth:`SineMLPProblem.init_pytorch` ``(seed)``;
+    * training: :func:`fit_mse_adam` (full-batch Adam, ``lr``, MSE, no weight decay,
+      ``epochs`` steps): not the MAP of the evidence's model;
+    * evidence: :func:`ggn_log_marginal_likelihood` with noise ``sigma`` (laplace-torch's
+      default 1) and prior precision ``prior_precision`` (default 1), at the trained point.
+
+    With ``weightnorm`` also the two WeightNorm values at the same network, both with the
+    GGN: ``"weightnorm_naive"`` (over-parametrized ``(v, g)`` coordinates, ``d + units``
+    of them, with the prior ``N(0, prior_precision^-1 I)`` on every ``(v, g)`` coordinate:
+    what the library computes for a network wrapped in ``weight_norm``) and
+    ``"weightnorm_invariant"`` (the bijective :class:`~lib.reparam.WeightNorm`, the prior
+    on ``theta = phi^-1(psi)``, the pulled-back identity metric): equal to
+    ``"cartesian"`` up to round-off. With ``hessian`` the smallest eigenvalue of the exact
+    Hessian of ``L_MAP`` at the trained point.
+    """
+    X, y = laplace_torch_sine_data(150) if data is None else data
+    prob = SineMLPProblem(X, y, hidden=hidden, sigma=sigma, prior_precision=prior_precision)
+    theta = fit_mse_adam(prob, prob.init_pytorch(seed), epochs=epochs, lr=lr)
+    kw = dict(sigma=prob.sigma, prior_precision=prob.prior_precision)
+    results = {"cartesian": ggn_log_marginal_likelihood(prob.predict, prob.y, theta, **kw)}
+    if weightnorm:
+        wn = WeightNorm(prob.param_shapes, normalize=(0, 2), reference=theta)
+        results["weightnorm_naive"] = ggn_log_marginal_likelihood(
+            lambda z: prob.predict(wn.from_vg(z)), prob.y, wn.to_vg(theta), form="naive", **kw)
+        results["weightnorm_invariant"] = ggn_log_marginal_likelihood(
+            lambda p: prob.predict(wn.inverse(p)), prob.y, wn.forward(theta), prior_map=wn.inverse,
+            metric=pullback_metric(None, wn, theta), **kw)
+    min_eig = None
+    if hessian:
+        _, _, H = dense_hessian(prob.neg_log_joint, theta)
+        min_eig = float(torch.linalg.eigvalsh(H)[0])
+    return SineProtocolRun(theta=theta, results=results, grad_norm=results["cartesian"].grad_norm,
+                           hessian_min_eigenvalue=min_eig)
