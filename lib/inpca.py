@@ -17,13 +17,14 @@ Conventions and deviations from the paper (read these before comparing)
 -------------------------------------------------------------------------
 * D is used as a *squared*-distance-type matrix, exactly as ``d_B`` enters (2.2.6); for
   Euclidean points ``D_uv = ||x_u - x_v||^2`` InPCA is classical MDS, i.e. PCA.
-* Explained stress (2.2.8). The paper writes ``1 - sqrt(sum_{k>d} lambda_k^2 / sum lambda^2)``
-  (a ratio of Frobenius *norms*, not of their squares), and its middle expression writes the
-  rank-d reconstruction as ``sqrt(Lambda) U_ik sqrt(Lambda) U_kj`` where
-  ``U_ik Lambda_kk U_jk`` is meant. :meth:`InPCA.explained_stress` returns by default the
-  squared form ``1 - ||W - W_d||_F^2 / ||W||_F^2 = sum_{k<=d} lambda_k^2 / sum lambda^2`` (the
-  analogue of explained variance, additive over components); ``root=True`` gives the
-  paper's printed form.
+* Explained stress (2.2.8) is ``1 - sqrt(sum_{k>d} lambda_k^2 / sum_k lambda_k^2) =
+  1 - ||W - W_d||_F / ||W||_F`` (a ratio of Frobenius norms, the root form of Kruskal's
+  stress), with ``W_d = sum_{k<=d} lambda_k u_k u_k^T``; the middle expression of (2.2.8)
+  writes this reconstruction as ``sqrt(Lambda_kk) U_ik sqrt(Lambda_kk) U_kj``, with ``U_kj``
+  standing for ``(U^T)_kj``. :meth:`InPCA.explained_stress` returns this by default;
+  ``squared=True`` gives ``1 - ||W - W_d||_F^2 / ||W||_F^2 = sum_{k<=d} lambda_k^2 / sum
+  lambda^2`` (additive over components, like explained variance), which is always at
+  least as large.
 * Out-of-sample points (2.2.9). The paper's ``X_w = sum_u W_{w,u} U_u |Lambda_uu|^{-1/2}``
   omits the factor ``sign(lambda_k)``: without it a time-like coordinate of a point that is
   already in the embedding comes back with the wrong sign. :meth:`InPCA.transform`
@@ -41,10 +42,10 @@ Trajectories, progress and averages (eqs. 2.2.3-2.2.5, Table 2.3)
   typo for ``sum_n``).
 * :func:`progress`: ``s_w`` (2.2.4), the closest point on the ignorance-truth geodesic. The
   paper uses Brent's method; here a grid plus golden-section refinement (global on the
-  grid's resolution). Remark 2.2.1 (confident model with error fraction
-  ``eps < 1 - 1/sqrt(C)`` has progress 1) holds but is not sharp: the exact threshold is
-  ``sqrt(C-1)/(sqrt(C-1)+1)``. Progress is not monotone along a geodesic from a model to
-  the truth in general.
+  grid's resolution). Remark 2.2.1 (a confident model with error fraction
+  ``eps < 1 - 1/sqrt(C)`` has progress 1) is a sufficient condition; the exact threshold
+  is ``sqrt(C-1)/(sqrt(C-1)+1)``, which is larger. Progress is not monotone along a
+  geodesic from a model to the truth in general.
 * :func:`reindex_by_progress`, :func:`trajectory_distance`, :func:`trajectory_distances`:
   trajectories re-parametrised by progress and compared at equal progress (2.2.5). Deviation:
   the paper integrates over ``[0, 1]``; a trajectory covers only its checkpoints' progress
@@ -315,16 +316,21 @@ class InPCA:
         if not hasattr(self, "eigenvalues_"):
             raise RuntimeError("InPCA instance is not fitted yet; call fit(D) first")
 
-    def explained_stress(self, k: int, *, root: bool = False) -> float:
-        """Fraction of the centred matrix W captured by the first ``k`` components (2.2.8).
+    def explained_stress(self, k: int, *, squared: bool = False) -> float:
+        """Fraction of the centred matrix W reproduced by the first ``k`` components (2.2.8).
 
-        Default: ``1 - ||W - W_k||_F^2 / ||W||_F^2 = sum_{i<=k} lambda_i^2 / sum_i lambda_i^2``
-        with ``W_k = sum_{i<=k} lambda_i u_i u_i^T``. ``root=True`` returns the paper's printed
-        ``1 - ||W - W_k||_F / ||W||_F``. Returns 1.0 when ``W = 0``. ``1 <= k <= m``; after an
+        Default (the definition of (2.2.8), Kruskal's root form):
+        ``1 - ||W - W_k||_F / ||W||_F = 1 - sqrt(sum_{i>k} lambda_i^2 / sum_i lambda_i^2)``
+        with ``W_k = sum_{i<=k} lambda_i u_i u_i^T`` (eigenvalues ordered by ``|lambda|``).
+        ``squared=True`` returns ``1 - ||W - W_k||_F^2 / ||W||_F^2 = sum_{i<=k} lambda_i^2 /
+        sum_i lambda_i^2`` instead (additive over components, like explained variance; never
+        smaller than the root form). Returns 1.0 when ``W = 0``. ``1 <= k <= m``; after an
         iterative fit ``k <= n_components`` (the denominator is ``stress_total_ = ||W||_F^2``).
         """
         self._fitted()
         k = check_int(k, "k", minimum=1)
+        if not isinstance(squared, bool):
+            raise TypeError(f"squared must be a bool, got {type(squared).__name__}")
         if k > self.m_:
             raise ValueError(f"k must be <= m = {self.m_}, got {k}")
         if self.all_eigenvalues_ is None:
@@ -336,13 +342,13 @@ class InPCA:
             if total == 0.0:
                 return 1.0
             rest = max(0.0, 1.0 - float((self.eigenvalues_[:k] ** 2).sum()) / total)
-            return 1.0 - (math.sqrt(rest) if root else rest)
-        lam2 = self.all_eigenvalues_ ** 2
-        total = float(lam2.sum())
-        if total == 0.0:
-            return 1.0
-        rest = max(0.0, float(lam2[k:].sum()) / total)
-        return 1.0 - (math.sqrt(rest) if root else rest)
+        else:
+            lam2 = self.all_eigenvalues_ ** 2
+            total = float(lam2.sum())
+            if total == 0.0:
+                return 1.0
+            rest = max(0.0, float(lam2[k:].sum()) / total)
+        return 1.0 - (rest if squared else math.sqrt(rest))
 
     def transform(self, D_new) -> torch.Tensor:
         """Embed new points from their distances to the fitted ones (Gower / Nystroem, 2.2.9).

@@ -5,9 +5,11 @@ models ``p(y | x_n)`` visited by many networks (architectures, optimizers,
 batch sizes, weight decays, seeds) as they train. This module produces it:
 
 * :class:`Config` - one training configuration.
-* :func:`checkpoint_steps` - when to record, denser early in training.
+* :func:`checkpoint_steps` - when to record: ``"geometric"`` (denser early in training)
+  or ``"epoch"`` (the initialization and every epoch end).
 * :func:`train_trajectory` - train one configuration, returning the log-probabilities
-  of all train and test examples at each checkpoint.
+  of all train and test examples at each checkpoint; one run can record several
+  schedules at once (their union), and :meth:`Population.at` picks one of them out.
 * :func:`train_population` - many configurations, each cached in its own file so an
   interrupted run continues where it stopped.
 * :class:`Population` - the stacked results.
@@ -36,11 +38,13 @@ from .paths import resolve_root
 from .models import classifier
 from .progress import progress as progress_bar
 
-__all__ = ["OPTIMIZERS", "INITS", "Config", "checkpoint_steps", "train_trajectory",
-           "train_population", "Population"]
+__all__ = ["OPTIMIZERS", "INITS", "LR_SCHEDULES", "SCHEDULES", "Config", "checkpoint_steps",
+           "train_trajectory", "train_population", "Population"]
 
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 INITS = ("default", "corner")
+LR_SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("geometric", "epoch")
 _CACHE_VERSION = 1  # bump when the cached result's layout changes
 _EVAL_CHUNK = 2048  # examples per forward pass when evaluating
 
@@ -61,7 +65,7 @@ class Config:
         arch: network name passed to :func:`lib.models.classifier` (``"mlp"``,
             ``"lenet"``, ``"resnet"``, ``"vit"``, ``"wrn-D-K"``), lower-cased.
         optimizer: ``"sgd"``, ``"nesterov"`` (SGD, Nesterov momentum 0.9) or ``"adam"``.
-        lr: constant learning rate, > 0.
+        lr: learning rate, > 0 (the initial one under a cosine schedule).
         batch_size: examples per mini-batch, >= 1.
         weight_decay: L2 coefficient passed to the optimizer, >= 0.
         seed: seeds the initial weights and the mini-batch order.
@@ -75,6 +79,10 @@ class Config:
             keep their ``seed``-dependent default initialization, so configs
             with one ``corner_seed`` and several seeds start near one corner.
         corner_seed: which corner, for ``init="corner"``.
+        lr_schedule: ``"constant"`` or ``"cosine"``: update ``t = 0, ..., T-1`` of a run of
+            ``T`` updates uses ``lr * (1 + cos(pi t / T)) / 2``, annealed to zero at the end
+            of training, stepped after every update (``CosineAnnealingLR(T_max=T)``, as the
+            source's runner does).
     """
 
     arch: str
@@ -87,6 +95,7 @@ class Config:
     hidden: tuple[int, ...] = (64,)
     init: str = "default"
     corner_seed: int = 0
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch.strip():
@@ -96,6 +105,9 @@ class Config:
                              f"{', '.join(OPTIMIZERS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of "
+                             f"{', '.join(LR_SCHEDULES)}")
         if isinstance(self.hidden, (int, str)) or not isinstance(self.hidden, Sequence):
             raise TypeError(f"hidden must be a sequence of ints such as (64,), got {self.hidden!r}")
         # Frozen dataclass: normalized values go in through object.__setattr__.
@@ -113,9 +125,15 @@ class Config:
             object.__setattr__(self, field, value)
 
     def key(self) -> dict[str, Any]:
-        """All fields as a plain, JSON-serializable dict (``hidden`` as a list)."""
+        """All fields as a plain, JSON-serializable dict (``hidden`` as a list).
+
+        ``lr_schedule`` is left out when it is ``"constant"``, so that keys (and cache
+        files) written before schedules existed still match.
+        """
         key = dataclasses.asdict(self)
         key["hidden"] = list(self.hidden)
+        if key["lr_schedule"] == "constant":
+            del key["lr_schedule"]
         return key
 
     @property
@@ -123,26 +141,48 @@ class Config:
         """Short readable name such as ``"mlp-sgd-lr0.1-b64-wd0-s0"`` (not unique: see key())."""
         name = (f"{self.arch}-{self.optimizer}-lr{self.lr:g}-b{self.batch_size}"
                 f"-wd{self.weight_decay:g}-s{self.seed}")
-        return name + (f"-corner{self.corner_seed}" if self.init == "corner" else "")
+        name += f"-corner{self.corner_seed}" if self.init == "corner" else ""
+        return name + ("-cos" if self.lr_schedule == "cosine" else "")
 
 
-def checkpoint_steps(total_steps: int, num: int = 70) -> list[int]:
-    """Steps at which to record a trajectory: 0 and ``total_steps`` included, denser early.
+def checkpoint_steps(total_steps: int, num: int = 70, *, schedule: str = "geometric",
+                     steps_per_epoch: int | None = None) -> list[int]:
+    """Steps at which to record a trajectory (step 0 is the initialization).
 
-    The steps are ``round(geomspace(1, total_steps + 1, num)) - 1``, spaced
-    evenly in ``log(step + 1)`` because predictions move fastest at the start,
-    then nudged apart so that there are exactly ``num`` distinct steps
-    whenever ``total_steps + 1 >= num`` (otherwise every step is returned).
+    ``schedule="geometric"`` (the default): ``num`` steps, 0 and ``total_steps`` included,
+    ``round(geomspace(1, total_steps + 1, num)) - 1``, spaced evenly in ``log(step + 1)``
+    because predictions move fastest at the start, then nudged apart so that there are
+    exactly ``num`` distinct steps whenever ``total_steps + 1 >= num`` (otherwise every
+    step is returned). Most checkpoints of a long run then fall in its first epoch.
+
+    ``schedule="epoch"``: the initialization and the end of every epoch,
+    ``0, steps_per_epoch, 2 steps_per_epoch, ..., total_steps`` (``num`` is ignored). The
+    runner published with Mao's thesis records at this granularity: the initialization and
+    every epoch end through epoch 21 in one version; the latest adds four points per epoch
+    in the first five epochs and thins out to every 4th, then every 15th epoch after epoch 25.
 
     Args:
         total_steps: number of mini-batch updates, >= 0.
-        num: number of checkpoints wanted, >= 2.
+        num: number of checkpoints wanted, >= 2 (geometric schedule).
+        schedule: ``"geometric"`` or ``"epoch"``.
+        steps_per_epoch: updates per epoch, >= 1, needed by ``"epoch"``; ``total_steps``
+            must be a multiple of it.
 
     Returns:
         Sorted list of distinct ints in ``[0, total_steps]``.
     """
     total_steps = check_int(total_steps, "total_steps", 0)
     num = check_int(num, "num", 2)
+    if schedule == "epoch":
+        if steps_per_epoch is None:
+            raise ValueError("schedule='epoch' needs steps_per_epoch")
+        steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", 1)
+        if total_steps % steps_per_epoch:
+            raise ValueError(f"total_steps = {total_steps} is not a whole number of epochs of "
+                             f"{steps_per_epoch} steps")
+        return list(range(0, total_steps + 1, steps_per_epoch))
+    if schedule != "geometric":
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if total_steps + 1 <= num:
         return list(range(total_steps + 1))
     targets = np.geomspace(1, total_steps + 1, num) - 1
@@ -153,6 +193,20 @@ def checkpoint_steps(total_steps: int, num: int = 70) -> list[int]:
         steps.append(step)
         previous = step
     return steps
+
+
+def _check_schedules(schedule: str | Sequence[str]) -> tuple[str, ...]:
+    """One schedule name or a non-empty sequence of distinct ones, as a tuple."""
+    names = (schedule,) if isinstance(schedule, str) else schedule
+    if not isinstance(names, Sequence) or isinstance(names, str) or len(names) == 0:
+        raise TypeError(f"schedule must be one of {SCHEDULES} or a sequence of them, got {schedule!r}")
+    names = tuple(names)
+    for name in names:
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"schedule lists a name twice: {names}")
+    return names
 
 
 def _corner_init(model: nn.Module, corner_seed: int) -> None:
@@ -187,17 +241,25 @@ def _log_probs(model: nn.Module, X: Tensor, device: torch.device) -> Tensor:
 
 
 def train_trajectory(config: Config, split: Split, *, device: str | torch.device = "cpu",
-                     num_checkpoints: int = 70,
+                     num_checkpoints: int = 70, schedule: str | Sequence[str] = "geometric",
                      input_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Train one configuration and record its predictions at :func:`checkpoint_steps`.
 
     Cross-entropy on mini-batches of ``config.batch_size`` drawn without
     replacement, reshuffled every epoch by a ``torch.Generator`` seeded with
     ``config.seed`` (the last batch of an epoch may be smaller). The learning
-    rate is constant: no schedule, so a trajectory depends only on the fields
-    of ``config``. A step is one mini-batch update; step 0 is the
-    initialization. Predictions are evaluated in eval mode without gradients.
-    On the CPU the result is a deterministic function of ``config`` and the data.
+    rate is constant, or cosine-annealed per update (``config.lr_schedule``), so a
+    trajectory depends only on the fields of ``config``. A step is one mini-batch
+    update; step 0 is the initialization. Predictions are evaluated in eval mode
+    without gradients. On the CPU the result is a deterministic function of
+    ``config`` and the data.
+
+    ``schedule`` names the checkpoint schedule (``"geometric"``: ``num_checkpoints``
+    steps, denser early; ``"epoch"``: the initialization and every epoch end), or a
+    sequence of them: one training run then records the union of their steps, and
+    ``"schedules"`` in the result says which checkpoint belongs to which (a step in
+    both is recorded once). The weights, and so the predictions at a given step, do
+    not depend on the schedule.
 
     If the mini-batch loss or the recorded predictions become NaN/inf, training
     stops and the trajectory is marked ``"diverged"``; checkpoints after that
@@ -208,20 +270,24 @@ def train_trajectory(config: Config, split: Split, *, device: str | torch.device
         config: the configuration.
         split: data with integer labels; ``split.n_classes`` gives C.
         device: where to train (see :func:`lib.config.resolve_device`).
-        num_checkpoints: number K of recorded steps (fewer if there are fewer steps).
+        num_checkpoints: number of steps of the geometric schedule (fewer if there are
+            fewer steps).
+        schedule: ``"geometric"``, ``"epoch"`` or a sequence of these.
         input_shape: shape of one example for the network; default ``split.X_train.shape[1:]``.
 
     Returns:
-        Dict of tensors on the CPU: ``"steps"`` (K,) int64, ``"train_log_probs"``
-        (K, N_train, C) and ``"test_log_probs"`` (K, N_test, C) float32,
-        ``"train_loss"``, ``"test_loss"``, ``"train_error"``, ``"test_error"`` (K,)
-        float32 (loss and error of the recorded predictions), ``"diverged"`` (bool),
+        A dict of CPU tensors (K the number of recorded steps) with ``"steps"`` (K,)
+        int64, ``"train_log_probs"`` (K, N_train, C) and ``"test_log_probs"`` (K, N_test, C)
+        float32, ``"train_loss"``, ``"test_loss"``, ``"train_error"``, ``"test_error"`` (K,)
+        float32 (loss and error of the recorded predictions), ``"schedules"`` (dict: name ->
+        (K,) bool, the checkpoints of each requested schedule), ``"diverged"`` (bool),
         ``"total_steps"`` (int) and ``"config"`` (``config.key()``).
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a Config, got {type(config).__name__}")
     if not isinstance(split, Split) or split.y_train.is_floating_point():
         raise TypeError("split must be a Split with integer class labels")
+    names = _check_schedules(schedule)
     device = resolve_device(device)
     shape = tuple(split.X_train.shape[1:]) if input_shape is None else tuple(input_shape)
     model = classifier(config.arch, shape, split.n_classes, hidden=config.hidden, seed=config.seed)
@@ -235,7 +301,10 @@ def train_trajectory(config: Config, split: Split, *, device: str | torch.device
     n = X_train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
-    steps = checkpoint_steps(total_steps, num_checkpoints)
+    per_schedule = {name: checkpoint_steps(total_steps, num_checkpoints, schedule=name,
+                                           steps_per_epoch=steps_per_epoch) for name in names}
+    steps = sorted(set().union(*per_schedule.values()))
+    wanted = set(steps)
     records: dict[int, tuple[Tensor, Tensor]] = {}
     generator = torch.Generator().manual_seed(config.seed)
     diverged, step = False, 0
@@ -252,6 +321,9 @@ def train_trajectory(config: Config, split: Split, *, device: str | torch.device
             break
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
+            if config.lr_schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / total_steps))
             index = order[start:start + config.batch_size]
             loss = nn.functional.cross_entropy(model(X_train[index].to(device)),
                                                y_train[index].to(device))
@@ -262,10 +334,15 @@ def train_trajectory(config: Config, split: Split, *, device: str | torch.device
             loss.backward()
             optimizer.step()
             step += 1
-            if step in steps and not record():
+            if step in wanted and not record():
                 diverged = True
                 break
-    return _assemble(steps, records, split, config, diverged, total_steps)
+    result = _assemble(steps, records, split, config, diverged, total_steps)
+    result["schedules"] = {}
+    for name in names:
+        own = set(per_schedule[name])
+        result["schedules"][name] = torch.tensor([s in own for s in steps])
+    return result
 
 
 def _assemble(steps: list[int], records: dict[int, tuple[Tensor, Tensor]], split: Split,
@@ -303,23 +380,29 @@ def _fingerprint(split: Split) -> str:
 
 def train_population(configs: Sequence[Config], split: Split, name: str, *,
                      device: str | torch.device = "cpu", num_checkpoints: int = 70,
+                     schedule: str | Sequence[str] = "geometric",
                      root: str | os.PathLike = "populations", progress: bool = True,
                      input_shape: Sequence[int] | None = None) -> Population:
     """Run :func:`train_trajectory` for every config, caching each result in its own file.
 
     Each result goes to ``<root>/<name>/<config.name>-<hash>.pt`` (written with
     :func:`lib.checkpoint.save_atomic`, read with ``weights_only=True``), where the
-    hash covers ``config.key()``, a fingerprint of the data, ``num_checkpoints``
-    and ``input_shape``. Finished configs are never recomputed, so an interrupted
-    run continues with the missing ones; a changed setting gets a new file.
+    hash covers ``config.key()``, a fingerprint of the data, ``num_checkpoints``,
+    ``schedule`` (left out when it is ``"geometric"``, so older files still match) and
+    ``input_shape``. Finished configs are never recomputed, so an interrupted run
+    continues with the missing ones; a changed setting gets a new file.
 
     Args:
         configs: the configurations (at least one).
         split: the data.
         name: folder of this population under ``root``, e.g. ``"ch2-digits"``.
         device: see :func:`train_trajectory`.
-        num_checkpoints: checkpoints per trajectory; every config must end up with
-            the same number K (true when each has at least ``num_checkpoints - 1`` steps).
+        num_checkpoints: checkpoints of the geometric schedule; every config must end up
+            with the same number K of recorded steps (true when each has at least
+            ``num_checkpoints - 1`` steps, and, with ``"epoch"``, the same epochs and
+            steps per epoch).
+        schedule: see :func:`train_trajectory`; :meth:`Population.at` selects one schedule's
+            checkpoints when several are recorded.
         root: cache folder; relative paths are taken inside the data folder
             (:func:`lib.paths.data_root`).
         progress: show a progress bar over the configs.
@@ -334,6 +417,7 @@ def train_population(configs: Sequence[Config], split: Split, name: str, *,
     if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name or name == "..":
         raise ValueError(f"name must be a plain folder name, got {name!r}")
     num_checkpoints = check_int(num_checkpoints, "num_checkpoints", 2)
+    names = _check_schedules(schedule)
     folder = resolve_root(root) / name
     data = _fingerprint(split)
     shape = None if input_shape is None else [int(n) for n in input_shape]
@@ -341,11 +425,13 @@ def train_population(configs: Sequence[Config], split: Split, name: str, *,
     for config in progress_bar(configs, desc=name, disable=not progress):
         key = {"config": config.key(), "data": data, "num_checkpoints": num_checkpoints,
                "input_shape": shape, "version": _CACHE_VERSION}
+        if names != ("geometric",):
+            key["schedule"] = list(names)
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         results.append(cached(folder / f"{config.name}-{digest}.pt", key,
                               lambda config=config: train_trajectory(
                                   config, split, device=device, num_checkpoints=num_checkpoints,
-                                  input_shape=input_shape)))
+                                  schedule=names, input_shape=input_shape)))
     return Population.from_results(configs, results)
 
 
@@ -365,6 +451,8 @@ class Population:
         test_log_probs: (M, K, N_test, C) float32.
         train_loss, test_loss, train_error, test_error: (M, K) float32.
         diverged: (M,) bool.
+        schedules: dict from a schedule name (``"geometric"``, ``"epoch"``) to an (M, K)
+            bool mask of the checkpoints that schedule asked for; :meth:`at` applies it.
     """
 
     configs: list[Config]
@@ -377,18 +465,31 @@ class Population:
     train_error: Tensor
     test_error: Tensor
     diverged: Tensor
+    schedules: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_results(cls, configs: list[Config], results: list[dict[str, Any]]) -> Population:
-        """Stack :func:`train_trajectory` outputs (all with the same K)."""
+        """Stack :func:`train_trajectory` outputs (all with the same K).
+
+        A result without ``"schedules"`` (written before they existed) holds the
+        geometric schedule only."""
         counts = {len(result["steps"]) for result in results}
         if len(counts) > 1:
             raise ValueError(f"trajectories have different numbers of checkpoints "
                              f"{sorted(counts)}; "
-                             "lower num_checkpoints to at most the smallest number of steps + 1")
+                             "lower num_checkpoints to at most the smallest number of steps + 1"
+                             " (with the 'epoch' schedule, give every config the same epochs "
+                             "and batch size)")
         stacked = {field: torch.stack([result[field] for result in results]) for field in _STACKED}
+        masks = [result.get("schedules") or {"geometric": torch.ones(len(result["steps"]), dtype=torch.bool)}
+                 for result in results]
+        if len({tuple(mask) for mask in masks}) > 1:
+            raise ValueError("trajectories were recorded with different checkpoint schedules "
+                             f"{sorted({tuple(mask) for mask in masks})}")
+        schedules = {name: torch.stack([mask[name] for mask in masks]) for name in masks[0]}
         return cls(list(configs), total_steps=torch.tensor([r["total_steps"] for r in results]),
-                   diverged=torch.tensor([bool(r["diverged"]) for r in results]), **stacked)
+                   diverged=torch.tensor([bool(r["diverged"]) for r in results]),
+                   schedules=schedules, **stacked)
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -408,6 +509,35 @@ class Population:
         config_index = torch.arange(M).repeat_interleave(K)
         return log_probs.flatten(0, 1), config_index, torch.arange(K).repeat(M)
 
+    def at(self, schedule: str) -> Population:
+        """The same runs with only the checkpoints of one recorded schedule.
+
+        Args:
+            schedule: a key of :attr:`schedules`, e.g. ``"epoch"`` (the initialization and
+                every epoch end) when the population was trained with
+                ``schedule=("geometric", "epoch")``.
+
+        Returns:
+            A :class:`Population` with K' checkpoints (those of ``schedule``) whose
+            ``schedules`` holds only ``schedule`` (all True).
+        """
+        if schedule not in self.schedules:
+            raise ValueError(f"schedule {schedule!r} was not recorded; this population has "
+                             f"{sorted(self.schedules)}")
+        mask = self.schedules[schedule]
+        counts = set(mask.sum(1).tolist())
+        if len(counts) > 1:
+            raise ValueError(f"the runs have different numbers of {schedule!r} checkpoints "
+                             f"{sorted(counts)}")
+        M, K = mask.shape[0], counts.pop()
+        fields = {}
+        for field in _STACKED:
+            value = getattr(self, field)
+            fields[field] = value[mask].reshape(M, K, *value.shape[2:])
+        return Population(list(self.configs), total_steps=self.total_steps.clone(),
+                          diverged=self.diverged.clone(),
+                          schedules={schedule: torch.ones(M, K, dtype=torch.bool)}, **fields)
+
     def select(self, mask_or_fn: Tensor | Sequence[bool] | Callable[[Config], bool]) -> Population:
         """The sub-population picked by a boolean mask of length M or a predicate on Config."""
         if callable(mask_or_fn):
@@ -418,5 +548,7 @@ class Population:
             raise ValueError(f"mask must be {len(self)} booleans, got {mask.dtype} "
                              f"of shape {tuple(mask.shape)}")
         fields = {field.name: getattr(self, field.name)[mask]
-                  for field in dataclasses.fields(self) if field.name != "configs"}
-        return Population([c for c, keep in zip(self.configs, mask.tolist()) if keep], **fields)
+                  for field in dataclasses.fields(self) if field.name not in ("configs", "schedules")}
+        return Population([c for c, keep in zip(self.configs, mask.tolist()) if keep],
+                          schedules={name: value[mask] for name, value in self.schedules.items()},
+                          **fields)

@@ -156,26 +156,46 @@ def test_euclidean_points_give_pca(m, dim, seed):
 
 
 def test_explained_stress_brute_force():
+    # the default is (2.2.8) as defined, 1 - ||W - W_k||_F / ||W||_F; squared=True drops the root
     D, _ = random_bhattacharyya_matrix(seed=5, m=9)
     model = I.InPCA().fit(D)
     m = D.shape[0]
     L = np.eye(m) - 1.0 / m
     W = -L @ D.numpy() @ L / 2
     lam, U = np.linalg.eigh(W)
+    assert (lam < -1e-12).any()          # indefinite: time-like components count by |lambda|
     order = np.argsort(-np.abs(lam), kind="stable")
     lam, U = lam[order], U[:, order]
-    prev = 0.0
+    prev = prev_sq = 0.0
     for k in range(1, m + 1):
         Wk = (U[:, :k] * lam[:k]) @ U[:, :k].T
-        ratio = np.linalg.norm(W - Wk) ** 2 / np.linalg.norm(W) ** 2
-        es = model.explained_stress(k)
-        assert es == pytest.approx(1 - ratio, abs=1e-10)
-        assert model.explained_stress(k, root=True) == pytest.approx(1 - np.sqrt(ratio), abs=1e-7)
-        assert es >= prev - 1e-12
-        prev = es
+        ratio = np.linalg.norm(W - Wk) / np.linalg.norm(W)
+        es, es_sq = model.explained_stress(k), model.explained_stress(k, squared=True)
+        assert es == pytest.approx(1 - ratio, abs=1e-7)
+        assert es_sq == pytest.approx(1 - ratio ** 2, abs=1e-10)
+        assert es <= es_sq + 1e-12
+        assert es >= prev - 1e-12 and es_sq >= prev_sq - 1e-12
+        prev, prev_sq = es, es_sq
     assert model.explained_stress(m) == pytest.approx(1.0)
+    assert model.explained_stress(m, squared=True) == pytest.approx(1.0)
     # a truncated fit reports the same stress (it keeps the whole spectrum for the denominator)
-    assert I.InPCA(n_components=3).fit(D).explained_stress(2) == pytest.approx(model.explained_stress(2))
+    for squared in (False, True):
+        assert I.InPCA(n_components=3).fit(D).explained_stress(2, squared=squared) == pytest.approx(
+            model.explained_stress(2, squared=squared))
+
+
+def test_explained_stress_by_hand():
+    # four points (+-2, 0), (0, +-1): the centred Gram matrix W has eigenvalues 8, 2, 0, 0, so
+    # one component leaves sqrt(2^2 / (8^2 + 2^2)) = 1/sqrt(17) of ||W||_F unexplained
+    x = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    D = torch.cdist(x, x) ** 2
+    model = I.InPCA().fit(D)
+    np.testing.assert_allclose(model.all_eigenvalues_.numpy(), [8.0, 2.0, 0.0, 0.0], atol=1e-12)
+    assert model.explained_stress(1) == pytest.approx(1 - 1 / np.sqrt(17), abs=1e-12)
+    assert model.explained_stress(1, squared=True) == pytest.approx(16 / 17, abs=1e-12)
+    assert model.explained_stress(2) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(TypeError, match="squared"):
+        model.explained_stress(1, squared="yes")
 
 
 def test_transform_recovers_fitted_points():

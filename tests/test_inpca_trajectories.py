@@ -414,8 +414,9 @@ def test_iterative_inpca_matches_dense():
     np.testing.assert_allclose((it.embedding_ * flip).numpy(), dense.embedding_.numpy(), atol=1e-7)
     assert it.stress_total_ == pytest.approx(dense.stress_total_, rel=1e-12)
     for k in range(1, 6):
-        for root in (False, True):
-            assert it.explained_stress(k, root=root) == pytest.approx(dense.explained_stress(k, root=root), abs=1e-10)
+        for squared in (False, True):
+            assert it.explained_stress(k, squared=squared) == pytest.approx(
+                dense.explained_stress(k, squared=squared), abs=1e-10)
     with pytest.raises(ValueError, match="n_components"):
         it.explained_stress(6)
     x = it.transform(D[[3, 17]])

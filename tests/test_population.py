@@ -1,5 +1,8 @@
 """Tests for lib.population: configs, checkpoint steps, trajectories and the cached population."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -39,6 +42,7 @@ def test_config_name_and_key():
     ({"init": "zeros"}, ValueError, "unknown init"),
     ({"epochs": 0}, ValueError, "epochs"),
     ({"hidden": 64}, TypeError, "hidden"),
+    ({"lr_schedule": "step"}, ValueError, "unknown lr_schedule"),
 ])
 def test_config_rejects_bad_values(kwargs, error, match):
     args = {"arch": "mlp", "optimizer": "sgd", "lr": 0.1, "batch_size": 8, **kwargs}
@@ -54,6 +58,24 @@ def test_checkpoint_steps(total, num):
     assert len(steps) == (num if total + 1 >= num else total + 1)
     if total == 1000:  # denser early: the first half of the checkpoints lies in the first 10%
         assert steps[num // 2] < 0.1 * total
+
+
+def test_checkpoint_steps_epoch_schedule():
+    assert checkpoint_steps(12, 5, schedule="epoch", steps_per_epoch=3) == [0, 3, 6, 9, 12]
+    assert checkpoint_steps(0, schedule="epoch", steps_per_epoch=4) == [0]
+    assert checkpoint_steps(12, 5, schedule="geometric") == checkpoint_steps(12, 5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        checkpoint_steps(12, schedule="epoch")
+    with pytest.raises(ValueError, match="whole number of epochs"):
+        checkpoint_steps(10, schedule="epoch", steps_per_epoch=3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        checkpoint_steps(10, schedule="linear")
+
+
+def test_config_lr_schedule_key_and_name():
+    constant, cosine = Config("mlp", "sgd", 0.1, 64), Config("mlp", "sgd", 0.1, 64, lr_schedule="cosine")
+    assert "lr_schedule" not in constant.key()          # keys of constant-lr runs are unchanged
+    assert cosine.key()["lr_schedule"] == "cosine" and cosine.name.endswith("-cos")
 
 
 # --------------------------------------------------------------------------- #
@@ -84,6 +106,61 @@ def test_corner_init_starts_near_a_corner(split):
                 .exp().max(dim=1).values.mean().item() for c in (default, corner)}
     assert max_prob["corner"] > 0.8
     assert max_prob["default"] < 0.4  # near uniform (1/5) at PyTorch's initialization
+
+
+def test_cosine_schedule_anneals_per_update(split, monkeypatch):
+    # the learning rate of update t of T is lr (1 + cos(pi t / T)) / 2, as CosineAnnealingLR(T_max=T)
+    config = Config("mlp", "nesterov", 0.05, 40, seed=1, epochs=2, hidden=(16,), lr_schedule="cosine")
+    seen, real = [], pop._optimizer
+
+    def spy(config, parameters):
+        optimizer = real(config, parameters)
+        step = optimizer.step
+
+        def recorded_step(*args, **kwargs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            return step(*args, **kwargs)
+
+        optimizer.step = recorded_step
+        return optimizer
+
+    monkeypatch.setattr(pop, "_optimizer", spy)
+    result = train_trajectory(config, split, num_checkpoints=3)
+    T = result["total_steps"]
+    assert T == 10 and len(seen) == T
+    expected = [0.5 * 0.05 * (1 + math.cos(math.pi * t / T)) for t in range(T)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    # the reference torch scheduler gives the same values
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T)
+    torch_lrs = []
+    for _ in range(T):
+        torch_lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(torch_lrs, rel=1e-9)
+    constant = train_trajectory(dataclasses.replace(config, lr_schedule="constant"), split, num_checkpoints=3)
+    assert not torch.equal(constant["train_log_probs"][-1], result["train_log_probs"][-1])
+
+
+def test_two_schedules_from_one_run(split):
+    # one training run records the union; each schedule's checkpoints equal a run with that schedule alone
+    config = Config("mlp", "sgd", 0.1, 50, seed=0, epochs=3, hidden=(16,), lr_schedule="cosine")
+    both = train_trajectory(config, split, num_checkpoints=6, schedule=("geometric", "epoch"))
+    geometric = train_trajectory(config, split, num_checkpoints=6)
+    epoch = train_trajectory(config, split, num_checkpoints=6, schedule="epoch")
+    assert epoch["steps"].tolist() == [0, 4, 8, 12]
+    assert both["steps"].tolist() == sorted(set(geometric["steps"].tolist()) | {0, 4, 8, 12})
+    for name, alone in (("geometric", geometric), ("epoch", epoch)):
+        mask = both["schedules"][name]
+        assert both["steps"][mask].tolist() == alone["steps"].tolist()
+        for key in ("train_log_probs", "test_log_probs", "train_error", "test_loss"):
+            assert torch.equal(both[key][mask], alone[key])
+        assert list(alone["schedules"]) == [name] and alone["schedules"][name].all()
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train_trajectory(config, split, schedule=("geometric", "linear"))
+    with pytest.raises(ValueError, match="twice"):
+        train_trajectory(config, split, schedule=("epoch", "epoch"))
 
 
 def test_diverged_trajectory_is_marked_and_padded_with_nan(split):
@@ -147,3 +224,27 @@ def test_population_views(split, tmp_path):
         population.select([True])
     with pytest.raises(ValueError, match="split"):
         population.models("valid")
+    assert list(population.schedules) == ["geometric"] and population.schedules["geometric"].all()
+    with pytest.raises(ValueError, match="not recorded"):
+        population.at("epoch")
+
+
+def test_population_at_schedule(split, tmp_path):
+    configs = [Config("mlp", o, 0.05, 50, seed=s, epochs=3, hidden=(16,), lr_schedule="cosine")
+               for o in ("sgd", "adam") for s in range(2)]
+    both = train_population(configs, split, "both", num_checkpoints=6, schedule=("geometric", "epoch"),
+                            root=tmp_path, progress=False)
+    geometric = train_population(configs, split, "both", num_checkpoints=6, root=tmp_path, progress=False)
+    assert len(list((tmp_path / "both").glob("*.pt"))) == 8     # a different schedule is a different file
+    per_epoch = both.at("epoch")
+    assert per_epoch.steps.tolist() == [[0, 4, 8, 12]] * 4
+    assert per_epoch.train_log_probs.shape == (4, 4, 200, 5) and list(per_epoch.schedules) == ["epoch"]
+    assert torch.equal(per_epoch.train_error[:, -1], both.train_error[:, -1])
+    again = both.at("geometric")
+    for field in ("steps", "train_log_probs", "test_log_probs", "train_loss", "test_error"):
+        assert torch.equal(getattr(again, field), getattr(geometric, field))
+    sub = both.select([True, False, True, False])
+    assert sub.schedules["epoch"].shape == (2, both.steps.shape[1])
+    assert torch.equal(sub.at("epoch").test_log_probs, per_epoch.test_log_probs[[0, 2]])
+    with pytest.raises(ValueError, match="not recorded"):
+        per_epoch.at("geometric")
