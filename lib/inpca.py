@@ -244,16 +244,18 @@ class InPCA:
             ``n_components`` is None or when ``n_components > m / 10``, iterative otherwise.
         seed: seed of the iterative method's random start block.
 
-    Attributes (after :meth:`fit`, ``k = n_components``):
-        eigenvalues_: ``(k,)`` eigenvalues of ``W``, ordered by ``|lambda|`` descending.
-        eigenvectors_: ``(m, k)`` orthonormal eigenvectors ``U``.
-        embedding_: ``(m, k)`` coordinates ``U sqrt(|lambda|)``.
-        signs_: ``(k,)`` ``sign(lambda)``: +1 space-like (Euclidean), -1 time-like (0 -> +1).
-        all_eigenvalues_: ``(m,)`` the whole spectrum, same order (for explained stress);
-            None after an iterative fit (the spectrum is not computed).
-        stress_total_: ``||W||_F^2 = sum_i lambda_i^2`` (computed from W blockwise in both methods).
-        method_: ``"dense"`` or ``"iterative"``, the method used.
-        row_means_: ``(m,)`` row means of D; ``grand_mean_``: float, mean of D.
+    After :meth:`fit` (``k = n_components``) the estimator holds these attributes:
+
+    - ``eigenvalues_``: ``(k,)`` eigenvalues of ``W``, ordered by ``|lambda|`` descending;
+    - ``eigenvectors_``: ``(m, k)`` orthonormal eigenvectors ``U``;
+    - ``embedding_``: ``(m, k)`` coordinates ``U sqrt(|lambda|)``;
+    - ``signs_``: ``(k,)`` ``sign(lambda)``: +1 space-like (Euclidean), -1 time-like (0 -> +1);
+    - ``all_eigenvalues_``: ``(m,)`` the whole spectrum, same order (for explained stress);
+      None after an iterative fit (the spectrum is not computed);
+    - ``stress_total_``: ``||W||_F^2 = sum_i lambda_i^2`` (computed from W blockwise in both
+      methods);
+    - ``method_``: ``"dense"`` or ``"iterative"``, the method used;
+    - ``row_means_``: ``(m,)`` row means of D; ``grand_mean_``: float, mean of D.
     """
 
     def __init__(self, n_components: int | None = None, *, method: str = "auto", seed: int = 0):
@@ -640,11 +642,12 @@ def progress(P, labels, *, log: bool = False, grid: int = 65, tol: float = 1e-8)
 class Reindexed(NamedTuple):
     """Result of :func:`reindex_by_progress` (``L`` target progress values).
 
-    probs: ``(L, N, C)`` float64 probabilities at the targets.
-    valid: ``(L,)`` bool, False where the target lies outside ``[min s_k, max s_k]`` (those
-        rows hold the checkpoint whose progress is nearest to the target).
-    segment: ``(L,)`` int64, index ``k`` of the segment ``(k, k+1)`` used (-1 where invalid).
-    alpha: ``(L,)`` float64 interpolation parameter on that segment (0 where invalid).
+    - ``probs``: ``(L, N, C)`` float64 probabilities at the targets;
+    - ``valid``: ``(L,)`` bool, False where the target lies outside ``[min s_k, max s_k]``
+      (those rows hold the checkpoint whose progress is nearest to the target);
+    - ``segment``: ``(L,)`` int64, index ``k`` of the segment ``(k, k+1)`` used (-1 where
+      invalid);
+    - ``alpha``: ``(L,)`` float64 interpolation parameter on that segment (0 where invalid).
     """
     probs: torch.Tensor
     valid: torch.Tensor
@@ -737,7 +740,8 @@ def trajectory_distance(traj_u, traj_v, labels, *, num_points: int = 100, log: b
             global grid on [0, 1]).
 
     Raises:
-        ValueError if the progress ranges do not overlap (or no ``grid`` value lies in the overlap).
+        ValueError: the progress ranges do not overlap, or no ``grid`` value lies in the
+            overlap.
     """
     ru = _roots(traj_u, "traj_u", log, ndims=(3,))
     rv = _roots(traj_v, "traj_v", log, ndims=(3,))
