@@ -7,8 +7,8 @@
 - the student edition builds (nothing executed) without a single solution in its HTML or
   in its downloadable notebooks;
 - the PDF builds where TeX is installed;
-- every chapter opens with learning objectives (three to five) and prerequisites, and every
-  figure has a caption that says what to see (myst-nb's figure metadata, which also gives
+- every chapter opens with learning objectives (three to five) and prerequisites and a
+  notation box, and every figure has a caption that says what to see (myst-nb's figure metadata, which also gives
   the image its alt text).
 """
 
@@ -130,3 +130,12 @@ def test_every_figure_has_a_caption_and_alt_text(path):
         caption = options.get("figure", {}).get("caption", "")
         assert len(caption.split()) >= 8, f"code cell {k}: no caption that says what to see"
         assert options.get("image", {}).get("alt"), f"code cell {k}: no alt text"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_the_chapter_has_a_notation_box_near_its_top(path):
+    # Letters mean different things in different sources (G: a metric, a GGN or a weight
+    # block), so each chapter says what its symbols mean before it uses them.
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+    assert any("```{admonition} Notation in this chapter" in c.source for c in cells[:4]), (
+        "no 'Notation in this chapter' admonition among the first four markdown cells")
