@@ -221,11 +221,13 @@ def test_unknown_preset_fails_in_the_setup_cell(path, tmp_path):
     cells = [c for c in read(out).cells if "papermill-error-cell-tag" not in tags(c)]
     injected = [i for i, c in enumerate(cells) if "injected-parameters" in tags(c)]
     assert len(injected) == 1, "papermill did not inject the parameters"
-    following = [i for i in range(injected[0] + 1, len(cells)) if cells[i].cell_type == "code"]
+    # the install cell (tools/metadata.py) sits between the parameters and the set-up cell
+    following = [i for i in range(injected[0] + 1, len(cells))
+                 if cells[i].cell_type == "code" and "install-lib" not in tags(cells[i])]
     assert following, "no code cell after the parameters"
     assert error.cell_index == following[0], (
-        f"the bad preset must be rejected in the first code cell after the parameters "
-        f"(cell {following[0]}), it failed in cell {error.cell_index}"
+        f"the bad preset must be rejected in the first code cell after the parameters and the "
+        f"install cell (cell {following[0]}), it failed in cell {error.cell_index}"
     )
     # nothing after the setup cell ran
     later = [c for c in cells[following[0] + 1:] if c.cell_type == "code"]
