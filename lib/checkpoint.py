@@ -26,14 +26,13 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path, PurePath
 from typing import Any, Callable
 
 import torch
 
-from .paths import resolve_root
+from .paths import resolve_root, write_atomically
 
 __all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "cached", "CHECKPOINT_SUFFIX"]
 
@@ -50,28 +49,12 @@ def _as_path(path: str | os.PathLike, name: str = "path") -> Path:
     return Path(path).expanduser()
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX only; a no-op elsewhere)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        descriptor = os.open(directory, flags)
-    except OSError:  # e.g. Windows, where directories cannot be opened
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` with ``torch.save`` so readers never see a partial file.
 
-    The data go to a hidden temporary file in the same directory, which is
-    flushed and fsync'ed and then renamed over ``path`` with ``os.replace``
-    (atomic on POSIX and Windows). If anything fails, the temporary file is
-    removed and an existing ``path`` is left untouched.
+    Written by :func:`lib.paths.write_atomically`: a hidden temporary file in the
+    same directory, fsync'ed and renamed over ``path``; if anything fails, an
+    existing ``path`` is left untouched.
 
     Args:
         state: a dict of tensors and plain Python data (numbers, strings,
@@ -87,21 +70,7 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    path = _as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
+    return write_atomically(_as_path(path), lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | os.PathLike,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_seed
-from .paths import resolve_root
+from .paths import resolve_root, write_atomically
 
 __all__ = [
     "Split",
@@ -234,16 +233,7 @@ def _generate_mnist1d(seed: int) -> dict[str, np.ndarray]:
 
 def _save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            np.savez(handle, **arrays)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:

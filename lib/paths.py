@@ -12,15 +12,21 @@ Three places, in this order:
 
 Never inside ``site-packages``: an installed package's folder may be read-only, is shared
 by every user of the environment, and is wiped by the next upgrade.
+
+Every cache file is written with :func:`write_atomically`, so an interrupted run leaves
+either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO, Callable
 
-__all__ = ["DATA_ENV", "REPO_ROOT", "data_root", "in_clone", "resolve_root", "user_cache_dir"]
+__all__ = ["DATA_ENV", "REPO_ROOT", "data_root", "in_clone", "resolve_root", "user_cache_dir",
+           "write_atomically"]
 
 DATA_ENV = "BOOK_DATA"
 APP_NAME = "parameter-space-geometry"
@@ -83,3 +89,55 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
         raise TypeError(f"root must be a str, a path or None, got {type(root).__name__}")
     path = Path(root).expanduser()
     return path if path.is_absolute() else data_root() / path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX only; a no-op elsewhere)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        descriptor = os.open(directory, flags)
+    except OSError:  # e.g. Windows, where directories cannot be opened
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file so that readers (and a rerun after a crash) never see a partial one.
+
+    ``write`` fills a hidden temporary file in the same folder, which is flushed and
+    fsync'ed and then renamed over ``path`` with ``os.replace`` (atomic on POSIX and
+    Windows); the rename is made durable by an fsync of the folder. If anything fails,
+    the temporary file is removed and an existing ``path`` is left as it was.
+
+    Args:
+        path: the file to write; missing parent folders are created.
+        write: called once with the open binary file, e.g.
+            ``lambda f: torch.save(state, f)`` or ``lambda f: np.savez(f, **arrays)``.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+    if not callable(write):
+        raise TypeError(f"write must be callable, got {type(write).__name__}")
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path

@@ -83,3 +83,32 @@ def test_an_installed_package_honours_book_data(installed_lib, tmp_path):
     out = _run_installed(installed_lib, PROBE, {paths.DATA_ENV: str(tmp_path / "mine")}, cwd=tmp_path)
     assert out["root"] == str(tmp_path / "mine")
     assert any((tmp_path / "mine").glob("mnist1d_seed42_v*.npz"))
+
+
+def test_write_atomically_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "deep" / "cache.bin"
+    assert paths.write_atomically(target, lambda f: f.write(b"first")) == target
+    assert target.read_bytes() == b"first"
+
+    def fail(f):
+        f.write(b"half of a file")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        paths.write_atomically(target, fail)
+    assert target.read_bytes() == b"first", "a failed write must leave the old file"
+    assert [p.name for p in target.parent.iterdir()] == ["cache.bin"], "temporary file left"
+
+
+def test_write_atomically_fsyncs_the_file(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = paths.os.fsync
+    monkeypatch.setattr(paths.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    paths.write_atomically(tmp_path / "x.npz", lambda f: f.write(b"data"))
+    assert len(synced) >= 1
+
+
+@pytest.mark.parametrize("path, write", [(3, lambda f: None), ("x", "not callable")])
+def test_write_atomically_rejects_bad_arguments(tmp_path, path, write):
+    with pytest.raises(TypeError):
+        paths.write_atomically(path, write)
