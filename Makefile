@@ -84,8 +84,9 @@ book: $(STAMP)
 	@echo
 	@echo "The book is in $(CURDIR)/_build/html; open $(CURDIR)/_build/html/index.html in a browser."
 
+# --doctest-modules runs the examples in lib's docstrings as well.
 test: $(STAMP)
-	$(PY) -m pytest tests chapters --nbval --nbval-current-env \
+	$(PY) -m pytest tests chapters lib --doctest-modules --nbval --nbval-current-env \
 	    --nbval-sanitize-with $(SANITIZE) --nbval-cell-timeout=600 $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

@@ -521,6 +521,20 @@ def hessian(model: nn.Module, loss_fn: nn.Module, data, *,
 
     Returns:
         ``H`` with ``H @ v`` for ``v`` of shape ``(d,)``, ``(d, k)`` or parameter-shaped.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lib import curvature
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+        >>> H = curvature.hessian(model, nn.CrossEntropyLoss(), (X, y))
+        >>> H.shape  # d = 3 * 4 + 4 + 4 * 2 + 2 parameters
+        (26, 26)
+        >>> v = torch.randn(26)
+        >>> torch.allclose(H @ v, H.to_dense() @ v, atol=1e-6)
+        True
     """
     return HessianOperator(model, loss_fn, data, mode=mode)
 

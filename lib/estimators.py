@@ -58,6 +58,14 @@ def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
 
     Returns:
         The (estimated) trace as a Python float.
+
+    Example:
+        >>> import torch
+        >>> from lib import estimators
+        >>> from lib.linear_operator import DiagonalOperator
+        >>> A = DiagonalOperator(torch.arange(1.0, 101.0))
+        >>> estimators.trace(A, "exact")
+        5050.0
     """
     _check_operator(op)
     if method not in TRACE_METHODS:
@@ -237,6 +245,14 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
 
     Returns:
         Tensor of shape ``(k,)`` in the operator's dtype, descending.
+
+    Example:
+        >>> import torch
+        >>> from lib import estimators
+        >>> from lib.linear_operator import DiagonalOperator
+        >>> top = estimators.eigvalsh(DiagonalOperator(torch.arange(1.0, 101.0)), 2)
+        >>> torch.allclose(top, torch.tensor([100.0, 99.0]))
+        True
     """
     _check_operator(op, need_symmetric=True)
     metric_solve = _check_metric(op, metric, metric_solve)

@@ -256,6 +256,17 @@ class InPCA:
       methods);
     - ``method_``: ``"dense"`` or ``"iterative"``, the method used;
     - ``row_means_``: ``(m,)`` row means of D; ``grand_mean_``: float, mean of D.
+
+    Example:
+        >>> import torch
+        >>> from lib import inpca
+        >>> P = torch.softmax(torch.randn(5, 20, 3, generator=torch.Generator().manual_seed(0)), -1)
+        >>> D = inpca.bhattacharyya(P)  # 5 models, 20 samples, 3 classes
+        >>> fit = inpca.InPCA(2).fit(D)
+        >>> fit.embedding_.shape
+        torch.Size([5, 2])
+        >>> 0 <= fit.explained_stress(2) <= 1
+        True
     """
 
     def __init__(self, n_components: int | None = None, *, method: str = "auto", seed: int = 0):

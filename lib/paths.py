@@ -121,6 +121,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
 
     Returns:
         ``path`` as a ``Path``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from lib.paths import write_atomically
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> write_atomically(folder / "a" / "cache.bin", lambda f: f.write(b"data")).read_bytes()
+        b'data'
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or path, got {type(path).__name__}")
