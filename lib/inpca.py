@@ -77,7 +77,7 @@ CHUNK_BYTES = 256 * 2**20  # memory budget of one block of the Bhattacharyya com
 
 __all__ = ["bhattacharyya", "InPCA", "minkowski_sq_distances", "ignorance", "truth", "geodesic",
            "geodesic_distance", "progress", "reindex_by_progress", "Reindexed", "trajectory_distance",
-           "trajectory_distances", "ensemble_mean"]
+           "trajectory_distances", "ensemble_mean", "embed_log_probs", "stress_profile"]
 
 
 # --------------------------------------------------------------------------- checks
@@ -1015,3 +1015,28 @@ def _top_eigh_centred(D: torch.Tensor, row: torch.Tensor, grand: torch.Tensor, k
     warnings.warn(f"InPCA iterative eigensolver did not reach tol = {tol} in {max_restarts} restarts "
                   f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
     return theta[:k], X[:, :k]
+
+
+def embed_log_probs(log_probs: torch.Tensor, n_components: int = 50) -> tuple[torch.Tensor, "InPCA"]:
+    """InPCA of models given as log-probabilities (introduced in the training-manifold chapter).
+
+    Args:
+        log_probs: ``(m, N, C)`` log-probabilities of ``m`` models on ``N`` samples.
+        n_components: components kept (at most ``m``).
+
+    Returns:
+        ``(D, fit)``: the ``(m, m)`` Bhattacharyya distance matrix and the fitted :class:`InPCA`.
+    """
+    D = bhattacharyya(log_probs, log=True)
+    return D, InPCA(min(n_components, D.shape[0])).fit(D)
+
+
+def stress_profile(fit: "InPCA", ks=(1, 3, 10, 25, 50)) -> tuple[list[int], list[float], list[float]]:
+    """Explained stress (2.2.8) of a fitted :class:`InPCA` in the top ``k`` dimensions, in the
+    root form and the squared form, for each ``k`` in ``ks`` that the fit has.
+
+    Returns:
+        ``(ks, root, squared)``: the ``k`` kept and the two forms, lists of the same length.
+    """
+    ks = [k for k in ks if k <= fit.m_]
+    return ks, [fit.explained_stress(k) for k in ks], [fit.explained_stress(k, squared=True) for k in ks]

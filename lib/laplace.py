@@ -110,6 +110,17 @@ class LaplaceResult:
         return None if self.log_prior is None else self.log_prior + self.rest
 
 
+def _metric_logdets(H, metric) -> tuple[float, float]:
+    """``(log det(G^-1 H), log det G)`` for a curvature ``H`` and a metric ``G``; raises the
+    Laplace approximation's ValueError where ``G^-1 H`` is not positive definite."""
+    E = hessian_operator(H, metric)
+    try:
+        logdet_e = E.logdet()
+    except ValueError as err:
+        raise ValueError(f"the Laplace approximation is undefined: {err}") from err
+    return logdet_e, float(torch.linalg.slogdet(E.G.to_dense()).logabsdet)
+
+
 def dense_hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Value, gradient and dense Hessian ``(d, d)`` of a scalar ``f`` at a flat ``x``.
 
@@ -207,12 +218,7 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
             G = pullback_metric(metric, reparam, theta_map)
         else:
             G = metric
-        E = hessian_operator(H, G)
-        try:
-            logdet_e = E.logdet()
-        except ValueError as err:
-            raise ValueError(f"the Laplace approximation is undefined: {err}") from err
-        logdet_g = float(torch.linalg.slogdet(E.G.to_dense()).logabsdet)
+        logdet_e, logdet_g = _metric_logdets(H, G)
     rest = 0.5 * d * _LOG_2PI - 0.5 * logdet_e
     neg_log_joint_value = float(value)
     lp = None if prior is None else float(prior(point).detach())
@@ -301,12 +307,7 @@ def ggn_log_marginal_likelihood(predict: Callable[[Tensor], Tensor], y: Tensor, 
     P = J_f.T @ J_f / sigma**2 + prior_precision * (J_p.T @ J_p)
     P = 0.5 * (P + P.T)
     grad = torch.func.grad(lambda p: -log_lik(p) - log_prior(p))(point)
-    E = hessian_operator(P, metric)
-    try:
-        logdet_e = E.logdet()
-    except ValueError as err:
-        raise ValueError(f"the Laplace approximation is undefined: {err}") from err
-    logdet_g = float(torch.linalg.slogdet(E.G.to_dense()).logabsdet)
+    logdet_e, logdet_g = _metric_logdets(P, metric)
     ll, lp = float(log_lik(point)), float(log_prior(point))
     rest = 0.5 * d * _LOG_2PI - 0.5 * logdet_e
     return LaplaceResult(log_Z=ll + lp + rest, neg_log_joint=-(ll + lp), neg_loss=ll, log_prior=lp,

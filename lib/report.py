@@ -11,7 +11,7 @@ from numbers import Integral, Real
 
 from ._checks import check_int
 
-__all__ = ["format_table", "show_table"]
+__all__ = ["format_table", "show_table", "percent"]
 
 
 def _cell(value, digits: int) -> str:
@@ -43,3 +43,13 @@ def format_table(header: Sequence, rows: Sequence[Sequence], digits: int = 3) ->
 def show_table(header: Sequence, rows: Sequence[Sequence], digits: int = 3) -> None:
     """Print :func:`format_table` (same arguments)."""
     print(format_table(header, rows, digits))
+
+
+def percent(share: float) -> str:
+    """A share in per cent with as many decimals as it takes not to round a value below 1
+    up to "100 %" (0.9996 -> "99.96 %"; introduced in the training-manifold chapter)."""
+    for digits in range(5):
+        text = f"{100 * share:.{digits}f}"
+        if float(text) < 100 or share >= 1:
+            return text + " %"
+    return f"{100 * share:.5f} %"

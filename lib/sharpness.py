@@ -46,7 +46,7 @@ from ._checks import check_int, check_seed
 
 __all__ = [
     "adaptive_sharpness", "geodesic_sharpness", "auto_pgd", "AdaptiveGeometry",
-    "perturbation_objective", "kendall_tau", "scalar_toy_sharpness",
+    "perturbation_objective", "kendall_tau", "discordant_pairs", "scalar_toy_sharpness",
     "diagonal_net_quadratic_model", "diagonal_net_sharpness", "trust_region_max",
     "TrustRegionResult",
 ]
@@ -508,6 +508,24 @@ def geodesic_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: floa
 # --------------------------------------------------------------------------------------
 # Rank correlation
 # --------------------------------------------------------------------------------------
+def discordant_pairs(a: Any, b: Any) -> int:
+    """Number of pairs ``i < j`` that two sequences order oppositely (ties in either not
+    counted): why two sharpness measures have equal or nearly equal Kendall tau
+    (introduced in the geodesic-sharpness chapter, D5).
+
+    Args:
+        a, b: sequences (or 1-D arrays) of the same length ``M``.
+
+    Returns:
+        An int between 0 and ``M (M - 1) / 2``.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"a and b must be 1-D of the same length, got shapes {a.shape} and {b.shape}")
+    signs = np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :])
+    return int((signs < 0).sum() // 2)
+
+
 def kendall_tau(a: Any, b: Any) -> float:
     """Kendall's rank correlation ``tau_b`` of two sequences of equal length ``M >= 2``.
 

@@ -34,10 +34,11 @@ from torch import Tensor, nn
 from ._checks import check_int
 from .checkpoint import load_checkpoint, save_atomic
 from .data import Split, batches
+from .models import diagonal_net
 from .paths import resolve_root
 from .progress import progress
 
-__all__ = ["History", "train", "accuracy", "evaluate", "LR_SCHEDULES"]
+__all__ = ["History", "train", "accuracy", "evaluate", "LR_SCHEDULES", "train_diagonal_nets"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -647,3 +648,47 @@ def _evaluate_epoch(history: History, model: nn.Module, loss_fn: Callable,
         history.eval_accuracy.append(accuracy(model, X, y))
         postfix["eval_acc"] = f"{history.eval_accuracy[-1]:.3f}"
     return postfix
+
+
+def train_diagonal_nets(X: Tensor, y: Tensor, scales: list[float], lrs: list[float], seeds: list[int],
+                        max_steps: int, tol: float = 1e-5) -> dict[str, Tensor]:
+    """Full-batch gradient descent on ``mean((X (u * v) - y)^2)`` for many diagonal linear
+    networks at once (introduced in the geodesic-sharpness chapter, D3).
+
+    Network ``i`` starts as ``lib.models.diagonal_net(d, init_scale=scales[i], seed=seeds[i])``
+    and steps with learning rate ``lrs[i]`` until its training loss is at most ``tol`` or
+    ``max_steps`` steps have run; finished networks drop out of the batch, so a population
+    costs about as much as its slowest member. Computed in float64.
+
+    Args:
+        X: ``(n, d)`` inputs; y: ``(n,)`` targets.
+        scales, lrs, seeds: one entry per network (``m`` networks).
+        max_steps: most steps per network.
+        tol: training loss at which a network stops.
+
+    Returns:
+        Dict with ``"u"``, ``"v"`` ``(m, d)`` float64 weights, ``"train_loss"`` ``(m,)`` and
+        ``"steps"`` ``(m,)`` int64 (the step at which each network stopped).
+    """
+    if not (len(scales) == len(lrs) == len(seeds)) or len(scales) == 0:
+        raise ValueError(f"scales, lrs and seeds must have the same non-zero length, got "
+                         f"{len(scales)}, {len(lrs)} and {len(seeds)}")
+    nets = [diagonal_net(X.shape[1], init_scale=s, seed=k) for s, k in zip(scales, seeds)]
+    U = torch.stack([net.u.detach() for net in nets]).double()
+    V = torch.stack([net.v.detach() for net in nets]).double()
+    lr, steps = torch.tensor(lrs, dtype=torch.float64)[:, None], torch.full((len(U),), max_steps)
+    active, u, v = torch.arange(len(U)), U.clone(), V.clone()       # the networks still training
+    for step in range(max_steps):
+        residual = (u * v) @ X.T - y                                  # (networks, n)
+        keep = residual.pow(2).mean(1) > tol
+        if not keep.all():                                            # store the finished ones
+            done = active[~keep]
+            U[done], V[done], steps[done] = u[~keep], v[~keep], step
+            active, u, v, residual, lr = active[keep], u[keep], v[keep], residual[keep], lr[keep]
+            if len(active) == 0:
+                break
+        step_beta = lr * (2 / X.shape[0] * residual @ X)              # lr * dL/dbeta, (networks, d)
+        u, v = u - step_beta * v, v - step_beta * u                   # the chain rule through beta = u * v
+    U[active], V[active] = u, v
+    loss = ((U * V) @ X.T - y).pow(2).mean(1)
+    return {"u": U, "v": V, "train_loss": loss, "steps": steps}

@@ -271,3 +271,18 @@ def test_bad_inputs():
         I.InPCA().fit(D).transform(D[:, :2])
     with pytest.raises(ValueError, match="signs"):
         I.minkowski_sq_distances(torch.ones(3, 2, dtype=F64), torch.tensor([1.0, 0.5]))
+
+
+def test_embed_log_probs_and_stress_profile():
+    from lib import inpca as lib_inpca
+    P = torch.softmax(torch.randn(6, 20, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), -1)
+    D, fit = lib_inpca.embed_log_probs(P.log(), n_components=50)
+    assert torch.allclose(D, lib_inpca.bhattacharyya(P)) and fit.embedding_.shape == (6, 6)
+    ks, root, squared = lib_inpca.stress_profile(fit, ks=(1, 3, 10))
+    assert ks == [1, 3] and root == [fit.explained_stress(1), fit.explained_stress(3)]
+    assert all(r <= s + 1e-12 for r, s in zip(root, squared))
+
+
+def test_percent_never_rounds_a_share_below_one_to_100():
+    from lib.report import percent
+    assert percent(0.5) == "50 %" and percent(0.99996) == "99.996 %" and percent(1.0) == "100 %"

@@ -611,3 +611,16 @@ def test_closed_forms_accept_parameters_without_warnings():
         for order in (1, 2):
             plain = diagonal_net_sharpness(u.detach(), v.detach(), X, y, 0.1, order=order)
             assert diagonal_net_sharpness(u, v, X, y, 0.1, order=order) == plain
+
+
+def test_discordant_pairs_counts_oppositely_ordered_pairs():
+    from itertools import combinations
+
+    from lib.sharpness import discordant_pairs
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 12).astype(float), rng.normal(size=12)   # ties in a
+    brute = sum((a[i] - a[j]) * (b[i] - b[j]) < 0 for i, j in combinations(range(12), 2))
+    assert discordant_pairs(a, b) == brute
+    assert discordant_pairs(b, b) == 0 and discordant_pairs(b, -b) == 66
+    with pytest.raises(ValueError):
+        discordant_pairs([1, 2], [1, 2, 3])

@@ -360,3 +360,18 @@ def test_train_prints_no_bar_when_disabled(problem, monkeypatch, capsys):
     _fit(problem, epochs=2, desc="training")
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_train_diagonal_nets_matches_one_network_trained_alone():
+    from lib.train import train_diagonal_nets
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 6, generator=gen, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, 0, 0, -0.5, 0, 0], dtype=torch.float64)
+    many = train_diagonal_nets(X, y, [0.1, 0.5], [0.05, 0.02], [1, 2], max_steps=4000)
+    alone = train_diagonal_nets(X, y, [0.5], [0.02], [2], max_steps=4000)
+    # batched products round differently in the last bits; the dynamics are the same
+    assert torch.allclose(many["u"][1], alone["u"][0], atol=1e-8)
+    assert abs(int(many["steps"][1]) - int(alone["steps"][0])) <= 1
+    assert bool((many["train_loss"] <= 1e-5).all())
+    with pytest.raises(ValueError):
+        train_diagonal_nets(X, y, [0.1], [0.05, 0.02], [1], max_steps=10)
