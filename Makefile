@@ -29,7 +29,7 @@ STAMP := $(VENV)/.installed-pyproject
 SANITIZE := tests/nbval_sanitize.cfg
 PYTEST_ARGS ?=
 
-# Progress bars off: stored outputs and nbval stay clean (lib.progress reads it).
+# Progress bars off: stored outputs and nbval stay clean (lib.book.progress reads it).
 export BOOK_PROGRESS := 0
 # Kernels must keep ipykernel's inline matplotlib backend, otherwise executed
 # chapters lose their figures (and nbval their display outputs). Unit tests pick
@@ -104,11 +104,11 @@ test-nbval: $(STAMP)
 outputs: $(STAMP)
 	$(PY) tools/execute_chapters.py $(CHAPTERS)
 
-# Run one chapter with other parameters through lib.run, which checks the knobs first:
+# Run one chapter with other parameters through lib.book.run, which checks the knobs first:
 #   make run CHAPTER=curvature ARGS="-p preset paper -p device cuda"
 run: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo 'usage: make run CHAPTER=name ARGS="-p knob value ..."'; exit 2; }
-	$(PY) -m lib.run $(CHAPTER) $(ARGS)
+	$(PY) -m lib.book.run $(CHAPTER) $(ARGS)
 
 # JupyterLab with jupyterlab-myst, which renders exercises, solutions and citations.
 lab: $(STAMP)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lib import curvature
-from lib.config import resolve_device
+from lib.book.config import resolve_device
 
 
 def build(device, batch_size=512, seed=0):

@@ -4,8 +4,8 @@ Setting (issue 6): m = 2000 models, N = 2000 samples, C = 10 classes, float64, C
 threads. The models are softmax outputs of random logits whose scale varies from model to
 model (from near-uniform to confident), like checkpoints along training.
 
-* ``lib``: :func:`lib.inpca.bhattacharyya` (output tiles that stay in cache; overlaps
-  multiplied in groups so that one log serves 16 samples) and :class:`lib.inpca.InPCA`
+* ``lib``: :func:`lib.manifolds.inpca.bhattacharyya` (output tiles that stay in cache; overlaps
+  multiplied in groups so that one log serves 16 samples) and :class:`lib.manifolds.inpca.InPCA`
   (double centring without the centring matrix, dense ``eigh``, 50 components kept).
 * ``numpy``: the direct transcription: square roots once, then for each model one
   broadcast ``log(sum_c sqrt(p_u) sqrt(p_v))`` against all models, averaged over samples;
@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench import curvature as shared  # noqa: E402
-from lib import inpca  # noqa: E402
+from lib.manifolds import inpca  # noqa: E402
 
 N_COMPONENTS = 50
 

@@ -6,13 +6,13 @@ with 2 threads by default. Measured in one run, round-robin (one call of each pe
 so drift of the machine's speed hits all alike), medians over the rounds:
 
 * 100 gradients (100 separate forward + backward passes);
-* ``lib.invariance.hessian_operator(lib.curvature.hessian(...), G).trace("hutchinson",
+* ``lib.geometry.invariance.hessian_operator(lib.curvature.hessian(...), G).trace("hutchinson",
   num_probes=100)`` for ``G`` the identity and ``G`` a positive diagonal (Adam-like:
   ``sqrt(mean of squared gradients) + 1e-8`` from a few sub-batch gradients, computed once
   before timing), with lib's default reverse-over-reverse Hessian and, for comparison,
   its forward-over-reverse mode. The 100 probes go through the operator as one ``(d, 100)`` block: one
   forward and one differentiable backward, then a vmapped second backward.
-* ``G`` = K-FAC (``lib.kfac.kfac(..., "mc")``, one label sample) with Tikhonov damping of
+* ``G`` = K-FAC (``lib.curvature.kronecker.kfac(..., "mc")``, one label sample) with Tikhonov damping of
   its factors (``damped_factors(1e-3)``), whose inverse is the Kronecker product of the
   damped factors' inverses: one extra product ``G^-1 (H V)`` per block of probes. The
   factors are built once before timing (the build is timed in ``bench/kfac.py``).
@@ -39,8 +39,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from lib import curvature  # noqa: E402
-from lib.invariance import hessian_operator  # noqa: E402
-from lib.kfac import kfac  # noqa: E402
+from lib.geometry.invariance import hessian_operator  # noqa: E402
+from lib.curvature.kronecker import kfac  # noqa: E402
 
 
 def adam_like_diagonal(model, loss_fn, X, y, num_chunks: int = 4, eps: float = 1e-8):

@@ -1,18 +1,18 @@
 """Cost of K-FAC relative to one gradient: lib vs curvlinops vs NNGeometry, and the optimizer.
 
 Setting (issue 4): the foundation MLP 784-512-256-10 (ReLU) and a small CNN (LeNet-style,
-two 3x3 conv layers of 16 and 32 channels on 28x28 images, ``lib.models.lenet``), cross-
+two 3x3 conv layers of 16 and 32 channels on 28x28 images, ``lib.book.models.lenet``), cross-
 entropy (mean), one batch of 512, on the CPU with 2 threads by default. Measured in one
 run, round-robin (one call of each per round, so drift of the machine's speed hits all
 alike), medians over the rounds, as ratios to the median of one gradient (forward +
 backward) measured in the same run:
 
 * K-FAC factor build, Monte-Carlo Fisher with 1 sample (the issue's setting) and the exact
-  (type-2) Fisher, for ``lib.kfac.kfac``, curvlinops' ``KFACLinearOperator`` (constructor
+  (type-2) Fisher, for ``lib.curvature.kronecker.kfac``, curvlinops' ``KFACLinearOperator`` (constructor
   plus ``compute_kronecker_factors()``) and NNGeometry's ``PMatKFAC`` (``FIM`` for the
   exact Fisher, ``FIM_MonteCarlo`` for one sample; NNGeometry has no separate-bias mode);
 * one matrix-vector product with the built operator;
-* one ``lib.kfac.KFACOptimizer`` step (inverses every 10 steps, so a round is 10 steps;
+* one ``lib.curvature.kronecker.KFACOptimizer`` step (inverses every 10 steps, so a round is 10 steps;
   factors every step, the default, or every 10 steps) against one ``torch.optim.SGD``
   step with momentum, both including their forward and backward pass.
 
@@ -38,8 +38,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from lib.kfac import KFACOptimizer, kfac  # noqa: E402
-from lib.models import lenet  # noqa: E402
+from lib.curvature.kronecker import KFACOptimizer, kfac  # noqa: E402
+from lib.book.models import lenet  # noqa: E402
 
 
 def build_cnn(device, batch_size=512, seed=0):

@@ -4,7 +4,7 @@ Setting (row G4, Fig. 5.3): ribbon dimension (95 % of the variance) of the close
 matrix P(T) over a 40 x 40 x 3 grid of training times T (log-spaced, 1 .. 10^4), slopes c
 (0.02 .. 1) and ratios sigma_*/sigma_w (0.5, 2, 8), with n = 50 samples, d = 100, sigma_w = 1,
 alpha = 1/lambda_1 and one seeded draw of the targets. Both methods compute the same closed
-form in K's eigenbasis; the vectorized one (``lib.linear.phase_diagram``) builds all 4800
+form in K's eigenbasis; the vectorized one (``lib.manifolds.linear.phase_diagram``) builds all 4800
 matrices at once and calls ``torch.linalg.eigvalsh`` on the batch, the loop builds each
 matrix with numpy and calls ``numpy.linalg.eigh`` point by point. Both run in the same
 process with the same thread count (numpy's BLAS is limited with threadpoolctl); the loop
@@ -15,7 +15,7 @@ Target: vectorized >= 10x faster than the loop and < 10 s on 2 CPU cores.
 What limits the ratio (measured on the 2-core development machine, 2026-11-23): the loop
 spends most of its time inside LAPACK (numpy's eigh, about 0.25 ms per 50 x 50 matrix with
 eigenvectors), and the vectorized version must still run one LAPACK eigenvalue routine per
-matrix (torch's CPU batch goes through them one by one, about 0.12 ms each; ``lib.linear``
+matrix (torch's CPU batch goes through them one by one, about 0.12 ms each; ``lib.manifolds.linear``
 splits the batch over the cores with threads). With the matrices built at no cost the ratio
 could not exceed roughly loop / (4800 x 0.12 ms / 2 cores), i.e. 8-10x on two cores: a
 10x gain would need a different algorithm (the matrices are diagonal plus a numerically
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import curvature as shared  # noqa: E402
-from lib import linear  # noqa: E402
+from lib.manifolds import linear  # noqa: E402
 
 N_SAMPLES, D_INPUT, SIGMA_W, SEED = 50, 100, 1.0, 0
 

@@ -1,6 +1,6 @@
 """Cost of geodesic sharpness relative to worst-case adaptive sharpness on a small transformer.
 
-Setting (issue 7): a ViT (``lib.models.vit``: 16x16 single-channel images in 4x4 patches,
+Setting (issue 7): a ViT (``lib.book.models.vit``: 16x16 single-channel images in 4x4 patches,
 so 16 tokens, width 64, 2 blocks of 4 heads, MLP ratio 4, 10 classes), cross-entropy, one
 batch of 256 random inputs, Auto-PGD with the same number of iterations (20, the paper's)
 and the same radius for every measure, on the CPU with 2 threads by default. Timed
@@ -41,8 +41,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.curvature import parse_common_args, time_round_robin  # noqa: E402
-from lib.models import vit  # noqa: E402
-from lib.sharpness import adaptive_sharpness, geodesic_sharpness  # noqa: E402
+from lib.book.models import vit  # noqa: E402
+from lib.geometry.sharpness import adaptive_sharpness, geodesic_sharpness  # noqa: E402
 
 
 def build(device, batch_size=256, seed=0):

@@ -1,12 +1,20 @@
-"""The book's library: curvature operators, estimators, data, models and training.
+"""The book's library, in layers that import only downwards.
+
+- :mod:`lib.operators`: the linear-operator interface and the spectral estimators;
+- :mod:`lib.curvature`: Hessian, GGN, Fisher, K-FAC and EKFAC of a model's loss;
+- :mod:`lib.geometry`: reparametrization, invariance, Laplace, natural gradient,
+  quotient geometry, sharpness;
+- :mod:`lib.manifolds`: InPCA and linear models' training trajectories;
+- :mod:`lib.sources`: closed forms quoted from one source each;
+- :mod:`lib.book`: the book's infrastructure (presets, data, models, training,
+  populations, checkpoints, plotting, tables), usable by every layer.
 
 Chapters import from here and never re-implement it; the same code runs on CPU and GPU.
 """
 
-from . import (checkpoint, config, curvature, data, estimators, gradient_flow, inpca, invariance, kfac,
-               laplace, linear, linear_operator, models, natural_gradient, paths, plotting, progress,
-               quotient, reparam, report, sharpness, train)
-from .config import setup
+from . import book, curvature, geometry, manifolds, operators, sources
+from .book import paths
+from .book.config import setup
 
 __distribution__ = "parameter-space-geometry"  # the pip name; the chapters' install cell checks it
 
@@ -25,6 +33,4 @@ def _version() -> str:
 
 __version__ = _version()
 
-__all__ = ["checkpoint", "config", "curvature", "data", "estimators", "gradient_flow", "inpca", "invariance",
-           "kfac", "laplace", "linear", "linear_operator", "models", "natural_gradient", "paths", "plotting",
-           "progress", "quotient", "reparam", "report", "sharpness", "train", "setup", "__version__"]
+__all__ = ["book", "curvature", "geometry", "manifolds", "operators", "sources", "setup", "__version__"]

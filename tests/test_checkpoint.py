@@ -1,4 +1,4 @@
-"""Tests for lib.checkpoint and checkpointed / resumed training in lib.train."""
+"""Tests for lib.book.checkpoint and checkpointed / resumed training in lib.book.train."""
 
 import re
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from lib.checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from lib.data import make_regression, make_teacher_classification
-from lib.paths import data_root
-from lib.models import mlp
-from lib.train import train
+from lib.book.checkpoint import checkpoint_path, load_checkpoint, save_atomic
+from lib.book.data import make_regression, make_teacher_classification
+from lib.book.paths import data_root
+from lib.book.models import mlp
+from lib.book.train import train
 
 
 def _matches_path(path):
@@ -266,10 +266,10 @@ def test_diverged_run_is_not_continued(tmp_path):
 
 
 def test_relative_checkpoint_is_taken_from_repo_root(problem, monkeypatch, tmp_path):
-    import lib.train
+    import lib.book.train
 
     seen = []
-    monkeypatch.setattr(lib.train, "load_checkpoint", lambda path, **kw: seen.append(path))
+    monkeypatch.setattr(lib.book.train, "load_checkpoint", lambda path, **kw: seen.append(path))
     _fit(problem, None, epochs=0)
     _fit(problem, "checkpoints/never-written.pt", epochs=0)
     assert seen == [data_root() / "checkpoints" / "never-written.pt"]
@@ -281,7 +281,7 @@ def test_relative_checkpoint_is_taken_from_repo_root(problem, monkeypatch, tmp_p
 # cached: finished results of a long run
 # --------------------------------------------------------------------------- #
 def test_cached_computes_once_per_key_and_recomputes_on_a_new_key(tmp_path):
-    from lib.checkpoint import cached
+    from lib.book.checkpoint import cached
 
     calls = []
 
@@ -300,7 +300,7 @@ def test_cached_computes_once_per_key_and_recomputes_on_a_new_key(tmp_path):
 
 
 def test_cached_bad_arguments(tmp_path):
-    from lib.checkpoint import cached
+    from lib.book.checkpoint import cached
 
     with pytest.raises(TypeError, match="key"):
         cached(tmp_path / "a.pt", ["seed", 0], lambda: 1)

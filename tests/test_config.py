@@ -1,4 +1,4 @@
-"""Tests for lib.config (presets, overrides, device, seeds) and lib.plotting (book style)."""
+"""Tests for lib.book.config (presets, overrides, device, seeds) and lib.book.plotting (book style)."""
 
 import random
 
@@ -11,8 +11,8 @@ matplotlib.use("Agg")  # headless: tests must not need a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lib import config, plotting  # noqa: E402
-from lib.config import Settings, resolve_device, seed_everything, setup  # noqa: E402
+from lib.book import config, plotting  # noqa: E402
+from lib.book.config import Settings, resolve_device, seed_everything, setup  # noqa: E402
 
 PRESETS = {
     "fast": {"epochs": 3, "lr": 0.1, "hidden": [16, 16], "use_bias": True, "name": "demo",
@@ -213,7 +213,7 @@ def test_bad_seed_rejected(seed, error):
 
 
 # --------------------------------------------------------------------------- #
-# Plotting style (lib.plotting)
+# Plotting style (lib.book.plotting)
 # --------------------------------------------------------------------------- #
 def test_use_style_sets_book_rcparams():
     plotting.use_style()

@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, hessian as func_hessian, jacrev, vmap, grad as func_grad
 
 from lib import curvature
-from lib.models import vit
+from lib.book.models import vit
 
 RTOL = 1e-6
 

@@ -1,4 +1,4 @@
-"""Tests for lib.data: loaders, caching, batching and synthetic data."""
+"""Tests for lib.book.data: loaders, caching, batching and synthetic data."""
 
 import random
 import sys
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import data
-from lib.data import Split, batches, load_digits, load_mnist1d, load_torchvision
+from lib.book import data
+from lib.book.data import Split, batches, load_digits, load_mnist1d, load_torchvision
 
 
 # --------------------------------------------------------------------------- #

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from lib import curvature
-from lib.estimators import lanczos
-from lib.linear_operator import DenseOperator, DiagonalOperator, IdentityOperator
+from lib.operators.spectral import lanczos
+from lib.operators.base import DenseOperator, DiagonalOperator, IdentityOperator
 
 
 def random_symmetric(d, seed, spectrum=None, dtype=torch.float64):

@@ -1,4 +1,4 @@
-"""Tests of lib.gradient_flow: metric-aware gradient descent under reparametrization.
+"""Tests of lib.geometry.gradient_flow: metric-aware gradient descent under reparametrization.
 
 A 2-D non-quadratic loss (a rotated, anisotropic log-cosh bowl) is minimized by gradient
 descent in theta and in psi = phi(theta). With the pulled-back metric the psi-trajectory,
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.nn.functional import softplus
 
-from lib.gradient_flow import (gradient_descent, map_trajectory, metric_matrix,
+from lib.geometry.gradient_flow import (gradient_descent, map_trajectory, metric_matrix,
                                pulled_back_metric_fn, reparametrized_loss)
-from lib.invariance import pullback_metric
-from lib.reparam import Elementwise, LinearMap
+from lib.geometry.invariance import pullback_metric
+from lib.geometry.reparam import Elementwise, LinearMap
 
 DT = torch.float64
 _C, _S = math.cos(0.5), math.sin(0.5)

@@ -1,4 +1,4 @@
-"""Tests of lib.inpca: Bhattacharyya distances and intensive PCA (chapter 2, eqs. 2.2.2-2.2.9).
+"""Tests of lib.manifolds.inpca: Bhattacharyya distances and intensive PCA (chapter 2, eqs. 2.2.2-2.2.9).
 
 References are independent of the code under test: numpy broadcasts / explicit loops,
 numpy eigensolvers on explicitly built centring matrices, PCA by SVD, brute-force
@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from lib import inpca as I
+from lib.manifolds import inpca as I
 
 F64 = torch.float64
 
@@ -274,7 +274,7 @@ def test_bad_inputs():
 
 
 def test_embed_log_probs_and_stress_profile():
-    from lib import inpca as lib_inpca
+    from lib.manifolds import inpca as lib_inpca
     P = torch.softmax(torch.randn(6, 20, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), -1)
     D, fit = lib_inpca.embed_log_probs(P.log(), n_components=50)
     assert torch.allclose(D, lib_inpca.bhattacharyya(P)) and fit.embedding_.shape == (6, 6)
@@ -284,5 +284,5 @@ def test_embed_log_probs_and_stress_profile():
 
 
 def test_percent_never_rounds_a_share_below_one_to_100():
-    from lib.report import percent
+    from lib.book.report import percent
     assert percent(0.5) == "50 %" and percent(0.99996) == "99.996 %" and percent(1.0) == "100 %"

@@ -1,4 +1,4 @@
-"""Tests of lib.inpca's geodesics, progress, trajectory distances, ensemble means (chapter 2,
+"""Tests of lib.manifolds.inpca's geodesics, progress, trajectory distances, ensemble means (chapter 2,
 eqs. 2.2.3-2.2.5, Table 2.3) and the iterative top-k InPCA.
 
 References are independent of the code under test: the great-circle formula (2.2.3) written
@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy.optimize import minimize_scalar
 
-from lib import inpca as I
+from lib.manifolds import inpca as I
 
 F64 = torch.float64
 

@@ -21,12 +21,12 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from lib import curvature
-from lib.invariance import (dense_metric, diagonal_metric, hessian_operator, pullback_metric)
-from lib.kfac import KFACOptimizer, ekfac, kfac
-from lib.laplace import dense_hessian, laplace_log_marginal_likelihood
-from lib.linear_operator import (DenseOperator, DiagonalOperator, IdentityOperator,
+from lib.geometry.invariance import (dense_metric, diagonal_metric, hessian_operator, pullback_metric)
+from lib.curvature.kronecker import KFACOptimizer, ekfac, kfac
+from lib.geometry.laplace import dense_hessian, laplace_log_marginal_likelihood
+from lib.operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
                                  LinearOperator)
-from lib.reparam import Elementwise
+from lib.geometry.reparam import Elementwise
 
 DT = torch.float64
 

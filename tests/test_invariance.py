@@ -1,4 +1,4 @@
-"""Tests of lib.invariance: metrics, transformation rules and the invariant operator G^-1 H.
+"""Tests of lib.geometry.invariance: metrics, transformation rules and the invariant operator G^-1 H.
 
 The psi-coordinate Hessians in the invariance tests are computed by autodiff of
 ``L(phi^-1(psi))``, never by the transformation rule, so the tests can fail.
@@ -19,13 +19,13 @@ from torch import nn
 from torch.func import hessian as autodiff_hessian
 
 from lib.curvature import ggn
-from lib.invariance import (check_critical_point, dense_metric, diagonal_metric,
+from lib.geometry.invariance import (check_critical_point, dense_metric, diagonal_metric,
                             euclidean_metric, hessian_operator, pullback_metric,
                             transform_covector, transform_density_lebesgue,
                             transform_density_riemannian, transform_hessian_at_critical_point,
                             transform_vector)
-from lib.linear_operator import DenseOperator, IdentityOperator, LinearOperator
-from lib.reparam import Elementwise, LinearMap, Scaling
+from lib.operators.base import DenseOperator, IdentityOperator, LinearOperator
+from lib.geometry.reparam import Elementwise, LinearMap, Scaling
 
 DT = torch.float64
 
@@ -435,7 +435,7 @@ def test_gradient_norm_warning():
 
 
 def test_adam_metric_reads_the_bias_corrected_second_moment():
-    import lib.invariance as inv
+    import lib.geometry.invariance as inv
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(3, 2))
     b = torch.nn.Parameter(torch.randn(3))

@@ -1,4 +1,4 @@
-"""Tests of lib.kfac against dense float64 references (lib.curvature, torch.kron, curvlinops)."""
+"""Tests of lib.curvature.kronecker against dense float64 references (lib.curvature, torch.kron, curvlinops)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib import curvature
-from lib.kfac import EKFACOperator, KFACOperator, KFACOptimizer, ekfac, kfac
+from lib.curvature.kronecker import EKFACOperator, KFACOperator, KFACOptimizer, ekfac, kfac
 
 DT = torch.float64
 
@@ -394,7 +394,7 @@ def test_kfac_optimizer_state_dict_round_trip():
 
 
 def test_kfac_optimizer_trains_with_lib_train_and_batchnorm():
-    from lib.train import accuracy, train
+    from lib.book.train import accuracy, train
 
     g = _gen(13)
     X = torch.randn(128, 4, generator=g)
@@ -419,7 +419,7 @@ def test_kfac_optimizer_bad_arguments(kwargs, match):
 
 
 # --------------------------------------------------------------------------------------
-# K-FAC as a metric: damping, inverse square root, lib.invariance
+# K-FAC as a metric: damping, inverse square root, lib.geometry.invariance
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fold_bias", [False, True])
 def test_add_damping_and_inverse_sqrt(fold_bias):
@@ -443,7 +443,7 @@ def test_add_damping_and_inverse_sqrt(fold_bias):
 def test_kfac_metric_in_the_invariant_hessian_operator(kind):
     import scipy.linalg
 
-    from lib.invariance import hessian_operator
+    from lib.geometry.invariance import hessian_operator
 
     model = _cnn(14)
     X, y = _data(6, (2, 4, 4), 3, 14)
@@ -471,7 +471,7 @@ def test_kfac_metric_in_the_invariant_hessian_operator(kind):
                                     dict(kernel_size=3, dilation=2, padding="same"),
                                     dict(kernel_size=(3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1))])
 def test_patches_match_unfold(kwargs):
-    from lib.kfac import _conv_padding, _patches
+    from lib.curvature.kronecker import _conv_padding, _patches
 
     conv = nn.Conv2d(3, 4, **kwargs)
     x = torch.randn(2, 3, 9, 8, generator=_gen(0))

@@ -1,12 +1,12 @@
-"""Tests of the Laplace log marginal likelihood (lib.laplace)."""
+"""Tests of the Laplace log marginal likelihood (lib.geometry.laplace)."""
 
 import math
 
 import pytest
 import torch
 
-from lib.laplace import laplace_log_marginal_likelihood
-from lib.reparam import Elementwise, LinearMap, Scaling, WeightNorm
+from lib.geometry.laplace import laplace_log_marginal_likelihood
+from lib.geometry.reparam import Elementwise, LinearMap, Scaling, WeightNorm
 
 N, D, SIGMA, ALPHA = 30, 6, 0.5, 2.0
 

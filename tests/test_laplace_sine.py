@@ -1,4 +1,4 @@
-"""Tests of the A6 sine-regression protocols of lib.laplace.
+"""Tests of the A6 sine-regression protocols of lib.geometry.laplace.
 
 The GGN evidence (:func:`ggn_log_marginal_likelihood`) is checked against laplace-torch
 (Daxberger et al. 2021), the library whose sinusoid example the paper's protocol follows,
@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lib.data import make_sine
-from lib.invariance import pullback_metric
-from lib.laplace import (LAPLACE_TORCH_DATA_SEED, SineMLPProblem, fit_mse_adam,
+from lib.book.data import make_sine
+from lib.geometry.invariance import pullback_metric
+from lib.geometry.laplace import (LAPLACE_TORCH_DATA_SEED, SineMLPProblem, fit_mse_adam,
                          ggn_log_marginal_likelihood, laplace_torch_sine_data,
                          sine_laplace_protocol_run, sine_laplace_table)
-from lib.reparam import Elementwise, LinearMap, Scaling, WeightNorm
+from lib.geometry.reparam import Elementwise, LinearMap, Scaling, WeightNorm
 
 laplace = pytest.importorskip("laplace")
 

@@ -76,8 +76,8 @@ def test_a_chapter_copied_alone_runs_on_the_installed_package(installed_lib, tmp
     alone = tmp_path / "empty"
     alone.mkdir()
     notebook = nbformat.read(ROOT / "chapters" / f"{CHAPTER}.ipynb", as_version=4)
-    probe = ("import json, lib, lib.paths\n"
-             "print(json.dumps({'lib': lib.__file__, 'data': str(lib.paths.data_root()),"
+    probe = ("import json, lib, lib.book.paths\n"
+             "print(json.dumps({'lib': lib.__file__, 'data': str(lib.book.paths.data_root()),"
              " 'version': lib.__version__}))")
     notebook.cells.append(nbformat.v4.new_code_cell(probe))
     nbformat.write(notebook, alone / f"{CHAPTER}.ipynb")

@@ -1,4 +1,4 @@
-"""Tests of lib.linear: the training manifold of linear least squares (chapter 5, G1-G7).
+"""Tests of lib.manifolds.linear: the training manifold of linear least squares (chapter 5, G1-G7).
 
 References are independent of the closed forms under test: Monte-Carlo simulation, explicit
 sums over t, scipy's Lyapunov solver, numpy eigensolvers, hand-worked limits."""
@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from hypothesis import given, settings, strategies as st
 
-from lib import linear as L
+from lib.manifolds import linear as L
 
 F64 = torch.float64
 

@@ -1,12 +1,12 @@
-"""Phase boundaries of the section 5.3 variants (lib.linear.variant_phase_diagram) and the
-prefix-sum PCA over time (lib.linear.pca_over_time), against direct computations."""
+"""Phase boundaries of the section 5.3 variants (lib.manifolds.linear.variant_phase_diagram) and the
+prefix-sum PCA over time (lib.manifolds.linear.pca_over_time), against direct computations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lib import linear as L
+from lib.manifolds import linear as L
 
 F64 = torch.float64
 GRID = dict(ratio=3.0, n=8, d=16, sigma_w=0.5, seed=1)

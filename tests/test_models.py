@@ -1,4 +1,4 @@
-"""Tests for lib.models: shapes, seeding, per-example structure and bad input."""
+"""Tests for lib.book.models: shapes, seeding, per-example structure and bad input."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib.models import (ACTIVATIONS, DiagonalNet, VisionTransformer, classifier, diagonal_net,
+from lib.book.models import (ACTIVATIONS, DiagonalNet, VisionTransformer, classifier, diagonal_net,
                         lenet, mlp, num_parameters, small_resnet, vit, wide_resnet)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

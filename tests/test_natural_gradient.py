@@ -1,4 +1,4 @@
-"""Tests of lib.natural_gradient against independent references.
+"""Tests of lib.geometry.natural_gradient against independent references.
 
 Closed forms and dense float64 autograd computations (torch.autograd.functional.hessian,
 lib.curvature.fisher(...).to_dense()), numpy's condition number, and a hypothesis property
@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib import curvature as curv
-from lib.gradient_flow import gradient_descent, map_trajectory, pulled_back_metric_fn, reparametrized_loss
-from lib.natural_gradient import (classifier_kl, condition_number, fisher_diagonal, fisher_matrix,
+from lib.geometry.gradient_flow import gradient_descent, map_trajectory, pulled_back_metric_fn, reparametrized_loss
+from lib.geometry.natural_gradient import (classifier_kl, condition_number, fisher_diagonal, fisher_matrix,
                                   logistic_fisher,
                                   logistic_loss)
-from lib.reparam import LinearMap
+from lib.geometry.reparam import LinearMap
 
 DT = torch.float64
 

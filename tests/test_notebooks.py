@@ -9,7 +9,7 @@ For each ``chapters/*.ipynb``:
 - papermill runs (marker ``notebook``): the chapter executes with
   ``preset="tiny"``, and ``preset="no-such-preset"`` fails with a ``ValueError``
   naming the preset in the first code cell after the injected parameters, i.e.
-  in the ``lib.config.setup`` cell, before any work is done.
+  in the ``lib.book.config.setup`` cell, before any work is done.
 
 The nbval regression of the stored outputs runs separately (``make test``
 passes ``--nbval chapters``).

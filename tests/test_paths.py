@@ -1,4 +1,4 @@
-"""Where data and caches go (lib.paths): the clone's data/, $BOOK_DATA, or a user cache
+"""Where data and caches go (lib.book.paths): the clone's data/, $BOOK_DATA, or a user cache
 folder for an installed package, never inside site-packages."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import paths
+from lib.book import paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,12 +57,12 @@ def _run_installed(target: Path, code: str, env: dict[str, str], cwd: Path) -> d
 
 
 PROBE = """
-import json, lib, lib.paths
-from lib.checkpoint import checkpoint_path
-from lib.data import load_mnist1d
+import json, lib, lib.book.paths
+from lib.book.checkpoint import checkpoint_path
+from lib.book.data import load_mnist1d
 split = load_mnist1d()
-print(json.dumps({"lib": lib.__file__, "root": str(lib.paths.data_root()),
-                  "clone": lib.paths.in_clone(), "ckpt": str(checkpoint_path("run"))}))
+print(json.dumps({"lib": lib.__file__, "root": str(lib.book.paths.data_root()),
+                  "clone": lib.book.paths.in_clone(), "ckpt": str(checkpoint_path("run"))}))
 """
 
 

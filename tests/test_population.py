@@ -1,4 +1,4 @@
-"""Tests for lib.population: configs, checkpoint steps, trajectories and the cached population."""
+"""Tests for lib.book.population: configs, checkpoint steps, trajectories and the cached population."""
 
 import dataclasses
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lib import population as pop
-from lib.data import make_sloppy_gaussian
-from lib.population import Config, Population, checkpoint_steps, train_population, train_trajectory
+from lib.book import population as pop
+from lib.book.data import make_sloppy_gaussian
+from lib.book.population import Config, Population, checkpoint_steps, train_population, train_trajectory
 
 
 @pytest.fixture(scope="module")

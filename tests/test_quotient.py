@@ -1,4 +1,4 @@
-"""Tests of lib.quotient: GL(h) and GL(1) quotient geometry and QuotientGeometry.
+"""Tests of lib.geometry.quotient: GL(h) and GL(1) quotient geometry and QuotientGeometry.
 
 The references are independent of the library's formulas: metrics are built as dense
 matrices of the flattened weights, Christoffel symbols come from ``torch.func.jacfwd``
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, hessian, jacfwd
 
-from lib.models import vit
-from lib.quotient import (AttentionPair, QuotientGeometry, attention_group_action,
+from lib.book.models import vit
+from lib.geometry.quotient import (AttentionPair, QuotientGeometry, attention_group_action,
                           attention_pairs, check_full_rank, gl_action, gl_christoffel,
                           gl_horizontal, gl_metric, gl_riemannian_gradient, gl_vertical,
                           rescale_geodesic, rescale_hessian_trace, rescale_horizontal,

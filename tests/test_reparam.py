@@ -1,4 +1,4 @@
-"""Tests of lib.reparam: bijectivity, Jacobians against autodiff, products, domains."""
+"""Tests of lib.geometry.reparam: bijectivity, Jacobians against autodiff, products, domains."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import jacrev
 
-from lib.reparam import Elementwise, LinearMap, Scaling
+from lib.geometry.reparam import Elementwise, LinearMap, Scaling
 
 D = 6
 DT = torch.float64

@@ -1,6 +1,6 @@
 import pytest
 
-from lib.report import format_table
+from lib.book.report import format_table
 
 
 def test_table_is_aligned_and_rounds_floats_only():

@@ -1,4 +1,4 @@
-"""The papermill front door, python -m lib.run: knobs checked before anything runs,
+"""The papermill front door, python -m lib.book.run: knobs checked before anything runs,
 values read as literals, a warning before the paper preset without a GPU."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import run
+from lib.book import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_paper_preset_without_gpu_warns(monkeypatch):
 def test_a_run_with_a_list_value(tmp_path):
     """A real execution: the list reaches the chapter without papermill's -y."""
     output = tmp_path / "out.ipynb"
-    result = subprocess.run([sys.executable, "-m", "lib.run", "linear_models", "-p", "preset", "tiny",
+    result = subprocess.run([sys.executable, "-m", "lib.book.run", "linear_models", "-p", "preset", "tiny",
                              "-p", "fig1_times", "[1, 10]", "-o", str(output)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Tests for lib.sharpness: Auto-PGD, adaptive and geodesic sharpness, closed forms, tau."""
+"""Tests for lib.geometry.sharpness: Auto-PGD, adaptive and geodesic sharpness, closed forms, tau."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lib.sharpness import (AdaptiveGeometry, adaptive_sharpness, auto_pgd,
+from lib.geometry.sharpness import (AdaptiveGeometry, adaptive_sharpness, auto_pgd,
                            diagonal_net_quadratic_model, diagonal_net_sharpness,
                            geodesic_sharpness, kendall_tau, perturbation_objective,
                            scalar_toy_sharpness, trust_region_max)
@@ -27,7 +27,7 @@ MSE = nn.functional.mse_loss
 # Tiny models
 # --------------------------------------------------------------------------------------
 class DiagNet(nn.Module):
-    """``x -> x^T (u * v)``, with the rescale symmetry declared for lib.quotient."""
+    """``x -> x^T (u * v)``, with the rescale symmetry declared for lib.geometry.quotient."""
 
     rescale_pairs = (("u", "v"),)
 
@@ -338,7 +338,7 @@ def test_auto_pgd_adaptive_is_feasible_and_beats_random(norm):
 
 @pytest.mark.parametrize("metric", ["inv", "mix"])
 def test_auto_pgd_geodesic_is_feasible_horizontal_and_beats_random(metric):
-    from lib.quotient import QuotientGeometry
+    from lib.geometry.quotient import QuotientGeometry
 
     model = attention_model()
     X, y = attention_data()
@@ -380,7 +380,7 @@ def test_adaptive_geometry_protocol():
 # Invariance under the GL(h) symmetry of attention
 # --------------------------------------------------------------------------------------
 def _transformed_copy(model, seed=5):
-    from lib.quotient import attention_group_action, attention_pairs
+    from lib.geometry.quotient import attention_group_action, attention_pairs
 
     other = attention_model()
     other.load_state_dict(model.state_dict())
@@ -616,7 +616,7 @@ def test_closed_forms_accept_parameters_without_warnings():
 def test_discordant_pairs_counts_oppositely_ordered_pairs():
     from itertools import combinations
 
-    from lib.sharpness import discordant_pairs
+    from lib.geometry.sharpness import discordant_pairs
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 5, 12).astype(float), rng.normal(size=12)   # ties in a
     brute = sum((a[i] - a[j]) * (b[i] - b[j]) < 0 for i, j in combinations(range(12), 2))

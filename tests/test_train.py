@@ -1,4 +1,4 @@
-"""Tests for lib.train (loop, History, callbacks, evaluation) and lib.progress."""
+"""Tests for lib.book.train (loop, History, callbacks, evaluation) and lib.book.progress."""
 
 import math
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from lib.checkpoint import load_checkpoint, save_atomic
-from lib.data import Split, batches, make_regression, make_teacher_classification
-from lib.models import mlp
-from lib.progress import progress, progress_enabled
-from lib.train import History, accuracy, evaluate, train
+from lib.book.checkpoint import load_checkpoint, save_atomic
+from lib.book.data import Split, batches, make_regression, make_teacher_classification
+from lib.book.models import mlp
+from lib.book.progress import progress, progress_enabled
+from lib.book.train import History, accuracy, evaluate, train
 
 
 @pytest.fixture
@@ -363,7 +363,7 @@ def test_train_prints_no_bar_when_disabled(problem, monkeypatch, capsys):
 
 
 def test_train_diagonal_nets_matches_one_network_trained_alone():
-    from lib.train import train_diagonal_nets
+    from lib.book.train import train_diagonal_nets
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(10, 6, generator=gen, dtype=torch.float64)
     y = X @ torch.tensor([1.0, 0, 0, -0.5, 0, 0], dtype=torch.float64)

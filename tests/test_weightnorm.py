@@ -1,11 +1,11 @@
-"""Tests of the WeightNorm reparametrization (lib.reparam.WeightNorm)."""
+"""Tests of the WeightNorm reparametrization (lib.geometry.reparam.WeightNorm)."""
 
 import math
 
 import pytest
 import torch
 
-from lib.reparam import WeightNorm
+from lib.geometry.reparam import WeightNorm
 
 SHAPES = [(4, 1), (4,), (2, 4), (2,)]
 D = 4 + 4 + 8 + 2

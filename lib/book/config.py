@@ -1,0 +1,258 @@
+"""Run settings for a chapter: presets, overrides, device and seeds.
+
+A chapter declares a few named *presets* (for example a fast one for CI and
+the one matching a paper) as plain dictionaries of *knobs*::
+
+    PRESETS = {
+        "fast":  {"epochs": 5,   "hidden": 32,  "lr": 0.1},
+        "paper": {"epochs": 100, "hidden": 512, "lr": 0.05},
+    }
+    cfg = setup("fast", PRESETS, epochs=None, lr=0.2)
+    cfg.epochs, cfg.lr, cfg.device, cfg.seed   # -> 5, 0.2, device('cpu'), 0
+
+Overrides are validated against the preset so that a typo or a wrong type
+fails loudly at the top of the notebook instead of silently later on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import check_seed
+
+__all__ = ["Settings", "setup", "resolve_device", "seed_everything"]
+
+# Names that `setup` fills in itself, so a preset may not use them as knobs.
+_RESERVED = ("preset", "device", "seed")
+
+
+
+class Settings:
+    """Read-only bundle of resolved settings with attribute access.
+
+    Attributes: ``preset`` (str), ``device`` (torch.device), ``seed`` (int)
+    and one attribute per knob of the chosen preset.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # keeps copy/pickle probing from recursing
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            known = ", ".join(self._values)
+            raise AttributeError(f"no setting {name!r}; known settings: {known}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Settings are resolved once at the top of a chapter; changing them
+        # later would make the printed table lie about what ran.
+        raise AttributeError("Settings are read-only; pass overrides to setup() instead")
+
+    def __reduce__(self):
+        return (Settings, (self._values,))
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self._values == other._values
+
+    __hash__ = None  # mutable-looking contents (lists) make hashing unsafe
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a shallow copy of all settings as a plain ``dict``."""
+        return dict(self._values)
+
+    def table(self) -> str:
+        """Return the settings as an aligned two-column text table."""
+        width = max(len(name) for name in self._values)
+        rows = [f"{name:<{width}}  {value}" for name, value in self._values.items()]
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={value!r}" for name, value in self._values.items())
+        return f"Settings({inner})"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's ``random``, numpy's and torch's global generators (CPU and CUDA).
+
+    Args:
+        seed: integer in ``[0, 2**32 - 1]``.
+
+    Returns:
+        A fresh CPU ``torch.Generator`` seeded with ``seed``, for code that
+        prefers an explicit generator over global state.
+    """
+    seed = check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn a device request into an available ``torch.device``.
+
+    Args:
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        TypeError: ``device`` is neither a str nor a torch.device.
+        ValueError: the name is unknown or that device is not available here.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "mps":
+        if not _mps_available():
+            raise ValueError("device 'mps' requested but MPS is not available on this machine")
+        return torch.device("mps")
+    if device == "cuda" or device.startswith("cuda:"):
+        return _resolve_cuda(device)
+    raise ValueError(
+        f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    )
+
+
+def _resolve_cuda(device: str) -> torch.device:
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if device == "cuda":
+        return torch.device("cuda")
+    index_text = device.split(":", 1)[1]
+    if not index_text.isdigit():
+        raise ValueError(f"bad CUDA device {device!r}; expected 'cuda:N' with N an integer")
+    index = int(index_text)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device {device!r} requested but only {count} CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+def _coerce_knob(name: str, default: Any, value: Any) -> Any:
+    """Return ``value`` converted to the type of the preset's ``default``.
+
+    Rules: a knob whose preset value is None accepts anything; bool and int
+    never stand in for each other; an int is accepted (and converted) for a
+    float knob; list and tuple knobs accept either, converted to the preset's.
+    """
+    if default is None:
+        return value
+    expected = type(default)
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return expected(value)
+    elif isinstance(value, expected):
+        return value
+    raise TypeError(
+        f"knob {name!r} expects {expected.__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _validate_presets(presets: Any) -> None:
+    if not isinstance(presets, Mapping) or not presets:
+        raise TypeError("presets must be a non-empty dict mapping preset names to dicts of knobs")
+    for name, knobs in presets.items():
+        if not isinstance(knobs, Mapping):
+            raise TypeError(f"preset {name!r} must be a dict of knobs, got {type(knobs).__name__}")
+        for knob in knobs:
+            if not isinstance(knob, str) or not knob.isidentifier():
+                raise ValueError(f"preset {name!r} has knob {knob!r}, which is not a valid name")
+            if knob in _RESERVED:
+                raise ValueError(
+                    f"preset {name!r} uses the reserved name {knob!r} as a knob; "
+                    f"pass it as setup(..., {knob}=...) instead"
+                )
+
+
+def _apply_checks(values: dict[str, Any], checks: Mapping[str, tuple[Callable, str]]) -> None:
+    for knob, check in checks.items():
+        if knob not in values:
+            raise ValueError(f"check given for unknown knob {knob!r}")
+        if not (isinstance(check, tuple) and len(check) == 2 and callable(check[0])):
+            raise TypeError(f"check for {knob!r} must be a (predicate, description) tuple")
+        predicate, description = check
+        if not predicate(values[knob]):
+            raise ValueError(f"{knob} must be {description}, got {values[knob]!r}")
+
+
+def setup(
+    preset: str,
+    presets: Mapping[str, Mapping[str, Any]],
+    *,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checks: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Resolve a preset plus overrides into validated settings and seed everything.
+
+    Args:
+        preset: name of the preset to use, a key of ``presets``.
+        presets: ``{preset_name: {knob: default_value}}``.
+        device: see :func:`resolve_device`.
+        seed: non-negative int; seeds ``random``, numpy and torch.
+        checks: optional ``{knob: (predicate, description)}``; a final value
+            for which ``predicate(value)`` is false raises
+            ``ValueError("<knob> must be <description>, got <value>")``.
+        **overrides: knob values replacing the preset's; ``None`` keeps the
+            preset's value (so papermill parameters can default to None).
+
+    Returns:
+        :class:`Settings` with ``preset``, ``device``, ``seed`` and every knob.
+
+    Raises:
+        ValueError: unknown preset, unknown knob, failed check, bad device or seed.
+        TypeError: an override of the wrong type, or malformed ``presets``.
+    """
+    _validate_presets(presets)
+    if not isinstance(preset, str) or preset not in presets:
+        known = ", ".join(repr(name) for name in presets)
+        raise ValueError(f"unknown preset {preset!r}; known presets: {known}")
+    knobs = dict(presets[preset])
+    for name, value in overrides.items():
+        if name not in knobs:
+            raise ValueError(
+                f"unknown knob {name!r} for preset {preset!r}; known knobs: {', '.join(knobs)}"
+            )
+        if value is not None:
+            knobs[name] = _coerce_knob(name, knobs[name], value)
+    _apply_checks(knobs, checks or {})
+    resolved_device = resolve_device(device)
+    seed_everything(seed)
+    return Settings({"preset": preset, "device": resolved_device, "seed": int(seed), **knobs})

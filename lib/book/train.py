@@ -1,0 +1,694 @@
+"""A plain, reproducible training loop with per-epoch hooks.
+
+The loop is deliberately simple (no early stopping; the only learning-rate
+schedule is optional cosine annealing, ``lr_schedule="cosine"``) so that a
+chapter's results depend only on what it shows.
+The ``callback`` hook lets a chapter measure, e.g., the top Hessian
+eigenvalue at every epoch, including before training starts::
+
+    def top_eig(epoch, model):
+        return eigvalsh(hessian(model, loss_fn, data), k=1)[0].item()
+
+    history = train(model, loss_fn, (X, y), optimizer, epochs=20,
+                    batch_size=64, callback=top_eig)
+    history.records   # [(0, ...), (1, ...), ..., (20, ...)]
+
+Long runs pass ``checkpoint=checkpoint_path("name")`` (see
+:mod:`lib.book.checkpoint`): the state after every epoch is saved atomically under
+``data/checkpoints/``, and calling :func:`train` again continues from it, or
+just returns the cached result once all epochs are done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_int
+from .checkpoint import load_checkpoint, save_atomic
+from .data import Split, batches
+from .models import diagonal_net
+from .paths import resolve_root
+from .progress import progress
+
+__all__ = ["History", "train", "accuracy", "evaluate", "LR_SCHEDULES", "train_diagonal_nets"]
+
+Batch = tuple[Tensor, Tensor]
+
+LR_SCHEDULES = (None, "cosine")
+
+
+@dataclass
+class History:
+    """What :func:`train` measured, one entry per completed epoch.
+
+    Attributes:
+        epochs: epoch numbers ``1, 2, ...``.
+        train_loss: mean training loss over each epoch's mini-batches, each
+            measured just before its update (the usual "running" loss). With
+            ``reduction="sum"`` it is the sum over the epoch instead.
+        eval_loss: loss on ``eval_data`` after each epoch (empty without it).
+        eval_accuracy: accuracy on ``eval_data`` after each epoch; empty
+            without ``eval_data`` or for real-valued (regression) targets.
+        records: ``(epoch, value)`` for every non-None value the callback
+            returned, starting with epoch 0 (before training).
+        diverged: True if training stopped early on a non-finite loss.
+        lr: learning rate of the optimizer's first parameter group during
+            each epoch (other groups follow the same schedule from their own
+            initial learning rates).
+    """
+
+    epochs: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    records: list[tuple[int, Any]] = field(default_factory=list)
+    diverged: bool = False
+    lr: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+def _model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU if it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(item, Tensor) for item in data))
+
+
+def _check_pair(X: Any, y: Any, name: str) -> None:
+    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a pair of tensors (X, y)")
+    if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: X has shape {tuple(X.shape)} but y has shape {tuple(y.shape)}; "
+                         "they need the same number of examples along dim 0")
+
+
+def _fixed_batches(data: Any) -> list[Batch]:
+    """Validate an iterable of ``(X, y)`` batches and return it as a list."""
+    if isinstance(data, Split):
+        raise TypeError("pass split.train (an (X, y) pair), not the whole Split")
+    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        raise TypeError("data must be an (X, y) pair of tensors or an iterable of (X, y) batches, "
+                        f"got {type(data).__name__}")
+    batch_list = list(data)
+    if not batch_list:
+        raise ValueError("data contains no batches")
+    for index, batch in enumerate(batch_list):
+        if not _is_tensor_pair(batch):
+            raise TypeError(f"batch {index} is not an (X, y) pair of tensors")
+        _check_pair(*batch, name=f"batch {index}")
+    return batch_list
+
+
+def _reduction(loss_fn: Callable) -> str:
+    # Losses without a `reduction` attribute (plain functions) are treated
+    # as averaging, like torch's default.
+    return getattr(loss_fn, "reduction", "mean")
+
+
+def _check_labels(scores: Tensor, y: Tensor) -> None:
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"accuracy needs class scores of shape (N, K) with K >= 2, "
+                         f"got model output of shape {tuple(scores.shape)}")
+    if y.is_floating_point() or y.ndim != 1:
+        raise ValueError(f"accuracy needs integer labels of shape (N,), got {y.dtype} "
+                         f"of shape {tuple(y.shape)}")
+
+
+def _chunks(X: Tensor, y: Tensor, batch_size: int | None) -> list[Batch]:
+    if batch_size is None:
+        return [(X, y)]
+    return batches(X, y, check_int(batch_size, "batch_size", 1))
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation
+# --------------------------------------------------------------------------- #
+@torch.no_grad()
+def accuracy(model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int | None = None) -> float:
+    """Fraction of examples whose highest-scoring class is the label.
+
+    The model runs in eval mode (its previous mode is restored) on the
+    model's device.
+
+    Args:
+        model: maps ``(N, ...)`` inputs to class scores ``(N, K)``.
+        X: inputs, shape ``(N, ...)``.
+        y: int64 labels, shape ``(N,)``.
+        batch_size: evaluate in chunks of this size to bound memory
+            (None: all at once).
+
+    Returns:
+        Accuracy in [0, 1].
+    """
+    _check_pair(X, y, "accuracy data")
+    device, was_training = _model_device(model), model.training
+    model.eval()
+    try:
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for X_chunk, y_chunk in _chunks(X, y, batch_size):
+            scores = model(X_chunk.to(device))
+            _check_labels(scores, y_chunk)
+            correct += (scores.argmax(dim=1) == y_chunk.to(device)).sum()
+    finally:
+        model.train(was_training)
+    return correct.item() / X.shape[0]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tensor,
+             *, batch_size: int | None = None) -> float:
+    """Loss of ``model`` on ``(X, y)`` in eval mode.
+
+    Args:
+        model: maps ``(N, ...)`` to outputs ``(N, K)``.
+        loss_fn: e.g. ``nn.CrossEntropyLoss()``; with ``reduction="mean"`` the
+            result is the mean over all N examples, with ``"sum"`` the sum,
+            whatever ``batch_size`` is.
+        X: inputs, shape ``(N, ...)``.
+        y: targets, shape ``(N,)`` or ``(N, K)``.
+        batch_size: evaluate in chunks of this size (None: all at once).
+
+    Returns:
+        The loss as a Python float.
+    """
+    _check_pair(X, y, "evaluation data")
+    device, was_training = _model_device(model), model.training
+    average = _reduction(loss_fn) == "mean"
+    model.eval()
+    try:
+        total = torch.zeros((), device=device)
+        for X_chunk, y_chunk in _chunks(X, y, batch_size):
+            loss = loss_fn(model(X_chunk.to(device)), y_chunk.to(device))
+            total += loss * X_chunk.shape[0] if average else loss
+    finally:
+        model.train(was_training)
+    return total.item() / X.shape[0] if average else total.item()
+
+
+# --------------------------------------------------------------------------- #
+# Learning-rate schedule
+# --------------------------------------------------------------------------- #
+def _check_lr_schedule(lr_schedule: Any) -> str | None:
+    if lr_schedule is not None and not (isinstance(lr_schedule, str) and lr_schedule == "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of "
+                         f"{', '.join(map(repr, LR_SCHEDULES))}")
+    return lr_schedule
+
+
+def _cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Cosine-annealed learning rate for epoch ``epoch`` (1-based) of ``epochs``.
+
+    This is ``CosineAnnealingLR(T_max=epochs, eta_min=0)`` after ``epoch - 1``
+    steps, in closed form. Computing it from the epoch number alone (torch's
+    scheduler updates the previous lr recursively) leaves no state besides
+    the epoch, so a resumed run uses exactly the same values.
+    """
+    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+def _set_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
+    for group, lr in zip(optimizer.param_groups, lrs):
+        if isinstance(group["lr"], Tensor):  # e.g. Adam(capturable=True): keep the tensor
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+# --------------------------------------------------------------------------- #
+# Training
+# --------------------------------------------------------------------------- #
+def _run_epoch(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+               epoch_batches: list[Batch], device: torch.device) -> float:
+    """One pass over ``epoch_batches``; returns the epoch's training loss."""
+    model.train()
+    average = _reduction(loss_fn) == "mean"
+    total, count = torch.zeros((), device=device), 0
+    for X_batch, y_batch in epoch_batches:
+        X_batch, y_batch = X_batch.to(device), y_batch.to(device)
+        first_loss: list[Tensor] = []
+
+        def closure() -> Tensor:
+            # A closure works for every torch optimizer, including LBFGS,
+            # which evaluates it several times per step.
+            optimizer.zero_grad()
+            loss = loss_fn(model(X_batch), y_batch)
+            loss.backward()
+            first_loss.append(loss.detach())
+            return loss
+
+        optimizer.step(closure)
+        # Accumulate on the device and convert once per epoch, to avoid a
+        # GPU synchronisation after every batch.
+        total += first_loss[0] * X_batch.shape[0] if average else first_loss[0]
+        count += X_batch.shape[0]
+    return total.item() / count if average else total.item()
+
+
+def _record(history: History, callback: Callable | None, epoch: int, model: nn.Module) -> None:
+    if callback is None:
+        return
+    was_training = model.training
+    model.eval()  # curvature needs per-example outputs, which BN-in-train-mode breaks
+    try:
+        value = callback(epoch, model)
+    finally:
+        model.train(was_training)
+    if value is not None:
+        history.records.append((epoch, value))
+
+
+# --------------------------------------------------------------------------- #
+# Checkpointing
+# --------------------------------------------------------------------------- #
+_CHECKPOINT_VERSION = 1
+_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data for the run fingerprint (tuples become lists)."""
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if type(value) in _PLAIN_LEAVES:
+        return value
+    for kind in (bool, int, float, str):  # subclasses, e.g. numpy.float64
+        if isinstance(value, kind):
+            return kind(value)
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _data_shapes(data: Any) -> Any:
+    if _is_tensor_pair(data):
+        return [list(data[0].shape), list(data[1].shape)]
+    return [[list(X.shape), list(y.shape)] for X, y in data]
+
+
+def _fingerprint(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                 data: Any, batch_size: int | None, seed: int,
+                 eval_data: tuple[Tensor, Tensor] | None, lr_schedule: str | None,
+                 epochs: int) -> dict[str, Any]:
+    """What must not change between a run and its continuation.
+
+    ``epochs`` is only part of it with a schedule, whose shape it sets. Without
+    one there is no ``lr_schedule`` key at all, so checkpoints written before
+    schedules existed still match.
+    """
+    fingerprint = {
+        "model": {name: [list(p.shape), str(p.dtype)] for name, p in model.named_parameters()},
+        "optimizer": type(optimizer).__qualname__,
+        "optimizer_hyperparameters": [
+            {**{key: _plain(item) for key, item in group.items() if key != "params"},
+             "n_params": len(group["params"])}
+            for group in optimizer.param_groups],
+        "loss_fn": [type(loss_fn).__qualname__, _plain(getattr(loss_fn, "reduction", None))],
+        "data": _data_shapes(data),
+        "eval_data": None if eval_data is None else _data_shapes(eval_data),
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    if lr_schedule is not None:
+        fingerprint["lr_schedule"] = {"name": lr_schedule, "epochs": epochs}
+    return fingerprint
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Human-readable list of where two fingerprints differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                found.append(f"{name}: not in checkpoint, now {current[key]!r}")
+            elif key not in current:
+                found.append(f"{name}: checkpoint {saved[key]!r}, now absent")
+            else:
+                found += _differences(saved[key], current[key], name)
+        return found
+    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
+            and any(isinstance(item, dict) for item in saved)):
+        found = []
+        for index, (old, new) in enumerate(zip(saved, current)):
+            found += _differences(old, new, f"{prefix}[{index}]")
+        return found
+    return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, now {current!r}"]
+
+
+def _unstorable(value: Any, where: str) -> str | None:
+    """Where ``value`` holds something ``weights_only`` loading refuses, else None."""
+    if type(value) in _PLAIN_LEAVES or type(value) in (Tensor, nn.Parameter):
+        return None
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            problem = _unstorable(item, f"{where}[{index}]")
+            if problem:
+                return problem
+        return None
+    if type(value) is dict:
+        for key, item in value.items():
+            problem = (_unstorable(key, f"key {key!r} of {where}")
+                       or _unstorable(item, f"{where}[{key!r}]"))
+            if problem:
+                return problem
+        return None
+    return f"{where} is a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _check_storable(history: History, checkpoint: Any) -> None:
+    if not history.records:
+        return
+    epoch, value = history.records[-1]
+    problem = _unstorable(value, "the value")
+    if problem:
+        raise TypeError(
+            f"callback returned a value at epoch {epoch} that cannot be stored in checkpoint "
+            f"{checkpoint} ({problem}); return None, numbers, strings, tensors, or lists, "
+            "tuples and dicts of those (e.g. float(x) for a numpy scalar), or train without "
+            "checkpoint=")
+
+
+def _rng_states(device: torch.device) -> dict[str, Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
+
+
+def _save_checkpoint(path: Any, fingerprint: dict[str, Any], model: nn.Module,
+                     optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                     history: History, device: torch.device) -> None:
+    save_atomic({
+        "version": _CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "epoch": history.epochs[-1],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "rng": _rng_states(device),
+        "history": {
+            "epochs": list(history.epochs),
+            "train_loss": list(history.train_loss),
+            "eval_loss": list(history.eval_loss),
+            "eval_accuracy": list(history.eval_accuracy),
+            "records": [[epoch, value] for epoch, value in history.records],
+            "diverged": history.diverged,
+            "lr": list(history.lr),
+        },
+    }, path)
+
+
+def _resume(path: Any, fingerprint: dict[str, Any], epochs: int, model: nn.Module,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            device: torch.device, lr: float) -> History | None:
+    """Restore the run saved at ``path``; None if there is no checkpoint yet.
+
+    ``lr`` (the first group's initial learning rate) fills ``History.lr`` for
+    checkpoints written before it was recorded; those runs had no schedule,
+    and the fingerprint guarantees the same learning rate.
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    if state is None:
+        return None
+    if state.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has format version {state.get('version')!r}, "
+                         f"expected {_CHECKPOINT_VERSION}; delete it to recompute it")
+    differences = _differences(state["fingerprint"], fingerprint)
+    if differences:
+        raise ValueError(f"checkpoint {path} was written by a different run configuration; "
+                         "delete it or use another checkpoint name. Differences: "
+                         + "; ".join(differences))
+    if state["epoch"] > epochs:
+        raise ValueError(f"checkpoint {path} already holds {state['epoch']} epochs but "
+                         f"epochs={epochs}; pass epochs >= {state['epoch']} or use another "
+                         "checkpoint name")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"].cpu())
+    _set_rng_states(state["rng"], device)
+    saved = state["history"]
+    return History(epochs=list(saved["epochs"]), train_loss=list(saved["train_loss"]),
+                   eval_loss=list(saved["eval_loss"]), eval_accuracy=list(saved["eval_accuracy"]),
+                   records=[(epoch, value) for epoch, value in saved["records"]],
+                   diverged=bool(saved["diverged"]),
+                   lr=list(saved.get("lr", [lr] * len(saved["epochs"]))))
+
+
+def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+          data: tuple[Tensor, Tensor] | Iterable[Batch], optimizer: torch.optim.Optimizer, *,
+          epochs: int, batch_size: int | None = None, seed: int = 0,
+          callback: Callable[[int, nn.Module], Any] | None = None,
+          eval_data: tuple[Tensor, Tensor] | None = None, desc: str | None = None,
+          checkpoint: str | os.PathLike | None = None,
+          lr_schedule: str | None = None) -> History:
+    """Train ``model`` with ``optimizer`` for ``epochs`` passes over ``data``.
+
+    Args:
+        model: network; batches are moved to its device.
+        loss_fn: e.g. ``nn.CrossEntropyLoss()`` or ``nn.MSELoss()``.
+        data: either an ``(X, y)`` pair of tensors with shapes ``(N, ...)``,
+            ``(N, ...)``, cut into mini-batches every epoch, or an iterable of
+            ``(X_batch, y_batch)`` pairs used in the same order every epoch.
+        optimizer: a ``torch.optim.Optimizer`` over the model's parameters.
+        epochs: number of passes (0 only runs the epoch-0 callback).
+        batch_size: mini-batch size for an ``(X, y)`` pair; None means full
+            batch. Must be None when ``data`` is already batched.
+        seed: seeds the generator that reshuffles ``(X, y)`` every epoch, so
+            the batch order does not depend on global random state.
+        callback: ``callback(epoch, model)`` called once before training
+            (epoch 0) and after every epoch, with the model in eval mode and
+            gradients enabled; non-None return values go to ``History.records``.
+        eval_data: optional ``(X, y)`` evaluated after every epoch.
+        desc: label of the progress bar (see :mod:`lib.book.progress`).
+        checkpoint: file to save the run to after every completed epoch and
+            to resume it from, e.g. ``lib.book.checkpoint.checkpoint_path("ch3-sgd")``
+            (under ``checkpoints/`` in the data folder); a relative path is taken
+            inside the data folder (:func:`lib.book.paths.data_root`). See
+            "Checkpoints" below.
+        lr_schedule: None keeps the optimizer's learning rates constant.
+            ``"cosine"`` anneals each parameter group's learning rate from its
+            value when ``train`` is called, lr0, to 0 over ``epochs``, stepped
+            once per epoch: epoch ``t + 1`` uses
+            ``0.5 * lr0 * (1 + cos(pi * t / epochs))`` for ``t = 0..epochs-1``,
+            like ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs)``.
+            The initial learning rates are put back when ``train`` returns.
+            The rate of every epoch is in ``History.lr``.
+
+    Checkpoints:
+        After every completed epoch (including one that diverged) the file is
+        rewritten atomically (:func:`lib.book.checkpoint.save_atomic`) with the
+        model's and optimizer's ``state_dict``, the epoch number, all
+        :class:`History` fields (``records`` included), the state of the
+        generator that shuffles the batches, torch's global RNG state (CPU,
+        and CUDA for a model on a GPU; dropout and callbacks draw from it) and
+        a fingerprint of the run: the model's parameter names, shapes and
+        dtypes, the optimizer's class and hyper-parameters, the loss, the
+        shapes of ``data`` and ``eval_data``, ``batch_size``, ``seed`` and the
+        ``lr_schedule``. Without a schedule ``epochs`` is not part of it, so a
+        finished run can be extended; with ``"cosine"`` it is, since it sets
+        the learning rate of every epoch (a finished run cannot be extended,
+        and an interrupted one must be resumed with the same ``epochs``). The
+        schedule needs no saved state of its own: its learning rate follows
+        from the epoch number, ``epochs`` and the initial learning rates, which
+        the fingerprint pins down.
+
+        If the file exists when ``train`` starts, it is loaded with
+        ``weights_only=True`` and, when its fingerprint matches, the model,
+        optimizer, generators and history are restored and training goes on
+        from the next epoch; with all ``epochs`` done already, nothing is
+        trained and the cached result is returned. The callback is not run
+        again for completed epochs (epoch 0 included): their records come from
+        the file. Continuing an interrupted run this way gives bit-identical
+        results to an uninterrupted one on the same device. A resumed run
+        that had diverged is not trained further.
+
+        Callback values must then be None, numbers, strings, tensors, or
+        lists, tuples and dicts of those, so the file loads with
+        ``weights_only=True``; anything else raises TypeError when it is
+        returned. Restored tensor records are on the CPU.
+
+    Returns:
+        :class:`History` of all epochs, including those restored from
+        ``checkpoint``. If the training loss becomes NaN or infinite,
+        training stops after that epoch with ``history.diverged = True`` and a
+        warning (divergence at large step sizes is something chapters show).
+        The model's train/eval mode is restored at the end.
+
+    Raises:
+        ValueError: if ``lr_schedule`` is unknown, or ``checkpoint`` is
+            corrupt, was written by a run with a different fingerprint (the
+            message lists what differs) or holds more than ``epochs`` epochs.
+        TypeError: if ``checkpoint`` is given and the callback returns a value
+            that cannot be stored in it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable, e.g. nn.CrossEntropyLoss()")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    epochs = check_int(epochs, "epochs", 0)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", 0)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable as callback(epoch, model)")
+    lr_schedule = _check_lr_schedule(lr_schedule)
+    if eval_data is not None:
+        if not _is_tensor_pair(eval_data):
+            raise TypeError("eval_data must be an (X, y) pair of tensors")
+        _check_pair(*eval_data, name="eval_data")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a str or path, got {type(checkpoint).__name__}")
+        checkpoint = resolve_root(checkpoint)
+
+    if _is_tensor_pair(data):
+        X, y = data
+        _check_pair(X, y, "data")
+        fixed = None
+    else:
+        if batch_size is not None:
+            raise ValueError("batch_size must be None when data is already a list of batches")
+        fixed = _fixed_batches(data)
+
+    device, was_training = _model_device(model), model.training
+    generator = torch.Generator().manual_seed(seed)
+    # Read before _resume, whose optimizer state holds the last epoch's
+    # (annealed) rates; the fingerprint check makes these equal to the
+    # interrupted run's initial rates.
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    history = None
+    if checkpoint is not None:
+        fingerprint = _fingerprint(model, loss_fn, optimizer, data if fixed is None else fixed,
+                                   batch_size, seed, eval_data, lr_schedule, epochs)
+        history = _resume(checkpoint, fingerprint, epochs, model, optimizer, generator, device,
+                          base_lrs[0])
+        if history is not None and history.diverged:
+            warnings.warn(f"checkpoint {checkpoint} holds a run that diverged at epoch "
+                          f"{len(history)}; not training it further", RuntimeWarning, stacklevel=2)
+    if history is None:
+        history = History()
+        _record(history, callback, 0, model)
+        if checkpoint is not None:
+            _check_storable(history, checkpoint)
+    first = len(history) + 1 if not history.diverged else epochs + 1
+    bar = progress(range(first, epochs + 1), desc=desc)
+    try:
+        for epoch in bar:
+            if fixed is None:
+                size = batch_size or X.shape[0]
+                epoch_batches = batches(X, y, size, shuffle=size < X.shape[0], generator=generator)
+            else:
+                epoch_batches = fixed
+            if lr_schedule is not None:
+                _set_lrs(optimizer, [_cosine_lr(lr0, epoch, epochs) for lr0 in base_lrs])
+            lr = float(optimizer.param_groups[0]["lr"])
+            loss = _run_epoch(model, loss_fn, optimizer, epoch_batches, device)
+            history.epochs.append(epoch)
+            history.train_loss.append(loss)
+            history.lr.append(lr)
+            postfix = {"loss": f"{loss:.4g}"}
+            if eval_data is not None:
+                postfix.update(_evaluate_epoch(history, model, loss_fn, *eval_data))
+            bar.set_postfix(postfix)
+            if not math.isfinite(loss):
+                history.diverged = True
+                warnings.warn(f"training loss became {loss} at epoch {epoch}; stopping early",
+                              RuntimeWarning, stacklevel=2)
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, fingerprint, model, optimizer, generator,
+                                     history, device)
+                break
+            _record(history, callback, epoch, model)
+            if checkpoint is not None:
+                _check_storable(history, checkpoint)
+                _save_checkpoint(checkpoint, fingerprint, model, optimizer, generator,
+                                 history, device)
+    finally:
+        bar.close()
+        model.train(was_training)
+        if lr_schedule is not None:
+            _set_lrs(optimizer, base_lrs)  # so the optimizer can start a new schedule
+    return history
+
+
+def _evaluate_epoch(history: History, model: nn.Module, loss_fn: Callable,
+                    X: Tensor, y: Tensor) -> dict[str, str]:
+    """Append eval loss (and accuracy for integer labels) to ``history``."""
+    history.eval_loss.append(evaluate(model, loss_fn, X, y))
+    postfix = {"eval_loss": f"{history.eval_loss[-1]:.4g}"}
+    if not y.is_floating_point():
+        history.eval_accuracy.append(accuracy(model, X, y))
+        postfix["eval_acc"] = f"{history.eval_accuracy[-1]:.3f}"
+    return postfix
+
+
+def train_diagonal_nets(X: Tensor, y: Tensor, scales: list[float], lrs: list[float], seeds: list[int],
+                        max_steps: int, tol: float = 1e-5) -> dict[str, Tensor]:
+    """Full-batch gradient descent on ``mean((X (u * v) - y)^2)`` for many diagonal linear
+    networks at once (introduced in the geodesic-sharpness chapter, D3).
+
+    Network ``i`` starts as ``lib.book.models.diagonal_net(d, init_scale=scales[i], seed=seeds[i])``
+    and steps with learning rate ``lrs[i]`` until its training loss is at most ``tol`` or
+    ``max_steps`` steps have run; finished networks drop out of the batch, so a population
+    costs about as much as its slowest member. Computed in float64.
+
+    Args:
+        X: ``(n, d)`` inputs; y: ``(n,)`` targets.
+        scales, lrs, seeds: one entry per network (``m`` networks).
+        max_steps: most steps per network.
+        tol: training loss at which a network stops.
+
+    Returns:
+        Dict with ``"u"``, ``"v"`` ``(m, d)`` float64 weights, ``"train_loss"`` ``(m,)`` and
+        ``"steps"`` ``(m,)`` int64 (the step at which each network stopped).
+    """
+    if not (len(scales) == len(lrs) == len(seeds)) or len(scales) == 0:
+        raise ValueError(f"scales, lrs and seeds must have the same non-zero length, got "
+                         f"{len(scales)}, {len(lrs)} and {len(seeds)}")
+    nets = [diagonal_net(X.shape[1], init_scale=s, seed=k) for s, k in zip(scales, seeds)]
+    U = torch.stack([net.u.detach() for net in nets]).double()
+    V = torch.stack([net.v.detach() for net in nets]).double()
+    lr, steps = torch.tensor(lrs, dtype=torch.float64)[:, None], torch.full((len(U),), max_steps)
+    active, u, v = torch.arange(len(U)), U.clone(), V.clone()       # the networks still training
+    for step in range(max_steps):
+        residual = (u * v) @ X.T - y                                  # (networks, n)
+        keep = residual.pow(2).mean(1) > tol
+        if not keep.all():                                            # store the finished ones
+            done = active[~keep]
+            U[done], V[done], steps[done] = u[~keep], v[~keep], step
+            active, u, v, residual, lr = active[keep], u[keep], v[keep], residual[keep], lr[keep]
+            if len(active) == 0:
+                break
+        step_beta = lr * (2 / X.shape[0] * residual @ X)              # lr * dL/dbeta, (networks, d)
+        u, v = u - step_beta * v, v - step_beta * u                   # the chain rule through beta = u * v
+    U[active], V[active] = u, v
+    loss = ((U * V) @ X.T - y).pow(2).mean(1)
+    return {"u": U, "v": V, "train_loss": loss, "steps": steps}

@@ -1,0 +1,612 @@
+"""The Laplace log marginal likelihood, naive and reparametrization-invariant.
+
+For a negative log joint ``L_MAP(theta) = -log p(D | theta) - log p(theta)`` with a strict
+minimum ``theta*`` and Hessian ``H = H(theta*)``, a second-order expansion of ``L_MAP``
+around ``theta*`` and a Gaussian integral give::
+
+    log Z = log int exp(-L_MAP(theta)) dtheta
+          ~ -L_MAP(theta*) + (d/2) log(2 pi) - (1/2) log det H.
+
+This is the correct form. Kristiadi, Dangel & Hennig (2023, eq. 5) print the last two
+terms with the opposite signs; with their signs the Gaussian normalizer would be
+inverted (``log Z`` would *grow* with the curvature), which the Bayesian linear
+regression test (where Laplace is exact) rules out.
+
+**Invariant form.** The parameter space carries a metric ``G`` (``None``: the identity,
+i.e. Cartesian coordinates with the Lebesgue measure). ``L_MAP`` is read as minus the
+log joint density *with respect to the Riemannian volume form* ``sqrt(det G) dtheta``,
+a scalar function, so in new coordinates ``psi = phi(theta)`` it is simply
+``L_MAP o phi^-1`` and ``G`` is pulled back (``J^-T G J^-1``). The Laplace approximation
+of ``Z = int exp(-L_MAP) sqrt(det G) dtheta`` is::
+
+    log Z ~ -L_MAP* + (d/2) log(2 pi) - (1/2) log det H + (1/2) log det G
+          = -L_MAP* + (d/2) log(2 pi) - (1/2) log det(G^-1 H),
+
+where ``+ (1/2) log det G`` is the volume term. At a critical point ``G^-1 H`` transforms
+by similarity, so this value is the same in every coordinate system, and with
+``G = I`` in Cartesian coordinates it is the classical value above.
+
+**Naive form.** Autodiff Hessian in whatever coordinates one works in, the metric ignored
+(implicitly ``G = I`` there): ``-L_MAP* + (d/2) log(2 pi) - (1/2) log det H``. It changes
+under reparametrization (by ``log |det J|`` at a critical point), and with an
+over-parametrization such as WeightNorm's ``(v, g)`` even ``d`` changes.
+
+Decomposition (:class:`~lib.geometry.laplace.LaplaceResult`): ``log_Z = neg_loss + log_prior + rest`` with
+``neg_loss = log p(D | theta*)`` (the paper's ``-L``), ``log_prior = log p(theta*)`` and
+``rest = (d/2) log(2 pi) - (1/2) log det(G^-1 H)``. The paper's Table 1 column "Rest" is
+``log_prior + rest`` (:attr:`~lib.geometry.laplace.LaplaceResult.table_rest`).
+
+The module also holds the paper's A6 experiment (section 5.2, Table 1) in two protocols:
+
+* :func:`sine_laplace_protocol_run`: the protocol of the Laplace library's sinusoid example
+  (laplace-torch, Daxberger et al. 2021), which the paper's appendix E.3.1 describes: a
+  1-50-1 tanh network trained on the MSE with Adam, then the evidence with the generalized
+  Gauss-Newton (GGN) posterior precision, noise ``sigma = 1`` and prior precision 1
+  (:func:`ggn_log_marginal_likelihood`);
+* :func:`sine_laplace_table`: the exact MAP of a stated model (true noise 0.3, 1-20-1) and
+  the exact Hessian there.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..book.data import make_sine
+from .invariance import check_critical_point, hessian_operator, pullback_metric
+from .reparam import Reparametrization, WeightNorm
+
+__all__ = ["LaplaceResult", "dense_hessian", "laplace_log_marginal_likelihood",
+           "ggn_log_marginal_likelihood", "SineMLPProblem", "fit_map", "fit_mse_adam",
+           "sine_laplace_table", "laplace_torch_sine_data", "sine_laplace_protocol_run",
+           "SineProtocolRun", "LAPLACE_FORMS", "LAPLACE_TORCH_DATA_SEED"]
+
+LAPLACE_FORMS = ("invariant", "naive")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class LaplaceResult:
+    """The Laplace log marginal likelihood and its parts (all Python floats).
+
+    Attributes:
+        log_Z: the approximation, ``= -neg_log_joint + rest``.
+        neg_log_joint: ``L_MAP`` at the point.
+        neg_loss: ``log p(D | theta*) = -L_MAP* - log_prior`` (the paper's ``-L``), or
+            ``None`` if no ``log_prior`` was given.
+        log_prior: ``log p(theta*)``, or ``None``.
+        rest: ``(d/2) log(2 pi) - (1/2) logdet_operator``.
+        logdet_hessian: ``log det H`` (autodiff Hessian in the working coordinates), or of
+            the GGN posterior precision for :func:`ggn_log_marginal_likelihood`.
+        logdet_metric: ``log det G`` in the working coordinates (0 for the naive form).
+        logdet_operator: ``log det(G^-1 H)``, the one used in ``rest``.
+        d: number of coordinates. grad_norm: ``||grad L_MAP||`` at the point.
+        form: ``"invariant"`` or ``"naive"``.
+        curvature: ``"hessian"`` (the exact Hessian) or ``"ggn"`` (the generalized
+            Gauss-Newton posterior precision).
+    """
+
+    log_Z: float
+    neg_log_joint: float
+    neg_loss: float | None
+    log_prior: float | None
+    rest: float
+    logdet_hessian: float
+    logdet_metric: float
+    logdet_operator: float
+    d: int
+    grad_norm: float
+    form: str
+    curvature: str = "hessian"
+
+    @property
+    def table_rest(self) -> float | None:
+        """``log_prior + rest``: everything but ``-L`` (the paper's Table 1 "Rest")."""
+        return None if self.log_prior is None else self.log_prior + self.rest
+
+
+def _metric_logdets(H, metric) -> tuple[float, float]:
+    """``(log det(G^-1 H), log det G)`` for a curvature ``H`` and a metric ``G``; raises the
+    Laplace approximation's ValueError where ``G^-1 H`` is not positive definite."""
+    E = hessian_operator(H, metric)
+    try:
+        logdet_e = E.logdet()
+    except ValueError as err:
+        raise ValueError(f"the Laplace approximation is undefined: {err}") from err
+    return logdet_e, float(torch.linalg.slogdet(E.G.to_dense()).logabsdet)
+
+
+def dense_hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Value, gradient and dense Hessian ``(d, d)`` of a scalar ``f`` at a flat ``x``.
+
+    Plain reverse-over-reverse autograd (one backward pass per row), so ``f`` may contain
+    Python-side checks; meant for ``d`` up to a few hundred. The Hessian is symmetrized.
+    Raises ``ValueError`` if ``x`` is not a flat floating-point tensor with ``d >= 1``.
+    """
+    if not isinstance(x, Tensor) or x.ndim != 1 or not torch.is_floating_point(x):
+        raise ValueError("x must be a flat floating-point tensor of shape (d,)")
+    if x.numel() == 0:
+        raise ValueError("x has no entries (d = 0): a function of no parameters has no Hessian")
+    x = x.detach().clone().requires_grad_(True)
+    value = f(x)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise ValueError("the function must return a scalar tensor")
+    value = value.reshape(())
+    (grad,) = torch.autograd.grad(value, x, create_graph=True)
+    d = x.shape[0]
+    rows = []
+    for i in range(d):
+        (row,) = torch.autograd.grad(grad[i], x, retain_graph=i < d - 1, allow_unused=True)
+        rows.append(torch.zeros_like(x) if row is None else row)
+    H = torch.stack(rows).detach()
+    return value.detach(), grad.detach(), 0.5 * (H + H.T)
+
+
+def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], theta_map: Tensor,
+                                    *, log_prior: Callable[[Tensor], Tensor] | None = None,
+                                    metric=None, reparam: Reparametrization | None = None,
+                                    form: str = "invariant", check_critical: bool = True,
+                                    tol: float = 1e-6) -> LaplaceResult:
+    """The Laplace approximation of ``log Z`` at a strict minimum of ``neg_log_joint``.
+
+    Args:
+        neg_log_joint: ``L_MAP(theta) = -log p(D|theta) - log p(theta)`` on flat parameters
+            (float64 recommended), returning a 0-d tensor.
+        theta_map: the minimum ``theta*``, flat ``(d,)``, in the coordinates of
+            ``neg_log_joint``.
+        log_prior: optional ``log p(theta)`` (same coordinates) for the decomposition.
+        metric: ``G`` at ``theta*`` in those coordinates (``None``: identity; a ``(d,)``
+            tensor: diagonal; ``(d, d)``: dense; or an SPD operator). Invariant form only.
+        reparam: optional ``phi``; then everything is computed in ``psi = phi(theta)``
+            coordinates: the functions become ``f o phi^-1``, the Hessian is the autodiff
+            Hessian in ``psi`` and (invariant form) the metric is pulled back.
+        form: ``"invariant"`` (``log det(G^-1 H)``) or ``"naive"`` (``log det H``).
+        check_critical: warn (``UserWarning``) if ``||grad|| > tol`` at the point; the
+            invariance needs a critical point. Set ``False`` where the point is knowingly
+            not critical (e.g. the naive WeightNorm computation).
+
+    Returns:
+        A :class:`~lib.geometry.laplace.LaplaceResult`.
+
+    Raises:
+        ValueError: unknown ``form``; a metric with the naive form; a bad point (not flat,
+            not finite, or with no entries); a Hessian (or ``G^-1 H``) that is not positive
+            definite (not a strict minimum), whatever the metric.
+    """
+    if form not in LAPLACE_FORMS:
+        raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
+    if form == "naive" and metric is not None:
+        raise ValueError("the naive form ignores the metric (it uses the autodiff Hessian as is); "
+                         "pass metric=None or use form='invariant'")
+    if not isinstance(theta_map, Tensor) or theta_map.ndim != 1 or not torch.is_floating_point(theta_map):
+        raise ValueError("theta_map must be a flat floating-point tensor of shape (d,)")
+    if theta_map.numel() == 0:
+        raise ValueError("theta_map has no entries (d = 0): the Laplace approximation needs at "
+                         "least one parameter")
+    if not bool(torch.isfinite(theta_map).all()):
+        raise ValueError("theta_map contains NaN or infinite entries")
+    theta_map = theta_map.detach()
+    if reparam is not None:
+        if not isinstance(reparam, Reparametrization):
+            raise TypeError(f"reparam must be a Reparametrization, got {type(reparam).__name__}")
+        point = reparam.forward(theta_map).detach()
+        f = lambda psi: neg_log_joint(reparam.inverse(psi))  # noqa: E731
+        prior = None if log_prior is None else (lambda psi: log_prior(reparam.inverse(psi)))  # noqa: E731
+    else:
+        point, f, prior = theta_map, neg_log_joint, log_prior
+
+    value, grad, H = dense_hessian(f, point)
+    d = point.shape[0]
+    grad_norm = float(grad.norm())
+    if check_critical:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            check_critical_point(grad, tol)
+    sign_h, logdet_h = torch.linalg.slogdet(H)
+    if form == "naive":
+        if float(sign_h) <= 0 or bool((torch.linalg.eigvalsh(H) <= 0).any()):
+            raise ValueError("the Hessian is not positive definite at this point, so the Laplace "
+                             "approximation is undefined (not a strict minimum)")
+        logdet_g, logdet_e = 0.0, float(logdet_h)
+    else:
+        if reparam is not None:
+            G = pullback_metric(metric, reparam, theta_map)
+        else:
+            G = metric
+        logdet_e, logdet_g = _metric_logdets(H, G)
+    rest = 0.5 * d * _LOG_2PI - 0.5 * logdet_e
+    neg_log_joint_value = float(value)
+    lp = None if prior is None else float(prior(point).detach())
+    neg_loss = None if lp is None else -neg_log_joint_value - lp
+    return LaplaceResult(log_Z=-neg_log_joint_value + rest, neg_log_joint=neg_log_joint_value,
+                         neg_loss=neg_loss, log_prior=lp, rest=rest,
+                         logdet_hessian=float(logdet_h), logdet_metric=logdet_g,
+                         logdet_operator=float(logdet_e), d=d, grad_norm=grad_norm, form=form)
+
+
+def ggn_log_marginal_likelihood(predict: Callable[[Tensor], Tensor], y: Tensor, point: Tensor, *,
+                                sigma: float = 1.0, prior_precision: float = 1.0,
+                                prior_map: Callable[[Tensor], Tensor] | None = None,
+                                metric=None, form: str = "invariant") -> LaplaceResult:
+    """The Laplace ``log Z`` of Gaussian regression with the GGN as the curvature.
+
+    The model: ``y_i ~ N(f_i(point), sigma^2)`` with ``f = predict(point)`` of shape
+    ``(n,)``, and the prior ``N(0, prior_precision^-1 I)`` on ``theta = prior_map(point)``
+    (default: on ``point`` itself). Both terms of ``L_MAP`` are convex functions of an
+    inner map (the outputs ``f`` and the prior's argument ``theta``), and the curvature is
+    their generalized Gauss-Newton matrix (Schraudolph 2002)
+
+        ``P = J_f^T J_f / sigma^2 + prior_precision J_theta^T J_theta``   ``(d, d)``,
+
+    the posterior precision of the Laplace library (laplace-torch, Daxberger et al. 2021,
+    ``hessian_structure="full"`` with its default GGN backend). Then
+
+        ``log Z = log p(y | f) + log p(theta) + (d/2) log(2 pi) - (1/2) log det(G^-1 P)``,
+
+    equal to laplace-torch's ``log_likelihood - (log det P - log det P_0 + scatter) / 2``
+    for ``G = I``. Unlike the Hessian, ``P`` needs only first derivatives, so it transforms
+    as ``J^-T P J^-1`` under a reparametrization at *every* point, and with ``prior_map =
+    phi^-1`` and the pulled-back metric the value is invariant at any point (no critical
+    point needed). It is also positive definite by construction (``prior_precision > 0``
+    and an injective ``prior_map``), so it exists where the Hessian is indefinite.
+
+    Args:
+        predict: ``point -> f`` of shape ``(n,)`` (float64 recommended).
+        y: targets, ``(n,)`` or ``(n, 1)``.
+        point: flat ``(d,)`` point in the coordinates of ``predict``.
+        sigma: the likelihood's noise standard deviation (> 0).
+        prior_precision: the prior's precision (> 0).
+        prior_map: ``point -> theta``, the coordinates the Gaussian prior is placed on
+            (e.g. a reparametrization's ``inverse``); ``None``: the point's own coordinates.
+        metric: ``G`` at the point in its coordinates (``None``: identity; see
+            :func:`lib.geometry.invariance.hessian_operator`). Invariant form only.
+        form: ``"invariant"`` or ``"naive"`` (a label; the naive form takes no metric).
+
+    Returns:
+        A :class:`~lib.geometry.laplace.LaplaceResult` with ``curvature="ggn"``; ``logdet_hessian`` is
+        ``log det P``, ``grad_norm`` the norm of the gradient of ``L_MAP`` at the point.
+
+    Raises:
+        ValueError: bad ``form``, ``sigma``, ``prior_precision``, point or shapes; a metric
+            with the naive form.
+    """
+    if form not in LAPLACE_FORMS:
+        raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
+    if form == "naive" and metric is not None:
+        raise ValueError("the naive form ignores the metric; pass metric=None or use form='invariant'")
+    if not sigma > 0 or not prior_precision > 0:
+        raise ValueError(f"sigma and prior_precision must be positive, got {sigma} and {prior_precision}")
+    if not isinstance(point, Tensor) or point.ndim != 1 or not torch.is_floating_point(point):
+        raise ValueError("point must be a flat floating-point tensor of shape (d,)")
+    if not bool(torch.isfinite(point).all()):
+        raise ValueError("point contains NaN or infinite entries")
+    point = point.detach()
+    y = torch.as_tensor(y).detach().to(point.dtype).reshape(-1)
+    prior_map = (lambda t: t) if prior_map is None else prior_map  # noqa: E731
+    sigma, prior_precision = float(sigma), float(prior_precision)
+    d = point.shape[0]
+    f = predict(point).detach()
+    if f.shape != y.shape:
+        raise ValueError(f"predict returned shape {tuple(f.shape)}, but y has {y.shape[0]} targets")
+    n = y.shape[0]
+
+    def log_lik(p):
+        r = y - predict(p)
+        return -0.5 * (r * r).sum() / sigma**2 - n * (math.log(sigma) + 0.5 * _LOG_2PI)
+
+    def log_prior(p):
+        return _gaussian_log_density(prior_map(p), prior_precision)
+
+    J_f = torch.func.jacrev(predict)(point)                              # (n, d)
+    J_p = torch.func.jacrev(prior_map)(point)                            # (d_theta, d)
+    P = J_f.T @ J_f / sigma**2 + prior_precision * (J_p.T @ J_p)
+    P = 0.5 * (P + P.T)
+    grad = torch.func.grad(lambda p: -log_lik(p) - log_prior(p))(point)
+    logdet_e, logdet_g = _metric_logdets(P, metric)
+    ll, lp = float(log_lik(point)), float(log_prior(point))
+    rest = 0.5 * d * _LOG_2PI - 0.5 * logdet_e
+    return LaplaceResult(log_Z=ll + lp + rest, neg_log_joint=-(ll + lp), neg_loss=ll, log_prior=lp,
+                         rest=rest, logdet_hessian=float(torch.linalg.slogdet(P).logabsdet),
+                         logdet_metric=logdet_g, logdet_operator=float(logdet_e), d=d,
+                         grad_norm=float(grad.norm()), form=form, curvature="ggn")
+
+
+# --------------------------------------------------------------------------------------
+# A6: the sine regression of the paper's Table 1
+# --------------------------------------------------------------------------------------
+def _gaussian_log_density(theta: Tensor, precision: float) -> Tensor:
+    """``log N(theta | 0, precision^-1 I)``."""
+    d = theta.shape[0]
+    return 0.5 * d * (math.log(precision) - _LOG_2PI) - 0.5 * precision * (theta * theta).sum()
+
+
+class SineMLPProblem:
+    """A 1-``hidden``-1 tanh MLP on 1-D regression with a Gaussian likelihood and prior.
+
+    Flat parameters (float64) in the order of ``nn.Linear`` layers:
+    ``W1 (hidden, 1), b1 (hidden,), W2 (1, hidden), b2 (1,)``, ``d = 3 hidden + 1``.
+    Likelihood ``y ~ N(f(x), sigma^2)``; prior ``theta ~ N(0, prior_precision^-1 I)`` on
+    these Cartesian weights.
+    """
+
+    def __init__(self, X: Tensor, y: Tensor, *, hidden: int = 20, sigma: float = 0.3,
+                 prior_precision: float = 1.0):
+        if sigma <= 0 or prior_precision <= 0:
+            raise ValueError("sigma and prior_precision must be positive")
+        self.X, self.y = X.to(torch.float64), y.to(torch.float64).reshape(-1)
+        self.hidden, self.sigma, self.prior_precision = int(hidden), float(sigma), float(prior_precision)
+        h = self.hidden
+        self.param_shapes = [(h, 1), (h,), (1, h), (1,)]
+        self.dim = 3 * h + 1
+
+    def unflatten(self, theta: Tensor):
+        h = self.hidden
+        return (theta[:h].reshape(h, 1), theta[h:2 * h], theta[2 * h:3 * h].reshape(1, h),
+                theta[3 * h:])
+
+    def predict(self, theta: Tensor, X: Tensor | None = None) -> Tensor:
+        W1, b1, W2, b2 = self.unflatten(theta)
+        X = self.X if X is None else X.to(torch.float64)
+        return (torch.tanh(X @ W1.T + b1) @ W2.T + b2).reshape(-1)
+
+    def nll(self, theta: Tensor) -> Tensor:
+        """``-log p(D | theta)`` (summed over the data, with its normalizer)."""
+        r = self.y - self.predict(theta)
+        n = r.shape[0]
+        return 0.5 * (r * r).sum() / self.sigma**2 + n * (math.log(self.sigma) + 0.5 * _LOG_2PI)
+
+    def log_prior(self, theta: Tensor) -> Tensor:
+        return _gaussian_log_density(theta, self.prior_precision)
+
+    def neg_log_joint(self, theta: Tensor) -> Tensor:
+        return self.nll(theta) - self.log_prior(theta)
+
+    def init(self, seed: int) -> Tensor:
+        """``N(0, 1/fan_in)`` weights (fan_in 1 and ``hidden``), zero biases."""
+        g = torch.Generator().manual_seed(seed)
+        h = self.hidden
+        W1 = torch.randn(h, generator=g, dtype=torch.float64)
+        W2 = torch.randn(h, generator=g, dtype=torch.float64) / math.sqrt(h)
+        return torch.cat([W1, torch.zeros(h, dtype=torch.float64), W2,
+                          torch.zeros(1, dtype=torch.float64)])
+
+    def init_pytorch(self, seed: int) -> Tensor:
+        """PyTorch's default ``nn.Linear`` initialization, number for number, in float64.
+
+        The values of ``torch.manual_seed(seed); nn.Sequential(nn.Linear(1, h), nn.Tanh(),
+        nn.Linear(h, 1))`` (weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+        drawn in float32 in the order ``W1, b1, W2, b2``), from a private generator, so
+        the global random state is untouched. This is how the Laplace library's sinusoid
+        example initializes its network.
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        parts = []
+        for shape, fan_in in [((self.hidden, 1), 1), ((1, self.hidden), self.hidden)]:
+            # kaiming_uniform_(a=sqrt(5)) for the weight, U(+-1/sqrt(fan_in)) for the bias
+            w_bound = math.sqrt(3.0) * (math.sqrt(2.0 / (1 + 5)) / math.sqrt(fan_in))
+            b_bound = 1 / math.sqrt(fan_in)
+            parts.append(torch.empty(shape).uniform_(-w_bound, w_bound, generator=g).reshape(-1))
+            parts.append(torch.empty(shape[0]).uniform_(-b_bound, b_bound, generator=g))
+        return torch.cat(parts).to(torch.float64)
+
+
+def fit_map(neg_log_joint: Callable[[Tensor], Tensor], theta0: Tensor, *, adam_steps: int = 3000,
+            lr: float = 1e-2, grad_tol: float = 1e-8, max_lbfgs_rounds: int = 10,
+            max_newton_steps: int = 100) -> Tensor:
+    """Minimize ``neg_log_joint`` from ``theta0``: Adam, L-BFGS, then damped Newton, in float64.
+
+    Stops once ``||grad|| < grad_tol``; warns (``UserWarning``) if it does not get there.
+    Returns the detached float64 minimizer.
+    """
+    theta = theta0.detach().to(torch.float64).clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    for _ in range(adam_steps):
+        opt.zero_grad()
+        neg_log_joint(theta).backward()
+        opt.step()
+    lbfgs = torch.optim.LBFGS([theta], lr=1.0, max_iter=200, history_size=50,
+                              tolerance_grad=grad_tol * 1e-2, tolerance_change=0.0,
+                              line_search_fn="strong_wolfe")
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = neg_log_joint(theta)
+        loss.backward()
+        return loss
+
+    for _ in range(max_lbfgs_rounds):
+        lbfgs.step(closure)
+    # polish with damped Newton steps (dense Hessian; small d), accepted only if they descend
+    x = theta.detach()
+    value, grad, H = dense_hessian(neg_log_joint, x)
+    damping = 0.0
+    for _ in range(max_newton_steps):
+        if float(grad.norm()) < grad_tol:
+            break
+        eye = torch.eye(x.shape[0], dtype=x.dtype)
+        step = torch.linalg.solve(H + damping * eye, grad)
+        cand = x - step
+        cand_value = neg_log_joint(cand).detach()
+        if torch.isfinite(cand_value) and float(cand_value) <= float(value) + 1e-12 * abs(float(value)):
+            x, damping = cand, damping / 10
+            value, grad, H = dense_hessian(neg_log_joint, x)
+        else:
+            damping = max(10 * damping, 1e-6 * float(H.diagonal().abs().max()))
+    grad_norm = float(grad.norm())
+    theta = x
+    if not grad_norm < grad_tol:
+        warnings.warn(f"fit_map stopped at gradient norm {grad_norm:.3e} >= {grad_tol:.1e}",
+                      UserWarning, stacklevel=2)
+    return theta.detach()
+
+
+def fit_mse_adam(problem: "SineMLPProblem", theta0: Tensor, *, epochs: int = 1000,
+                 lr: float = 1e-2) -> Tensor:
+    """Train on the mean squared error with full-batch Adam, as the Laplace library's example.
+
+    ``epochs`` steps of ``torch.optim.Adam(lr=lr)`` (default betas and eps, no weight decay)
+    on ``mean((y - f(theta))^2)`` over all of ``problem``'s data, in float64. Neither the
+    noise ``sigma`` nor the prior enters: the result is *not* the MAP of
+    ``problem.neg_log_joint``. Returns the detached ``(d,)`` end point.
+    """
+    if int(epochs) < 1 or not lr > 0:
+        raise ValueError(f"need epochs >= 1 and lr > 0, got {epochs} and {lr}")
+    theta = theta0.detach().to(torch.float64).clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    for _ in range(int(epochs)):
+        opt.zero_grad()
+        r = problem.y - problem.predict(theta)
+        (r * r).mean().backward()
+        opt.step()
+    return theta.detach()
+
+
+def sine_laplace_table(seed: int, *, n_samples: int = 150, hidden: int = 20, sigma: float = 0.3,
+                       prior_precision: float = 1.0, adam_steps: int = 3000,
+                       data: tuple[Tensor, Tensor] | None = None, with_ggn: bool = False
+                       ) -> dict[str, LaplaceResult]:
+    """The paper's A6 experiment (Table 1) for one seed, at the exact MAP with the Hessian.
+
+    Data: ``data = (X, y)`` if given (e.g. :func:`laplace_torch_sine_data`), else
+    ``make_sine(n_samples, noise=0.3, seed=seed)`` (``x ~ U[0, 8]``,
+    ``y = sin x + N(0, 0.3^2)``); model and prior: :class:`SineMLPProblem` (likelihood
+    noise ``sigma``, default the true 0.3; prior ``N(0, prior_precision^-1 I)`` on the
+    Cartesian weights); MAP by :func:`fit_map` from ``SineMLPProblem.init(seed)``.
+
+    Returns three :class:`~lib.geometry.laplace.LaplaceResult` at the same network (the same function), and with
+    ``with_ggn`` a fourth, ``"cartesian_ggn"``: :func:`ggn_log_marginal_likelihood` at the
+    same MAP (the GGN instead of the Hessian):
+
+    * ``"cartesian"``: the classical value (``G = I`` in Cartesian coordinates).
+    * ``"weightnorm_naive"``: what a practitioner gets by wrapping both trained layers in
+      WeightNorm (``v = w``, ``g = ||w||``, as ``torch.nn.utils.weight_norm`` does) and
+      taking the autodiff Hessian in those ``d + units`` coordinates, with the same
+      Gaussian prior ``N(0, prior_precision^-1 I)`` put on every ``(v, g)`` coordinate
+      (the likelihood alone is flat along each ``v``). That point is not a critical point
+      of the ``(v, g)`` objective (the prior pulls ``||v||`` towards 0 at no cost to the
+      fit), as in the paper's procedure, so no critical-point check is made.
+    * ``"weightnorm_invariant"``: the bijective :class:`~lib.geometry.reparam.WeightNorm` (polar,
+      ``||v|| = 1``, stereographic direction charts centred at the MAP), the objective
+      composed with ``phi^-1``, the autodiff Hessian in ``psi`` and the pulled-back
+      identity metric: equal to ``"cartesian"`` up to round-off.
+    """
+    X, y = make_sine(n_samples, noise=0.3, seed=seed, dtype=torch.float64) if data is None else data
+    prob = SineMLPProblem(X, y, hidden=hidden, sigma=sigma, prior_precision=prior_precision)
+    theta = fit_map(prob.neg_log_joint, prob.init(seed), adam_steps=adam_steps)
+    cart = laplace_log_marginal_likelihood(prob.neg_log_joint, theta, log_prior=prob.log_prior)
+
+    wn = WeightNorm(prob.param_shapes, normalize=(0, 2), reference=theta)
+    vg = wn.to_vg(theta)
+
+    def vg_log_prior(z):
+        return _gaussian_log_density(z, prob.prior_precision)
+
+    def vg_neg_log_joint(z):
+        return prob.nll(wn.from_vg(z)) - vg_log_prior(z)
+
+    naive = laplace_log_marginal_likelihood(vg_neg_log_joint, vg, log_prior=vg_log_prior,
+                                            form="naive", check_critical=False)
+    inv = laplace_log_marginal_likelihood(prob.neg_log_joint, theta, log_prior=prob.log_prior,
+                                          reparam=wn, form="invariant")
+    out = {"cartesian": cart, "weightnorm_naive": naive, "weightnorm_invariant": inv}
+    if with_ggn:
+        out["cartesian_ggn"] = ggn_log_marginal_likelihood(
+            prob.predict, prob.y, theta, sigma=prob.sigma, prior_precision=prob.prior_precision)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# A6 under the Laplace library's protocol
+# --------------------------------------------------------------------------------------
+LAPLACE_TORCH_DATA_SEED = 711  # the seed of laplace-torch's regression example
+
+
+def laplace_torch_sine_data(n_samples: int = 150, *, seed: int = LAPLACE_TORCH_DATA_SEED,
+                            dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """The sinusoid data of the Laplace library's regression example, value for value.
+
+    ``x = 8 rand(N)``, ``y = sin x + 0.3 randn`` drawn in float32 after
+    ``torch.manual_seed(seed)`` (its ``get_sinusoid_example``), here from a private
+    generator (:func:`lib.book.data.make_sine` with ``sample_dtype=torch.float32``) and cast to
+    ``dtype``. Returns ``(X, y)`` of shapes ``(N, 1)``.
+    """
+    return make_sine(n_samples, noise=0.3, low=0.0, high=8.0, seed=seed, dtype=dtype,
+                     sample_dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class SineProtocolRun:
+    """One seed of the A6 experiment under the Laplace library's protocol.
+
+    Attributes:
+        theta: the trained point ``(d,)`` (float64).
+        results: :class:`~lib.geometry.laplace.LaplaceResult` (GGN) by name: ``"cartesian"`` and, if computed,
+            ``"weightnorm_naive"`` and ``"weightnorm_invariant"``.
+        grad_norm: ``||grad L_MAP(theta)||`` of the evidence's own objective (noise
+            ``sigma``, the prior) at the trained point: 0 at a MAP.
+        hessian_min_eigenvalue: smallest eigenvalue of the exact Hessian of ``L_MAP`` at
+            ``theta`` (negative: a saddle region, the Hessian Laplace is undefined), or
+            ``None`` if not computed.
+    """
+
+    theta: Tensor
+    results: dict
+    grad_norm: float
+    hessian_min_eigenvalue: float | None
+
+    @property
+    def sq_norm(self) -> float:
+        """``|theta|^2``; the prior contributes ``-prior_precision |theta|^2 / 2`` to ``log Z``."""
+        return float((self.theta * self.theta).sum())
+
+
+def sine_laplace_protocol_run(seed: int, *, data: tuple[Tensor, Tensor] | None = None,
+                              hidden: int = 50, sigma: float = 1.0, prior_precision: float = 1.0,
+                              epochs: int = 1000, lr: float = 1e-2, weightnorm: bool = True,
+                              hessian: bool = True) -> SineProtocolRun:
+    """The paper's A6 experiment (Table 1) for one seed, under laplace-torch's protocol.
+
+    The paper's appendix E.3.1 (150 points ``x ~ U[0, 8]``, ``y = sin x + N(0, 0.3^2)``,
+    one hidden tanh layer, 1000 epochs) is the regression example of the Laplace library
+    (Daxberger et al. 2021), whose evidence it computes with that library's defaults:
+
+    * data: ``data`` or :func:`laplace_torch_sine_data` (drawn once; the same for every
+      ``seed``);
+    * model: 1-``hidden``-1 tanh MLP, :meth:`SineMLPProblem.init_pytorch` ``(seed)``;
+    * training: :func:`fit_mse_adam` (full-batch Adam, ``lr``, MSE, no weight decay,
+      ``epochs`` steps): not the MAP of the evidence's model;
+    * evidence: :func:`ggn_log_marginal_likelihood` with noise ``sigma`` (laplace-torch's
+      default 1) and prior precision ``prior_precision`` (default 1), at the trained point.
+
+    With ``weightnorm`` also the two WeightNorm values at the same network, both with the
+    GGN: ``"weightnorm_naive"`` (over-parametrized ``(v, g)`` coordinates, ``d + units``
+    of them, with the prior ``N(0, prior_precision^-1 I)`` on every ``(v, g)`` coordinate:
+    what the library computes for a network wrapped in ``weight_norm``) and
+    ``"weightnorm_invariant"`` (the bijective :class:`~lib.geometry.reparam.WeightNorm`, the prior
+    on ``theta = phi^-1(psi)``, the pulled-back identity metric): equal to
+    ``"cartesian"`` up to round-off. With ``hessian`` the smallest eigenvalue of the exact
+    Hessian of ``L_MAP`` at the trained point.
+    """
+    X, y = laplace_torch_sine_data(150) if data is None else data
+    prob = SineMLPProblem(X, y, hidden=hidden, sigma=sigma, prior_precision=prior_precision)
+    theta = fit_mse_adam(prob, prob.init_pytorch(seed), epochs=epochs, lr=lr)
+    kw = dict(sigma=prob.sigma, prior_precision=prob.prior_precision)
+    results = {"cartesian": ggn_log_marginal_likelihood(prob.predict, prob.y, theta, **kw)}
+    if weightnorm:
+        wn = WeightNorm(prob.param_shapes, normalize=(0, 2), reference=theta)
+        results["weightnorm_naive"] = ggn_log_marginal_likelihood(
+            lambda z: prob.predict(wn.from_vg(z)), prob.y, wn.to_vg(theta), form="naive", **kw)
+        results["weightnorm_invariant"] = ggn_log_marginal_likelihood(
+            lambda p: prob.predict(wn.inverse(p)), prob.y, wn.forward(theta), prior_map=wn.inverse,
+            metric=pullback_metric(None, wn, theta), **kw)
+    min_eig = None
+    if hessian:
+        _, _, H = dense_hessian(prob.neg_log_joint, theta)
+        min_eig = float(torch.linalg.eigvalsh(H)[0])
+    return SineProtocolRun(theta=theta, results=results, grad_norm=results["cartesian"].grad_norm,
+                           hessian_min_eigenvalue=min_eig)

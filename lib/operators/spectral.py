@@ -1,0 +1,376 @@
+"""Spectral estimators for symmetric matrix-free operators.
+
+Everything here touches the matrix only through products ``A @ V``:
+
+* :func:`trace`: exact (``d`` products), Hutchinson, Hutch++;
+* :func:`eigvalsh`: the largest ``k`` eigenvalues by Lanczos with full re-orthogonalization,
+  also of the generalized problem ``A v = lambda M v`` (Lanczos in the ``M``-inner product);
+* :func:`spectral_density`: stochastic Lanczos quadrature (SLQ) of the eigenvalue density;
+* :func:`logdet`: ``log det A`` of a positive-definite operator by SLQ.
+
+Lanczos runs its three-term recurrence in float64 whatever the operator's dtype, so
+the Ritz values are limited by the operator's precision, not by the recurrence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from .base import LinearOperator
+
+__all__ = ["trace", "eigvalsh", "relative_difference", "lanczos", "spectral_density", "logdet", "SpectralDensity",
+           "TRACE_METHODS"]
+
+TRACE_METHODS = ("exact", "hutchinson", "hutchpp")
+
+
+def _check_operator(op, need_symmetric: bool = False):
+    if not isinstance(op, LinearOperator):
+        raise TypeError(f"expected a LinearOperator, got {type(op).__name__}")
+    if need_symmetric and not op.symmetric:
+        raise ValueError("this estimator needs a symmetric operator; for G^-1 H use the "
+                         "similar symmetric G^-1/2 H G^-1/2")
+
+
+def _rademacher(d: int, k: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
+    signs = torch.randint(0, 2, (d, k), generator=generator, dtype=torch.int8)
+    return (2 * signs - 1).to(device=op.device, dtype=op.dtype)
+
+
+def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
+          seed: int = 0, chunk_size: int = 64) -> float:
+    """Trace of a square operator.
+
+    Args:
+        op: operator of shape ``(d, d)``.
+        method: ``"exact"`` (sums ``e_i^T A e_i`` over all ``d`` basis vectors, in chunks),
+            ``"hutchinson"`` (mean of ``v^T A v`` over Rademacher ``v``; unbiased, variance
+            ``2 ||A||_F^2 - 2 sum A_ii^2`` per probe), or ``"hutchpp"`` (Meyer et al. 2021:
+            a third of the products find the dominant subspace exactly, the rest
+            estimate the remainder; ``num_probes`` is rounded down to a multiple of 3).
+        num_probes: number of matrix-vector products for the stochastic methods.
+        seed: seed of the probe vectors.
+
+    Returns:
+        The (estimated) trace as a Python float.
+
+    Example:
+        >>> import torch
+        >>> from lib.operators import spectral as estimators
+        >>> from lib.operators.base import DiagonalOperator
+        >>> A = DiagonalOperator(torch.arange(1.0, 101.0))
+        >>> estimators.trace(A, "exact")
+        5050.0
+    """
+    _check_operator(op)
+    if method not in TRACE_METHODS:
+        raise ValueError(f"unknown trace method '{method}'; choose one of {TRACE_METHODS}")
+    d = op.shape[0]
+    if method == "exact":
+        total = 0.0
+        for start in range(0, d, chunk_size):
+            stop = min(start + chunk_size, d)
+            E = torch.zeros(d, stop - start, dtype=op.dtype, device=op.device)
+            idx = torch.arange(start, stop)
+            E[idx, idx - start] = 1.0
+            total += float(op._matmat(E)[idx, idx - start].sum())
+        return total
+    check_int(num_probes, "num_probes")
+    generator = torch.Generator().manual_seed(seed)
+    if method == "hutchinson":
+        V = _rademacher(d, num_probes, op, generator)
+        return float((V * op._matmat(V)).sum() / num_probes)
+    if num_probes < 3:
+        raise ValueError(f"hutchpp needs num_probes >= 3, got {num_probes}")
+    k = num_probes // 3
+    S = _rademacher(d, k, op, generator)
+    G = _rademacher(d, k, op, generator)
+    Q, _ = torch.linalg.qr(op._matmat(S))
+    G_perp = G - Q @ (Q.T @ G)
+    return float((Q * op._matmat(Q)).sum() + (G_perp * op._matmat(G_perp)).sum() / k)
+
+
+def relative_difference(a: LinearOperator, b: LinearOperator, num_probes: int = 30, *,
+                        seed: int = 0, sketch: Tensor | None = None) -> float:
+    """``||(A - B) S||_F / ||B S||_F`` for a Gaussian sketch ``S`` of shape ``(d, num_probes)``.
+
+    Since ``E[S S^T] = num_probes * I``, both norms estimate the Frobenius norms of
+    ``A - B`` and ``B`` (up to the same factor), so the ratio estimates the relative
+    Frobenius distance ``||A - B||_F / ||B||_F`` from ``2 * num_probes`` products.
+
+    Args:
+        a, b: operators of the same shape ``(d, d)``.
+        num_probes: columns of the sketch (ignored when ``sketch`` is given).
+        seed: seed of the sketch.
+        sketch: a fixed ``(d, k)`` sketch, to compare several pairs on the same vectors.
+    """
+    _check_operator(a)
+    _check_operator(b)
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare operators of shapes {a.shape} and {b.shape}")
+    if sketch is None:
+        generator = torch.Generator().manual_seed(seed)
+        sketch = torch.randn(a.shape[0], check_int(num_probes, "num_probes"), generator=generator)
+    bs = b @ sketch.to(device=b.device, dtype=b.dtype)
+    diff = a @ sketch.to(device=a.device, dtype=a.dtype) - bs.to(a.dtype)
+    return float(diff.norm() / bs.norm())
+
+
+def _apply64(op: LinearOperator, v: Tensor) -> Tensor:
+    """``op @ v`` for a float64 vector ``v``, computed in the operator's dtype."""
+    return op._matmat(v[:, None].to(op.dtype))[:, 0].to(torch.float64)
+
+
+def _check_metric(op: LinearOperator, metric, metric_solve):
+    if metric is None:
+        if metric_solve is not None:
+            raise ValueError("metric_solve needs a metric")
+        return None
+    _check_operator(metric)
+    if not metric.symmetric:
+        raise ValueError("a metric must be a symmetric operator")
+    if metric.shape != op.shape:
+        raise ValueError(f"the operator has shape {op.shape} but the metric has shape {metric.shape}")
+    if metric_solve is None:
+        return metric.damped_inverse(0.0, tol=1e-12)
+    _check_operator(metric_solve)
+    if metric_solve.shape != op.shape:
+        raise ValueError(f"metric_solve has shape {metric_solve.shape}, expected {op.shape}")
+    return metric_solve
+
+
+def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, seed: int = 0,
+            metric: LinearOperator | None = None, metric_solve: LinearOperator | None = None,
+            return_basis: bool = False, _return_residual: bool = False):
+    """Lanczos tridiagonalization with full re-orthogonalization.
+
+    With a ``metric`` ``M`` (symmetric positive definite), runs Lanczos on ``M^-1 A`` in
+    the ``M``-inner product ``<u, v>_M = u^T M v``, in which ``M^-1 A`` is self-adjoint:
+    the basis is ``M``-orthonormal (``Q^T M Q = I``), ``T = Q^T A Q``, and the Ritz values
+    approximate the generalized eigenvalues of ``A v = lambda M v``. Each step costs one
+    product with ``A``, one with ``M`` and one with ``metric_solve`` (``M^-1``, by default
+    conjugate gradients on ``M``); no factorization of ``M`` is needed.
+
+    Args:
+        op: symmetric operator ``A`` of shape ``(d, d)``.
+        num_steps: number of steps ``m <= d``; stops early at an invariant subspace.
+        v0: start vector ``(d,)`` (random Gaussian from ``seed`` if ``None``).
+        metric: optional symmetric positive-definite ``(d, d)`` operator ``M``.
+        metric_solve: optional operator applying ``M^-1`` (default: CG to 1e-12).
+        return_basis: also return the basis ``Q`` of shape ``(d, m)``.
+
+    Returns:
+        ``(alpha, beta)`` float64 tensors of shapes ``(m,)`` and ``(m - 1,)``: the diagonal
+        and off-diagonal of ``T = Q^T A Q``; with ``return_basis``, ``(alpha, beta, Q)``.
+    """
+    _check_operator(op, need_symmetric=True)
+    solve = _check_metric(op, metric, metric_solve)
+    d = op.shape[0]
+    check_int(num_steps, "num_steps")
+    num_steps = min(num_steps, d)
+    if v0 is None:
+        generator = torch.Generator().manual_seed(seed)
+        v0 = torch.randn(d, generator=generator, dtype=torch.float64)
+    v0 = v0.to(device=op.device, dtype=torch.float64)
+    Q = torch.zeros(d, num_steps, dtype=torch.float64, device=op.device)
+    # MQ = M Q (= Q without a metric): the M-inner products of the re-orthogonalization.
+    MQ = Q if solve is None else torch.zeros_like(Q)
+
+    def normalize(w: Tensor, j: int) -> Tensor:
+        Mw = w if solve is None else _apply64(metric, w)
+        norm = torch.dot(w, Mw).clamp_min(0).sqrt()
+        if j < num_steps:
+            Q[:, j] = w / norm
+            if solve is not None:
+                MQ[:, j] = Mw / norm
+        return norm
+
+    normalize(v0, 0)
+    alphas, betas = [], []
+    residual = torch.zeros((), dtype=torch.float64)
+    for j in range(num_steps):
+        w = _apply64(op, Q[:, j])
+        alphas.append(torch.dot(Q[:, j], w))
+        if solve is not None:
+            w = _apply64(solve, w)
+        # Full re-orthogonalization, twice ("twice is enough"), against all earlier vectors.
+        for _ in range(2):
+            w = w - Q[:, :j + 1] @ (MQ[:, :j + 1].T @ w)
+        beta = normalize(w, j + 1)
+        if j + 1 == num_steps or beta <= 1e-10 * max(1.0, float(alphas[0].abs())):
+            # last step, or an invariant subspace (T's eigenvalues are then exact)
+            residual = beta
+            break
+        betas.append(beta)
+    m = len(alphas)
+    alpha = torch.stack(alphas).cpu()
+    beta = torch.stack(betas).cpu() if betas else torch.zeros(0, dtype=torch.float64)
+    out = (alpha, beta) + ((Q[:, :m],) if return_basis else ())
+    return out + ((float(residual),) if _return_residual else ())
+
+
+def _tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
+    return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
+
+
+def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: int | None = None,
+             seed: int = 0, metric: LinearOperator | None = None,
+             metric_solve: LinearOperator | None = None) -> Tensor:
+    """The ``k`` largest eigenvalues of a symmetric operator, in descending order.
+
+    With a ``metric`` ``M``, the ``k`` largest generalized eigenvalues of ``A v = lambda M v``
+    (Lanczos in the ``M``-inner product, see :func:`~lib.operators.spectral.lanczos`); their accuracy is also
+    limited by that of ``metric_solve``.
+
+    Runs Lanczos with full re-orthogonalization, growing the Krylov space until the
+    residual bound ``|beta_m s_mi|`` of each of the top ``k`` Ritz values is below
+    ``tol * max|lambda|`` (or the space is the whole ``R^d``, where Ritz values are exact).
+    Like every single-vector Krylov method it finds one copy of a repeated eigenvalue
+    per invariant subspace it meets; a random start makes further copies appear only
+    through rounding, so for matrices with exactly repeated top eigenvalues use
+    :meth:`~lib.operators.base.LinearOperator.to_dense`.
+
+    Args:
+        op: symmetric operator of shape ``(d, d)``.
+        k: number of eigenvalues, ``1 <= k <= d``.
+        tol: relative accuracy of the returned eigenvalues.
+        max_steps: cap on the Krylov dimension (default ``d``).
+        seed: seed of the random start vector.
+        metric, metric_solve: optional SPD metric ``M`` and an operator applying ``M^-1``.
+
+    Returns:
+        Tensor of shape ``(k,)`` in the operator's dtype, descending.
+
+    Example:
+        >>> import torch
+        >>> from lib.operators import spectral as estimators
+        >>> from lib.operators.base import DiagonalOperator
+        >>> top = estimators.eigvalsh(DiagonalOperator(torch.arange(1.0, 101.0)), 2)
+        >>> torch.allclose(top, torch.tensor([100.0, 99.0]))
+        True
+    """
+    _check_operator(op, need_symmetric=True)
+    metric_solve = _check_metric(op, metric, metric_solve)
+    check_int(k, "k")
+    d = op.shape[0]
+    if k > d:
+        raise ValueError(f"k={k} exceeds the operator's dimension {d}")
+    max_steps = d if max_steps is None else min(max_steps, d)
+    steps = min(max_steps, max(2 * k + 10, 20))
+    while True:
+        alpha, beta, residual = lanczos(op, steps, seed=seed, metric=metric,
+                                        metric_solve=metric_solve, _return_residual=True)
+        m = len(alpha)
+        evals, evecs = torch.linalg.eigh(_tridiagonal(alpha, beta))
+        exhausted = m < steps or m == d  # invariant subspace or full space
+        if exhausted or steps >= max_steps:
+            break
+        residuals = (residual * evecs[-1, -k:]).abs() if m >= k else None
+        scale = float(evals.abs().max())
+        if residuals is not None and bool((residuals <= tol * max(scale, 1e-30)).all()):
+            break
+        steps = min(max_steps, 2 * steps)
+    if len(evals) < k:
+        raise ValueError(f"the Krylov space of this start vector has dimension {len(evals)} < "
+                         f"k={k} (an operator of low rank with repeated eigenvalues); use "
+                         "op.to_dense() and torch.linalg.eigvalsh")
+    return evals.flip(0)[:k].to(op.dtype)
+
+
+@dataclass
+class SpectralDensity:
+    """Result of stochastic Lanczos quadrature.
+
+    Attributes:
+        nodes: Ritz values, ``(num_probes, m)``.
+        weights: quadrature weights ``(num_probes, m)``, each row summing to 1.
+        grid: evaluation points ``(num_points,)``.
+        density: smoothed density on ``grid`` ``(num_points,)``; integrates to about 1.
+        sigma: width of the Gaussian kernel used for smoothing.
+    """
+    nodes: Tensor
+    weights: Tensor
+    grid: Tensor
+    density: Tensor
+    sigma: float
+
+
+def _slq_nodes(op, num_probes, num_steps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    nodes, weights = [], []
+    for _ in range(num_probes):
+        v0 = torch.randn(op.shape[0], generator=generator, dtype=torch.float64)
+        alpha, beta = lanczos(op, num_steps, v0)
+        theta, S = torch.linalg.eigh(_tridiagonal(alpha, beta))
+        tau = S[0] ** 2
+        pad = num_steps - len(theta)  # early stop: pad with zero-weight nodes
+        nodes.append(torch.cat([theta, theta[-1:].expand(pad)]))
+        weights.append(torch.cat([tau, torch.zeros(pad, dtype=tau.dtype)]))
+    return torch.stack(nodes), torch.stack(weights)
+
+
+def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 50, *,
+                     num_points: int = 512, sigma: float | None = None,
+                     grid: Tensor | None = None, seed: int = 0) -> SpectralDensity:
+    """Eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
+
+    Each Gaussian probe ``v`` gives a Gauss quadrature ``sum_j tau_j delta(t - theta_j)`` of
+    the spectral measure ``v^T delta(t - A) v / ||v||^2``; averaging over probes and
+    smoothing with a Gaussian of width ``sigma`` estimates ``(1/d) sum_i delta(t - lambda_i)``.
+
+    Args:
+        op: symmetric ``(d, d)`` operator.
+        num_probes: number of random start vectors.
+        num_steps: Lanczos steps per probe (quadrature nodes).
+        num_points: size of the default grid.
+        sigma: kernel width (default: 1 % of the spectral range).
+        grid: evaluation points (default: spectral range padded by ``5 sigma``).
+        seed: seed of the probes.
+
+    Returns:
+        :class:`~lib.operators.spectral.SpectralDensity`.
+    """
+    _check_operator(op, need_symmetric=True)
+    check_int(num_probes, "num_probes")
+    check_int(num_steps, "num_steps")
+    nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
+    lo, hi = float(nodes.min()), float(nodes.max())
+    if sigma is None:
+        sigma = max(hi - lo, 1e-12) / 100
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if grid is None:
+        grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points, dtype=torch.float64)
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * ((grid[:, None, None] - nodes[None]) / sigma) ** 2)
+    kernel = kernel / (sigma * math.sqrt(2 * math.pi))
+    density = (kernel * weights[None]).sum(dim=(1, 2)) / num_probes
+    return SpectralDensity(nodes, weights, grid, density, float(sigma))
+
+
+def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
+           seed: int = 0) -> float:
+    """Estimate of ``log det A`` for a symmetric positive-definite operator (SLQ).
+
+    ``log det A = tr log A ~ d * mean_v sum_j tau_j log theta_j``. Raises ``ValueError``
+    if a quadrature node is not positive, i.e. the operator is not positive definite
+    (add damping: ``op + damping * IdentityOperator(...)``).
+
+    Returns:
+        The estimate as a Python float.
+    """
+    _check_operator(op, need_symmetric=True)
+    check_int(num_probes, "num_probes")
+    check_int(num_steps, "num_steps")
+    nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
+    used = weights > 0
+    if bool((nodes[used] <= 0).any()):
+        raise ValueError(f"operator is not positive definite (a Ritz value is "
+                         f"{float(nodes[used].min()):.3g}); add damping before logdet")
+    logs = torch.where(used, nodes.clamp_min(1e-300).log(), torch.zeros_like(nodes))
+    return float(op.shape[0] * (weights * logs).sum(dim=1).mean())
