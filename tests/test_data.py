@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lib.book import data
-from lib.book.data import Split, batches, load_digits, load_mnist1d, load_torchvision
+from lib.book.batches import batches
+from lib.book.data import Split, load_digits, load_mnist1d, load_torchvision
 
 
 # --------------------------------------------------------------------------- #

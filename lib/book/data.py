@@ -46,7 +46,6 @@ __all__ = [
     "TORCHVISION_DATASETS",
     "DATASETS",
     "load",
-    "batches",
     "make_sine",
     "make_regression",
     "make_teacher_classification",
@@ -415,39 +414,6 @@ def load(name: str, *, image: bool = False, download: bool = False,
     if key == "mnist1d":
         return load_mnist1d(root=root, image=image, dtype=dtype)
     return load_torchvision(key, root=root, download=download, flatten=not image, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- #
-# Mini-batches
-# --------------------------------------------------------------------------- #
-def batches(X: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> list[tuple[Tensor, Tensor]]:
-    """Cut ``(X, y)`` into mini-batches along the first dimension.
-
-    Args:
-        X: inputs, shape ``(N, ...)``.
-        y: targets, shape ``(N, ...)``.
-        batch_size: examples per batch; the last batch may be smaller.
-        shuffle: permute the examples first.
-        generator: CPU ``torch.Generator`` for the permutation; None uses
-            torch's global generator (seeded by :func:`lib.book.config.setup`).
-
-    Returns:
-        List of ``ceil(N / batch_size)`` tuples ``(X_batch, y_batch)`` of shapes
-        ``(B, ...)``; without shuffling they are views of ``X`` and ``y``.
-    """
-    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"X and y must be tensors, got {type(X).__name__} and {type(y).__name__}")
-    _check_same_length(X, y)
-    batch_size = check_int(batch_size, "batch_size")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if shuffle:
-        order = torch.randperm(X.shape[0], generator=generator).to(X.device)
-        X, y = X[order], y[order.to(y.device)]
-    return [(X[start:start + batch_size], y[start:start + batch_size])
-            for start in range(0, X.shape[0], batch_size)]
 
 
 # --------------------------------------------------------------------------- #

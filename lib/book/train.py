@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 from .checkpoint import load_checkpoint, save_atomic
-from .data import Split, batches
+from .batches import as_batches, batches, check_pair, is_pair
 from .models import diagonal_net
 from .paths import resolve_root
 from .progress import progress
@@ -87,36 +87,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _is_tensor_pair(data: Any) -> bool:
-    return (isinstance(data, (tuple, list)) and len(data) == 2
-            and all(isinstance(item, Tensor) for item in data))
-
-
-def _check_pair(X: Any, y: Any, name: str) -> None:
-    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a pair of tensors (X, y)")
-    if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}: X has shape {tuple(X.shape)} but y has shape {tuple(y.shape)}; "
-                         "they need the same number of examples along dim 0")
-
-
-def _fixed_batches(data: Any) -> list[Batch]:
-    """Validate an iterable of ``(X, y)`` batches and return it as a list."""
-    if isinstance(data, Split):
-        raise TypeError("pass split.train (an (X, y) pair), not the whole Split")
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise TypeError("data must be an (X, y) pair of tensors or an iterable of (X, y) batches, "
-                        f"got {type(data).__name__}")
-    batch_list = list(data)
-    if not batch_list:
-        raise ValueError("data contains no batches")
-    for index, batch in enumerate(batch_list):
-        if not _is_tensor_pair(batch):
-            raise TypeError(f"batch {index} is not an (X, y) pair of tensors")
-        _check_pair(*batch, name=f"batch {index}")
-    return batch_list
-
-
 def _reduction(loss_fn: Callable) -> str:
     # Losses without a `reduction` attribute (plain functions) are treated
     # as averaging, like torch's default.
@@ -158,7 +128,7 @@ def accuracy(model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int | None =
     Returns:
         Accuracy in [0, 1].
     """
-    _check_pair(X, y, "accuracy data")
+    check_pair(X, y, "accuracy data")
     device, was_training = _model_device(model), model.training
     model.eval()
     try:
@@ -189,7 +159,7 @@ def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], X: T
     Returns:
         The loss as a Python float.
     """
-    _check_pair(X, y, "evaluation data")
+    check_pair(X, y, "evaluation data")
     device, was_training = _model_device(model), model.training
     average = _reduction(loss_fn) == "mean"
     model.eval()
@@ -299,7 +269,7 @@ def _plain(value: Any) -> Any:
 
 
 def _data_shapes(data: Any) -> Any:
-    if _is_tensor_pair(data):
+    if is_pair(data):
         return [list(data[0].shape), list(data[1].shape)]
     return [[list(X.shape), list(y.shape)] for X, y in data]
 
@@ -561,22 +531,22 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         raise TypeError("callback must be callable as callback(epoch, model)")
     lr_schedule = _check_lr_schedule(lr_schedule)
     if eval_data is not None:
-        if not _is_tensor_pair(eval_data):
+        if not is_pair(eval_data):
             raise TypeError("eval_data must be an (X, y) pair of tensors")
-        _check_pair(*eval_data, name="eval_data")
+        check_pair(*eval_data, name="eval_data")
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a str or path, got {type(checkpoint).__name__}")
         checkpoint = resolve_root(checkpoint)
 
-    if _is_tensor_pair(data):
+    if is_pair(data):
         X, y = data
-        _check_pair(X, y, "data")
+        check_pair(X, y, "data")
         fixed = None
     else:
         if batch_size is not None:
             raise ValueError("batch_size must be None when data is already a list of batches")
-        fixed = _fixed_batches(data)
+        fixed = as_batches(data)
 
     device, was_training = _model_device(model), model.training
     generator = torch.Generator().manual_seed(seed)

@@ -47,7 +47,8 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from .products import _as_batches, _check_no_stochastic_layers, _inspect_data, _Loss
+from ..book.batches import batch_source
+from .products import _check_no_stochastic_layers, _inspect_data, _Loss
 from ..operators.base import LinearOperator
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_MODULES", "KroneckerFactors", "KFACOperator",
@@ -322,7 +323,7 @@ def _prepare(model, loss_fn, data, fisher_type, mc_samples, unsupported):
     loss = _Loss(loss_fn)
     _check_no_stochastic_layers(model)
     layers = _supported_layers(model, unsupported)
-    batches = _as_batches(data)
+    batches = batch_source(data)
     weight = layers[0][1].weight
     num_data, num_outputs = _inspect_data(model, batches, weight.device, weight.dtype)
     device = weight.device

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -41,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._checks import check_finite, check_int
+from ..book.batches import batch_source, check_batch
 from ..operators.spectral import eigvalsh, logdet, relative_difference, spectral_density, trace
 from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                               IdentityOperator, LinearOperator, ProductOperator,
@@ -191,17 +191,6 @@ class _Loss:
 # --------------------------------------------------------------------------------------
 # Operators tied to a model and a dataset
 # --------------------------------------------------------------------------------------
-def _as_batches(data) -> list | Iterable:
-    """Accept a single (X, y) pair or an iterable of (X, y) batches."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return [data]
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise TypeError("data must be an (X, y) pair of tensors or an iterable of such batches")
-    if iter(data) is data:  # a one-shot iterator: keep it so it can be replayed
-        return list(data)
-    return data
-
-
 def _inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
     """Validate the batches once, when an operator is built; return ``N`` and ``C``.
 
@@ -225,14 +214,7 @@ def _inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
     """
     num_data, first = 0, None
     for index, batch in enumerate(batches):
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("every batch must be an (X, y) pair")
-        X, y = batch
-        if not (isinstance(X, Tensor) and isinstance(y, Tensor)):
-            raise TypeError(f"batch {index} must hold tensors X and y, got "
-                            f"{type(X).__name__} and {type(y).__name__}")
-        if len(X) != len(y):
-            raise ValueError(f"batch has {len(X)} inputs but {len(y)} targets")
+        X, y = check_batch(batch, index)
         if torch.is_floating_point(X) and X.dtype != dtype:
             raise TypeError(f"the input X of batch {index} has dtype {X.dtype} but the model's "
                             f"parameters have dtype {dtype}; convert one of them (e.g. "
@@ -314,7 +296,7 @@ class CurvatureOperator(LinearOperator):
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model has no trainable parameters")
-        self.data = _as_batches(data)
+        self.data = batch_source(data)
         self.num_data, self.num_outputs = self._inspect_data()
         first = self.params[0]
         super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device,

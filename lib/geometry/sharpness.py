@@ -34,7 +34,7 @@ the factor 4 of eq. (12). See the docstrings of the closed forms for details.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._checks import check_int, check_seed
+from ..book.batches import as_batches
 
 __all__ = [
     "adaptive_sharpness", "geodesic_sharpness", "auto_pgd", "AdaptiveGeometry",
@@ -103,49 +104,6 @@ def _trainable(model: nn.Module) -> dict[str, Tensor]:
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True)")
     return params
-
-
-def _batches(data: Any, batch_size: int | None,
-             device: torch.device) -> list[tuple[Tensor, Tensor]]:
-    """``data`` as a list of ``(X, y)`` batches on ``device``.
-
-    ``data`` is an ``(X, y)`` pair of tensors with equal first dimension (cut into
-    consecutive batches of ``batch_size`` rows; ``None``: one batch) or an iterable of such
-    pairs (``batch_size`` must then be ``None``).
-    """
-    if batch_size is not None:
-        batch_size = check_int(batch_size, "batch_size")
-    is_pair = (isinstance(data, (tuple, list)) and len(data) == 2
-               and all(isinstance(t, Tensor) for t in data))
-    if is_pair:
-        pairs = [tuple(data)]
-    elif isinstance(data, Iterable) and not isinstance(data, (Tensor, str, bytes)):
-        if batch_size is not None:
-            raise ValueError("batch_size applies only when data is an (X, y) pair of tensors; "
-                             "an iterable of batches is used as it is")
-        pairs = list(data)
-    else:
-        raise TypeError(f"data must be an (X, y) pair of tensors or an iterable of such pairs, "
-                        f"got {type(data).__name__}")
-    if not pairs:
-        raise ValueError("data is empty")
-    batches = []
-    for pair in pairs:
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-                and all(isinstance(t, Tensor) for t in pair)):
-            raise TypeError("every batch in data must be an (X, y) pair of tensors")
-        X, y = pair
-        if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
-            raise ValueError(f"data: X and y must have the same (non-zero) number of rows, got "
-                             f"shapes {tuple(X.shape)} and {tuple(y.shape)}")
-        if X.shape[0] == 0:
-            raise ValueError("data contains an empty batch")
-        X, y = X.to(device), y.to(device)
-        if is_pair and batch_size is not None:
-            batches += list(zip(X.split(batch_size), y.split(batch_size)))
-        else:
-            batches.append((X, y))
-    return batches
 
 
 # --------------------------------------------------------------------------------------
@@ -451,7 +409,7 @@ def adaptive_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: floa
     n_samples = check_int(n_samples, "n_samples")
     seed = check_seed(seed)
     _check_bool(normalize_logits, "normalize_logits")
-    batches = _batches(data, batch_size, _device(model))
+    batches = as_batches(data, batch_size=batch_size, device=_device(model))
     geometry = AdaptiveGeometry(model, norm=norm)
     with _EvalMode(model):
         if kind == "worst":
@@ -496,7 +454,7 @@ def geodesic_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: floa
     n_iter = check_int(n_iter, "n_iter")
     seed = check_seed(seed)
     _check_bool(normalize_logits, "normalize_logits")
-    batches = _batches(data, batch_size, _device(model))
+    batches = as_batches(data, batch_size=batch_size, device=_device(model))
     from .quotient import QuotientGeometry  # lazy: the quotient module is the heavier import
 
     geometry = QuotientGeometry(model, metric=metric, eps=eps, symmetries=symmetries,
