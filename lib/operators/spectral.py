@@ -92,7 +92,8 @@ def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *
         for start in range(0, d, chunk_size):
             stop = min(start + chunk_size, d)
             idx = torch.arange(start, stop)
-            total += float(op._matmat(basis_block(d, start, stop, op.dtype, op.device))[idx, idx - start].sum())
+            block = op._matmat(basis_block(d, start, stop, op.dtype, op.device))
+            total += float(block[idx, idx - start].sum())
         return total
     check_int(num_probes, "num_probes")
     generator = torch.Generator().manual_seed(seed)
@@ -273,14 +274,16 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: 
         >>> torch.allclose(top, torch.tensor([100.0, 99.0]))
         True
     """
-    _check_operator(op, need_symmetric=True)
+    closed = method is None and metric is None and "eigvalsh" in getattr(op, "exact", ())
+    # an operator's own eigvalsh may serve a non-symmetric one similar to a symmetric one (G^-1 H)
+    _check_operator(op, need_symmetric=not closed)
     _check_method(method, EIGVALSH_METHODS, "eigvalsh")
     metric_solve = _check_metric(op, metric, metric_solve)
     check_int(k, "k")
     d = op.shape[0]
     if k > d:
         raise ValueError(f"k={k} exceeds the operator's dimension {d}")
-    if method is None and metric is None and "eigvalsh" in op.exact:
+    if closed:
         return op.eigvalsh(k).flip(0).to(op.dtype)
     max_steps = d if max_steps is None else min(max_steps, d)
     steps = min(max_steps, max(2 * k + 10, 20))
@@ -388,11 +391,12 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
     Returns:
         The estimate as a Python float.
     """
-    _check_operator(op, need_symmetric=True)
+    closed = method is None and "logdet" in getattr(op, "exact", ())
+    _check_operator(op, need_symmetric=not closed)
     _check_method(method, LOGDET_METHODS, "logdet")
     check_int(num_probes, "num_probes")
     check_int(num_steps, "num_steps")
-    if method is None and "logdet" in op.exact:
+    if closed:
         return float(op.logdet())
     nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
     used = weights > 0
