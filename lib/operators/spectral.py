@@ -61,7 +61,8 @@ def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *
     Args:
         op: operator of shape ``(d, d)``.
         method: ``None`` (default: the operator's closed form ``op.trace()`` if ``"trace"`` is
-            in ``op.exact``, else ``"hutchpp"``), ``"exact"`` (sums ``e_i^T A e_i`` over all ``d`` basis vectors, in chunks),
+            in ``op.exact``, else ``"hutchpp"``), ``"exact"`` (sums ``e_i^T A e_i`` over all
+            ``d`` basis vectors, in chunks),
             ``"hutchinson"`` (mean of ``v^T A v`` over Rademacher ``v``; unbiased, variance
             ``2 ||A||_F^2 - 2 sum A_ii^2`` per probe), or ``"hutchpp"`` (Meyer et al. 2021:
             a third of the products find the dominant subspace exactly, the rest
