@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from lib import curvature
 from lib.operators import EXACT_QUANTITIES, LinearOperator
-from lib.operators.spectral import lanczos
+from lib.operators.spectral import lanczos, top_eigenpairs
 from lib.operators.base import DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator
 
 
@@ -367,3 +367,34 @@ def test_method_set_rejects_bad_input():
         curvature.eigvalsh(A, 1, method="power")
     with pytest.raises(ValueError, match="unknown logdet method"):
         curvature.logdet(A, method="exact")
+
+
+# -- the block Krylov eigensolver (InPCA's top-k) --------------------------------------------
+@pytest.mark.parametrize("which", ["magnitude", "largest"])
+def test_top_eigenpairs_match_dense(which):
+    d, k = 300, 4
+    spectrum = torch.cat([torch.tensor([-9.0, 7.0, 7.0, -5.0], dtype=torch.float64),
+                          torch.linspace(-1.0, 1.0, d - 4, dtype=torch.float64)])
+    A = random_symmetric(d, 50, spectrum)
+    lam, U = top_eigenpairs(MatrixFree(A), k, which=which, seed=1)
+    key = spectrum.abs() if which == "magnitude" else spectrum
+    want = spectrum[torch.argsort(key, descending=True, stable=True)[:k]]
+    torch.testing.assert_close(lam, want, rtol=1e-9, atol=1e-9)  # the repeated 7 is found twice
+    torch.testing.assert_close(A @ U, U * lam, rtol=0, atol=1e-8)
+    torch.testing.assert_close(U.T @ U, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_eigvalsh_block_method_and_small_problems():
+    A = random_symmetric(200, 51, spectrum=torch.linspace(-3.0, 2.0, 200, dtype=torch.float64))
+    torch.testing.assert_close(curvature.eigvalsh(MatrixFree(A), 3, method="block", tol=1e-12),
+                               torch.linalg.eigvalsh(A).flip(0)[:3], rtol=1e-9, atol=1e-9)
+    B = random_symmetric(20, 52)  # d <= 8 p: solved densely
+    lam, U = top_eigenpairs(MatrixFree(B), 2)
+    evals = torch.linalg.eigvalsh(B)
+    torch.testing.assert_close(lam, evals[torch.argsort(evals.abs(), descending=True)[:2]])
+    with pytest.raises(ValueError, match="which"):
+        top_eigenpairs(MatrixFree(B), 2, which="smallest")
+    with pytest.raises(ValueError, match="k=21 exceeds"):
+        top_eigenpairs(MatrixFree(B), 21)
+    with pytest.raises(ValueError, match="metric"):
+        curvature.eigvalsh(MatrixFree(B), 2, method="block", metric=IdentityOperator(20, torch.float64))

@@ -6,7 +6,9 @@ Everything here touches the matrix only through products ``A @ V``:
 * :func:`eigvalsh`: the largest ``k`` eigenvalues by Lanczos with full re-orthogonalization,
   also of the generalized problem ``A v = lambda M v`` (Lanczos in the ``M``-inner product);
 * :func:`spectral_density`: stochastic Lanczos quadrature (SLQ) of the eigenvalue density;
-* :func:`logdet`: ``log det A`` of a positive-definite operator by SLQ.
+* :func:`logdet`: ``log det A`` of a positive-definite operator by SLQ;
+* :func:`top_eigenpairs`: the ``k`` eigenpairs of largest ``|lambda|`` (or largest ``lambda``)
+  by restarted block Krylov iteration, with eigenvectors (InPCA's embedding uses it).
 
 Lanczos runs its three-term recurrence in float64 whatever the operator's dtype, so
 the Ritz values are limited by the operator's precision, not by the recurrence.
@@ -20,6 +22,7 @@ compared with the exact value on the same operator.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +33,10 @@ from .base import DampedInverseOperator, LinearOperator
 from .linalg import basis_block, rademacher
 
 __all__ = ["trace", "eigvalsh", "relative_difference", "lanczos", "spectral_density", "logdet", "SpectralDensity",
-           "TRACE_METHODS", "EIGVALSH_METHODS", "LOGDET_METHODS"]
+           "TRACE_METHODS", "EIGVALSH_METHODS", "LOGDET_METHODS", "top_eigenpairs"]
 
 TRACE_METHODS = ("exact", "hutchinson", "hutchpp")
-EIGVALSH_METHODS = ("lanczos",)
+EIGVALSH_METHODS = ("lanczos", "block")
 LOGDET_METHODS = ("slq",)
 
 
@@ -258,7 +261,9 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: 
     Args:
         op: symmetric operator of shape ``(d, d)``.
         k: number of eigenvalues, ``1 <= k <= d``.
-        method: ``None`` (closed form if the operator has one, else Lanczos) or ``"lanczos"``.
+        method: ``None`` (closed form if the operator has one, else Lanczos), ``"lanczos"``, or
+            ``"block"`` (:func:`top_eigenpairs`, restarted block Krylov; finds repeated
+            eigenvalues; ``tol`` then bounds the residuals, no ``metric``).
         tol: relative accuracy of the returned eigenvalues.
         max_steps: cap on the Krylov dimension (default ``d``).
         seed: seed of the random start vector.
@@ -286,7 +291,16 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: 
         raise ValueError(f"k={k} exceeds the operator's dimension {d}")
     if closed:
         return op.eigvalsh(k).flip(0).to(op.dtype)
-    max_steps = d if max_steps is None else min(max_steps, d)
+    if method == "block":
+        if metric is not None:
+            raise ValueError("method='block' does not take a metric; use method='lanczos'")
+        return top_eigenpairs(op, k, which="largest", seed=seed, tol=tol)[0].to(op.dtype)
+    return _lanczos_top(op, k, tol, d if max_steps is None else min(max_steps, d), seed, metric, metric_solve)
+
+
+def _lanczos_top(op, k, tol, max_steps, seed, metric, metric_solve) -> Tensor:
+    """:func:`eigvalsh`'s Lanczos: grow the Krylov space until the top ``k`` Ritz values converge."""
+    d = op.shape[0]
     steps = min(max_steps, max(2 * k + 10, 20))
     while True:
         alpha, beta, residual = lanczos(op, steps, seed=seed, metric=metric,
@@ -406,3 +420,102 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
                          f"{float(nodes[used].min()):.3g}); add damping before logdet")
     logs = torch.where(used, nodes.clamp_min(1e-300).log(), torch.zeros_like(nodes))
     return float(op.shape[0] * (weights * logs).sum(dim=1).mean())
+
+
+def _order(lam: Tensor, U: Tensor, n: int, which: str):
+    """The first ``n`` pairs by descending ``|lam|`` (``"magnitude"``) or ``lam`` (``"largest"``)."""
+    key = lam.abs() if which == "magnitude" else lam
+    idx = torch.argsort(key, descending=True, stable=True)[:n]
+    return lam[idx], U[:, idx]
+
+
+def _orth_against(Q: Tensor | None, Y: Tensor, randn) -> Tensor:
+    """Orthonormalise ``Y``'s columns against ``Q`` and each other; breakdowns get random columns."""
+    norms = torch.linalg.vector_norm(Y, dim=0).clamp(min=1e-300)
+    for _ in range(2):
+        if Q is not None:
+            Y = Y - Q @ (Q.T @ Y)
+    bad = torch.linalg.vector_norm(Y, dim=0) < 1e-10 * norms
+    if bool(bad.any()):
+        Z = randn(int(bad.sum()))
+        for _ in range(2):
+            if Q is not None:
+                Z = Z - Q @ (Q.T @ Z)
+        Y = Y.clone()
+        Y[:, bad] = Z
+    Y, _ = torch.linalg.qr(Y)
+    if Q is not None:                      # QR mixes columns: one more cleaning pass
+        Y = Y - Q @ (Q.T @ Y)
+        Y, _ = torch.linalg.qr(Y)
+    return Y
+
+
+def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed: int = 0,
+                   tol: float = 1e-11, max_restarts: int = 300) -> tuple[Tensor, Tensor]:
+    """The ``k`` eigenpairs of a symmetric operator with the largest ``|lambda|`` (``which=
+    "magnitude"``, for indefinite matrices) or the largest ``lambda`` (``which="largest"``).
+
+    Restarted block Krylov iteration: from an orthonormal block ``X`` of ``p = k + max(10, k)``
+    columns, build the basis ``[X, A X, ..., A^q X]`` (block Gram-Schmidt, twice), take the
+    Rayleigh-Ritz pairs of ``A`` on it, keep the ``p`` Ritz vectors that come first as the
+    next start, until the residuals ``||A x_i - theta_i x_i||`` of the wanted ``k`` are below
+    ``tol * |theta_1|`` (a ``RuntimeWarning`` after ``max_restarts``). Krylov spaces
+    approximate both ends of the spectrum, which is what the largest ``|lambda|`` of an
+    indefinite matrix needs. Small problems (``d <= 8 p``) are solved densely from ``A I``.
+    Unlike single-vector Lanczos (:func:`eigvalsh`) a block finds repeated eigenvalues.
+
+    Args:
+        op: symmetric operator ``(d, d)``; products in its dtype (use float64).
+        k: number of pairs, ``1 <= k <= d``.
+        which: ``"magnitude"`` or ``"largest"``.
+        seed: seed of the random start block.
+        tol, max_restarts: stopping rule.
+
+    Returns:
+        ``(lam (k,), U (d, k))`` in the operator's dtype and device, ordered as ``which`` says.
+    """
+    _check_operator(op, need_symmetric=True)
+    if which not in ("magnitude", "largest"):
+        raise ValueError(f"which must be 'magnitude' or 'largest', got {which!r}")
+    m, dev = op.shape[0], op.device
+    k = check_int(k, "k")
+    if k > m:
+        raise ValueError(f"k={k} exceeds the operator's dimension {m}")
+    p = min(m, k + max(10, k))
+    if m <= 8 * p:
+        W = op._matmat(torch.eye(m, dtype=op.dtype, device=dev))
+        lam, U = torch.linalg.eigh(0.5 * (W + W.T))
+        return _order(lam, U, k, which)
+    return _block_krylov(op, k, p, which, seed, tol, max_restarts)
+
+
+def _block_krylov(op: LinearOperator, k: int, p: int, which: str, seed: int, tol: float,
+                  max_restarts: int) -> tuple[Tensor, Tensor]:
+    """:func:`top_eigenpairs`' restarted block Krylov iteration with blocks of ``p`` columns."""
+    m, dev, matvec = op.shape[0], op.device, op._matmat
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(cols):
+        return torch.randn(m, cols, generator=gen, dtype=op.dtype).to(dev)
+
+    q = max(1, min(6, m // p - 1))             # blocks A X, ..., A^q X after X
+    X = _orth_against(None, randn(p), randn)
+    for _ in range(max_restarts):
+        blocks, images = [X], []
+        for _ in range(q):
+            Y = matvec(blocks[-1])
+            images.append(Y)
+            blocks.append(_orth_against(torch.cat(blocks, 1), Y, randn))
+        images.append(matvec(blocks[-1]))
+        Q, WQ = torch.cat(blocks, 1), torch.cat(images, 1)      # A Q from the products already made
+        H = Q.T @ WQ
+        theta, S = torch.linalg.eigh(0.5 * (H + H.T))
+        theta, S = _order(theta, S, p, which)
+        X, WX = Q @ S, WQ @ S
+        res = torch.linalg.vector_norm(WX[:, :k] - X[:, :k] * theta[:k], dim=0)
+        if float(res.max()) <= tol * max(float(theta[0].abs()), 1e-300):
+            return theta[:k], X[:, :k]
+        X = _orth_against(None, X, randn)
+    warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_restarts} restarts "
+                  f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
+    return theta[:k], X[:, :k]
