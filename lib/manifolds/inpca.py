@@ -955,12 +955,12 @@ class _CentredOperator(LinearOperator):
 
 
 def _top_eigh_centred(D: torch.Tensor, row: torch.Tensor, grand: torch.Tensor, k: int, seed: int,
-                      tol: float = 1e-11, max_restarts: int = 300):
+                      tol: float = 1e-11, max_steps: int = 300):
     """The ``k`` largest-``|lambda|`` eigenpairs of ``W = -L D L / 2`` (symmetric, indefinite),
     by the restarted block Krylov iteration :func:`lib.operators.spectral.top_eigenpairs` on
     ``W`` applied matrix-free. Returns ``(lam (k,), U (m, k))`` ordered by ``|lam|``."""
     return top_eigenpairs(_CentredOperator(D, row, grand), k, which="magnitude", seed=seed, tol=tol,
-                          max_restarts=max_restarts)
+                          max_steps=max_steps)
 
 
 def embed_log_probs(log_probs: torch.Tensor, n_components: int = 50) -> tuple[torch.Tensor, "InPCA"]:

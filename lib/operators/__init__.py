@@ -14,9 +14,9 @@ density) serve them all.
 from .base import (EXACT_QUANTITIES, DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator,
                    LinearOperator, ProductOperator, ScaledOperator, SumOperator)
 from .spectral import (EIGVALSH_METHODS, LOGDET_METHODS, TRACE_METHODS, SpectralDensity, eigvalsh, lanczos, logdet,
-                       relative_difference, spectral_density, trace)
+                       relative_difference, spectral_density, top_eigenpairs, trace)
 
 __all__ = ["LinearOperator", "DenseOperator", "DiagonalOperator", "IdentityOperator", "SumOperator",
            "ScaledOperator", "ProductOperator", "DampedInverseOperator", "EXACT_QUANTITIES", "TRACE_METHODS",
            "EIGVALSH_METHODS", "LOGDET_METHODS", "SpectralDensity", "trace", "lanczos", "eigvalsh", "logdet",
-           "spectral_density", "relative_difference"]
+           "spectral_density", "relative_difference", "top_eigenpairs"]

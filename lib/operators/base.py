@@ -88,6 +88,17 @@ class LinearOperator:
             or ``None`` when the operator is not tied to a model.
         exact: names of the quantities computed in closed form (none in the base class).
         dense_limit: largest ``d`` for which the fallbacks materialize the matrix.
+
+    Example:
+        >>> import torch
+        >>> from lib.operators import DiagonalOperator, trace
+        >>> D = DiagonalOperator(torch.tensor([1.0, 2.0, 4.0]))
+        >>> D.trace(), trace(D), "trace" in D.exact  # the estimator uses the closed form
+        (7.0, 7.0, True)
+        >>> D.solve(torch.ones(3), damping=1.0)
+        tensor([0.5000, 0.3333, 0.2000])
+        >>> D.eigvalsh(2)
+        tensor([2., 4.])
     """
 
     exact: frozenset = frozenset()

@@ -451,7 +451,7 @@ def _orth_against(Q: Tensor | None, Y: Tensor, randn) -> Tensor:
 
 
 def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed: int = 0,
-                   tol: float = 1e-11, max_restarts: int = 300) -> tuple[Tensor, Tensor]:
+                   tol: float = 1e-11, max_steps: int = 300) -> tuple[Tensor, Tensor]:
     """The ``k`` eigenpairs of a symmetric operator with the largest ``|lambda|`` (``which=
     "magnitude"``, for indefinite matrices) or the largest ``lambda`` (``which="largest"``).
 
@@ -459,7 +459,7 @@ def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed
     columns, build the basis ``[X, A X, ..., A^q X]`` (block Gram-Schmidt, twice), take the
     Rayleigh-Ritz pairs of ``A`` on it, keep the ``p`` Ritz vectors that come first as the
     next start, until the residuals ``||A x_i - theta_i x_i||`` of the wanted ``k`` are below
-    ``tol * |theta_1|`` (a ``RuntimeWarning`` after ``max_restarts``). Krylov spaces
+    ``tol * |theta_1|`` (a ``RuntimeWarning`` after ``max_steps`` restarts). Krylov spaces
     approximate both ends of the spectrum, which is what the largest ``|lambda|`` of an
     indefinite matrix needs. Small problems (``d <= 8 p``) are solved densely from ``A I``.
     Unlike single-vector Lanczos (:func:`eigvalsh`) a block finds repeated eigenvalues.
@@ -469,7 +469,7 @@ def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed
         k: number of pairs, ``1 <= k <= d``.
         which: ``"magnitude"`` or ``"largest"``.
         seed: seed of the random start block.
-        tol, max_restarts: stopping rule.
+        tol, max_steps: stopping rule (relative residual; most restarts).
 
     Returns:
         ``(lam (k,), U (d, k))`` in the operator's dtype and device, ordered as ``which`` says.
@@ -486,11 +486,11 @@ def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed
         W = op._matmat(torch.eye(m, dtype=op.dtype, device=dev))
         lam, U = torch.linalg.eigh(0.5 * (W + W.T))
         return _order(lam, U, k, which)
-    return _block_krylov(op, k, p, which, seed, tol, max_restarts)
+    return _block_krylov(op, k, p, which, seed, tol, max_steps)
 
 
 def _block_krylov(op: LinearOperator, k: int, p: int, which: str, seed: int, tol: float,
-                  max_restarts: int) -> tuple[Tensor, Tensor]:
+                  max_steps: int) -> tuple[Tensor, Tensor]:
     """:func:`top_eigenpairs`' restarted block Krylov iteration with blocks of ``p`` columns."""
     m, dev, matvec = op.shape[0], op.device, op._matmat
     gen = torch.Generator().manual_seed(seed)
@@ -500,7 +500,7 @@ def _block_krylov(op: LinearOperator, k: int, p: int, which: str, seed: int, tol
 
     q = max(1, min(6, m // p - 1))             # blocks A X, ..., A^q X after X
     X = _orth_against(None, randn(p), randn)
-    for _ in range(max_restarts):
+    for _ in range(max_steps):
         blocks, images = [X], []
         for _ in range(q):
             Y = matvec(blocks[-1])
@@ -516,6 +516,6 @@ def _block_krylov(op: LinearOperator, k: int, p: int, which: str, seed: int, tol
         if float(res.max()) <= tol * max(float(theta[0].abs()), 1e-300):
             return theta[:k], X[:, :k]
         X = _orth_against(None, X, randn)
-    warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_restarts} restarts "
+    warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_steps} restarts "
                   f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
     return theta[:k], X[:, :k]
