@@ -6,7 +6,7 @@ with 2 threads by default. Measured in one run, round-robin (one call of each pe
 so drift of the machine's speed hits all alike), medians over the rounds:
 
 * 100 gradients (100 separate forward + backward passes);
-* ``lib.geometry.invariance.hessian_operator(lib.curvature.hessian(...), G).trace("hutchinson",
+* ``lib.geometry.invariance.hessian_operator(lib.curvature.hessian(...), G).trace(method="hutchinson",
   num_probes=100)`` for ``G`` the identity and ``G`` a positive diagonal (Adam-like:
   ``sqrt(mean of squared gradients) + 1e-8`` from a few sub-batch gradients, computed once
   before timing), with lib's default reverse-over-reverse Hessian and, for comparison,
@@ -78,7 +78,7 @@ def main():
 
     def trace_of(E, key):
         def run():
-            results[key] = E.trace("hutchinson", num_probes=args.probes)
+            results[key] = E.trace(method="hutchinson", num_probes=args.probes)
         return run
 
     methods = {

@@ -15,7 +15,7 @@ import torch
 from torch.nn.functional import softplus
 
 from lib.geometry.gradient_flow import (gradient_descent, map_trajectory, metric_matrix,
-                               pulled_back_metric_fn, reparametrized_loss)
+                               pulled_back_metric_field, reparametrized_loss)
 from lib.geometry.invariance import pullback_metric
 from lib.geometry.reparam import Elementwise, LinearMap
 
@@ -45,14 +45,14 @@ METRICS = {"identity": None, "dense": curved_metric}
 
 def _runs(reparam, metric, lr):
     steps = round(T / lr)
-    theta = gradient_descent(loss, X0, lr=lr, steps=steps, metric=metric)
+    theta = gradient_descent(loss, X0, lr=lr, num_steps=steps, metric_field=metric)
     loss_psi = reparametrized_loss(loss, reparam)
     psi0 = reparam.forward(X0)
-    aware = gradient_descent(loss_psi, psi0, lr=lr, steps=steps,
-                             metric=pulled_back_metric_fn(metric, reparam))
+    aware = gradient_descent(loss_psi, psi0, lr=lr, num_steps=steps,
+                             metric_field=pulled_back_metric_field(metric, reparam))
     # naive: the theta metric's matrix used as is in psi (the identity for metric=None)
     naive_metric = None if metric is None else (lambda psi: metric(reparam.inverse(psi)))
-    naive = gradient_descent(loss_psi, psi0, lr=lr, steps=steps, metric=naive_metric)
+    naive = gradient_descent(loss_psi, psi0, lr=lr, num_steps=steps, metric_field=naive_metric)
     return theta, map_trajectory(aware, reparam.inverse), map_trajectory(naive, reparam.inverse)
 
 
@@ -62,7 +62,7 @@ def _max_err(a, b):
 
 def test_gradient_descent_identity_is_plain_update():
     A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=DT)
-    traj = gradient_descent(lambda x: 0.5 * x @ A @ x, X0, lr=0.1, steps=3)
+    traj = gradient_descent(lambda x: 0.5 * x @ A @ x, X0, lr=0.1, num_steps=3)
     assert traj.shape == (4, 2)
     x = X0.clone()
     for t in range(3):
@@ -72,8 +72,8 @@ def test_gradient_descent_identity_is_plain_update():
 
 def test_diagonal_metric_equals_dense_diagonal():
     diag = lambda x: 1.0 + x ** 2  # noqa: E731
-    a = gradient_descent(loss, X0, lr=0.05, steps=10, metric=diag)
-    b = gradient_descent(loss, X0, lr=0.05, steps=10, metric=lambda x: torch.diag(diag(x)))
+    a = gradient_descent(loss, X0, lr=0.05, num_steps=10, metric_field=diag)
+    b = gradient_descent(loss, X0, lr=0.05, num_steps=10, metric_field=lambda x: torch.diag(diag(x)))
     torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
     assert loss(a[-1]) < loss(a[0])
 
@@ -86,7 +86,7 @@ def test_pulled_back_metric_matches_invariance_module(reparam, metric):
     psi = reparam.forward(torch.tensor([0.7, -0.2], dtype=DT))
     theta = reparam.inverse(psi)
     expected = pullback_metric(metric_matrix(metric, theta), reparam, theta).to_dense()
-    torch.testing.assert_close(pulled_back_metric_fn(metric, reparam)(psi), expected,
+    torch.testing.assert_close(pulled_back_metric_field(metric, reparam)(psi).to_dense(), expected,
                                rtol=1e-12, atol=1e-12)
 
 
@@ -113,36 +113,36 @@ def test_softplus_aware_first_order_naive_off(metric):
 def test_linear_map_exact_for_any_step(metric, lr):
     reparam = LinearMap(torch.tensor([[2.0, 1.0], [0.5, 1.5]], dtype=DT))
     steps = 20
-    theta = gradient_descent(loss, X0, lr=lr, steps=steps, metric=metric)
+    theta = gradient_descent(loss, X0, lr=lr, num_steps=steps, metric_field=metric)
     aware = gradient_descent(reparametrized_loss(loss, reparam), reparam.forward(X0), lr=lr,
-                             steps=steps, metric=pulled_back_metric_fn(metric, reparam))
+                             num_steps=steps, metric_field=pulled_back_metric_field(metric, reparam))
     assert _max_err(map_trajectory(aware, reparam.inverse), theta) < 1e-12
     naive = gradient_descent(reparametrized_loss(loss, reparam), reparam.forward(X0), lr=lr,
-                             steps=steps)
+                             num_steps=steps)
     assert _max_err(map_trajectory(naive, reparam.inverse), theta) > 1e-2
 
 
 def test_map_trajectory_round_trip():
     reparam = Elementwise("softplus")
-    traj = gradient_descent(loss, X0, lr=0.05, steps=5)
+    traj = gradient_descent(loss, X0, lr=0.05, num_steps=5)
     psi = map_trajectory(traj, reparam.forward)
     torch.testing.assert_close(map_trajectory(psi, reparam.inverse), traj, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=0.0, steps=3), "lr"),
-    (dict(lr=-0.1, steps=3), "lr"),
-    (dict(lr=float("nan"), steps=3), "lr"),
-    (dict(lr=0.1, steps=0), "steps"),
-    (dict(lr=0.1, steps=-2), "steps"),
-    (dict(lr=0.1, steps=3, metric=lambda x: torch.ones(3, dtype=DT)), "shape"),
-    (dict(lr=0.1, steps=3, metric=lambda x: torch.eye(3, dtype=DT)), "shape"),
-    (dict(lr=0.1, steps=3, metric=lambda x: torch.tensor([1.0, -1.0], dtype=DT)), "positive"),
-    (dict(lr=0.1, steps=3, metric=lambda x: torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=DT)),
+    (dict(lr=0.0, num_steps=3), "lr"),
+    (dict(lr=-0.1, num_steps=3), "lr"),
+    (dict(lr=float("nan"), num_steps=3), "lr"),
+    (dict(lr=0.1, num_steps=0), "steps"),
+    (dict(lr=0.1, num_steps=-2), "steps"),
+    (dict(lr=0.1, num_steps=3, metric_field=lambda x: torch.ones(3, dtype=DT)), "shape"),
+    (dict(lr=0.1, num_steps=3, metric_field=lambda x: torch.eye(3, dtype=DT)), "shape"),
+    (dict(lr=0.1, num_steps=3, metric_field=lambda x: torch.tensor([1.0, -1.0], dtype=DT)), "positive"),
+    (dict(lr=0.1, num_steps=3, metric_field=lambda x: torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=DT)),
      "positive definite"),
-    (dict(lr=0.1, steps=3, metric=lambda x: torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=DT)),
+    (dict(lr=0.1, num_steps=3, metric_field=lambda x: torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=DT)),
      "symmetric"),
-    (dict(lr=0.1, steps=3, metric=lambda x: torch.full((2,), float("nan"), dtype=DT)), "NaN"),
+    (dict(lr=0.1, num_steps=3, metric_field=lambda x: torch.full((2,), float("nan"), dtype=DT)), "NaN"),
 ])
 def test_bad_inputs_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -151,23 +151,45 @@ def test_bad_inputs_raise_value_error(kwargs, match):
 
 def test_bad_points_and_types():
     with pytest.raises(ValueError, match="shape"):
-        gradient_descent(loss, X0[None], lr=0.1, steps=1)
+        gradient_descent(loss, X0[None], lr=0.1, num_steps=1)
     with pytest.raises(ValueError, match="NaN"):
-        gradient_descent(loss, torch.tensor([float("nan"), 0.0], dtype=DT), lr=0.1, steps=1)
+        gradient_descent(loss, torch.tensor([float("nan"), 0.0], dtype=DT), lr=0.1, num_steps=1)
     with pytest.raises(ValueError, match="scalar"):
-        gradient_descent(lambda x: x ** 2, X0, lr=0.1, steps=1)
+        gradient_descent(lambda x: x ** 2, X0, lr=0.1, num_steps=1)
     with pytest.raises(TypeError):
-        gradient_descent(loss, X0, lr=0.1, steps=2.0)
+        gradient_descent(loss, X0, lr=0.1, num_steps=2.0)
     with pytest.raises(TypeError):
-        gradient_descent(loss, [1.0, 2.0], lr=0.1, steps=1)
+        gradient_descent(loss, [1.0, 2.0], lr=0.1, num_steps=1)
     with pytest.raises(ValueError, match="diverged"):
-        gradient_descent(lambda x: (x ** 2).sum(), X0, lr=1e200, steps=5)
+        gradient_descent(lambda x: (x ** 2).sum(), X0, lr=1e200, num_steps=5)
     with pytest.raises(ValueError, match="shape"):
         map_trajectory(X0, lambda x: x)
     with pytest.raises(ValueError, match="map"):
         map_trajectory(X0[None], lambda x: x[:1])
     with pytest.raises(TypeError):
-        pulled_back_metric_fn(None, "softplus")
+        pulled_back_metric_field(None, "softplus")
     # the pulled-back metric inherits the reparametrization's domain check (softplus: psi > 0)
     with pytest.raises(ValueError, match="psi > 0"):
-        pulled_back_metric_fn(None, Elementwise("softplus"))(torch.tensor([-1.0, 1.0], dtype=DT))
+        pulled_back_metric_field(None, Elementwise("softplus"))(torch.tensor([-1.0, 1.0], dtype=DT))
+
+
+def test_metric_fields_may_return_operators():
+    """Dense and diagonal operators follow the tensor path bit for bit; other operators use solve."""
+    from lib.operators.base import DenseOperator, DiagonalOperator, IdentityOperator
+
+    def matrix_free(M):  # a sum has no closed-form solve: conjugate gradients
+        return DenseOperator(M) + 0.0 * IdentityOperator(M.shape[0], DT)
+
+    diag = lambda x: 1.0 + x ** 2  # noqa: E731
+    want = gradient_descent(loss, X0, lr=0.05, num_steps=10, metric_field=curved_metric)
+    got = gradient_descent(loss, X0, lr=0.05, num_steps=10, metric_field=lambda x: DenseOperator(curved_metric(x)))
+    assert torch.equal(got, want)
+    got = gradient_descent(loss, X0, lr=0.05, num_steps=10, metric_field=lambda x: matrix_free(curved_metric(x)))
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    want = gradient_descent(loss, X0, lr=0.05, num_steps=10, metric_field=diag)
+    assert torch.equal(gradient_descent(loss, X0, lr=0.05, num_steps=10,
+                                        metric_field=lambda x: DiagonalOperator(diag(x))), want)
+    torch.testing.assert_close(metric_matrix(lambda x: matrix_free(curved_metric(x)), X0), curved_metric(X0))
+    with pytest.raises(ValueError, match="symmetric"):
+        gradient_descent(loss, X0, lr=0.1, num_steps=1,
+                         metric_field=lambda x: matrix_free(torch.eye(3, dtype=DT)))

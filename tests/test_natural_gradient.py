@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib import curvature as curv
-from lib.geometry.gradient_flow import gradient_descent, map_trajectory, pulled_back_metric_fn, reparametrized_loss
+from lib.geometry.gradient_flow import gradient_descent, map_trajectory, pulled_back_metric_field, reparametrized_loss
 from lib.geometry.natural_gradient import (classifier_kl, condition_number, fisher_diagonal, fisher_matrix,
                                   logistic_fisher,
                                   logistic_loss)
 from lib.geometry.reparam import LinearMap
+from lib.operators.base import DenseOperator, DiagonalOperator
 
 DT = torch.float64
 
@@ -61,7 +62,7 @@ def test_logistic_fisher_equals_the_hessian_of_the_log_loss():
     X, y = logistic_data()
     theta = torch.tensor([0.3, -0.2, 0.5], dtype=DT)
     H = torch.autograd.functional.hessian(lambda t: logistic_loss(t, X, y), theta)
-    assert torch.allclose(logistic_fisher(theta, X), H, atol=1e-12)
+    assert torch.allclose(logistic_fisher(theta, X).to_dense(), H, atol=1e-12)
 
 
 def test_logistic_fisher_is_the_expected_score_outer_product():
@@ -75,7 +76,7 @@ def test_logistic_fisher_is_the_expected_score_outer_product():
                 lambda t: -logistic_loss(t, x, torch.tensor([label], dtype=DT)), theta)
             prob = torch.sigmoid(x[0] @ theta) if label == 1.0 else 1 - torch.sigmoid(x[0] @ theta)
             F += prob * torch.outer(s, s) / 5
-    assert torch.allclose(logistic_fisher(theta, X), F, atol=1e-12)
+    assert torch.allclose(logistic_fisher(theta, X).to_dense(), F, atol=1e-12)
 
 
 def test_logistic_input_validation():
@@ -102,10 +103,10 @@ def test_natural_gradient_direction_is_coordinate_free(entries, theta):
     phi, t = LinearMap(A), torch.tensor(theta, dtype=DT)
     loss = lambda v: logistic_loss(v, X, y)  # noqa: E731
     g_theta = torch.autograd.functional.jacobian(loss, t)
-    ng_theta = torch.linalg.solve(logistic_fisher(t, X), g_theta)
+    ng_theta = torch.linalg.solve(logistic_fisher(t, X).to_dense(), g_theta)
     psi = phi.forward(t)
     g_psi = torch.autograd.functional.jacobian(reparametrized_loss(loss, phi), psi)
-    F_psi = pulled_back_metric_fn(lambda v: logistic_fisher(v, X), phi)(psi)
+    F_psi = pulled_back_metric_field(lambda v: logistic_fisher(v, X), phi)(psi).to_dense()
     ng_psi = torch.linalg.solve(F_psi, g_psi)
     assert torch.allclose(torch.linalg.solve(A, ng_psi), ng_theta, atol=1e-8, rtol=1e-7)
     # plain gradient directions are not tangent-vector related unless A^T A = I
@@ -120,9 +121,9 @@ def test_natural_gradient_descent_paths_coincide_for_a_linear_map():
     phi, t0 = LinearMap(A), torch.zeros(3, dtype=DT)
     loss = lambda v: logistic_loss(v, X, y)  # noqa: E731
     metric = lambda v: logistic_fisher(v, X)  # noqa: E731
-    ref = gradient_descent(loss, t0, lr=0.2, steps=20, metric=metric)
+    ref = gradient_descent(loss, t0, lr=0.2, num_steps=20, metric_field=metric)
     other = map_trajectory(gradient_descent(reparametrized_loss(loss, phi), phi.forward(t0), lr=0.2,
-                                            steps=20, metric=pulled_back_metric_fn(metric, phi)),
+                                            num_steps=20, metric_field=pulled_back_metric_field(metric, phi)),
                            phi.inverse)
     assert (other - ref).abs().max() < 1e-10
 
@@ -133,23 +134,38 @@ def test_natural_gradient_descent_paths_coincide_for_a_linear_map():
 def test_fisher_diagonal_matches_the_dense_fisher(kind, batch_size):
     model, (X, y) = tiny_net(), classification_data()
     F = curv.fisher(model, nn.CrossEntropyLoss(), (X, y), kind=kind).to_dense()
-    diag = fisher_diagonal(model, X, kind=kind, y=y, batch_size=batch_size)
-    assert diag.shape == (F.shape[0],)
-    assert torch.allclose(diag, torch.diagonal(F), atol=1e-12, rtol=1e-9)
-    dense = fisher_matrix(model, X, kind=kind, y=y, batch_size=batch_size)
-    assert torch.allclose(dense, F, atol=1e-12, rtol=1e-9)
+    diag = fisher_diagonal(model, nn.CrossEntropyLoss(), (X, y), kind=kind, batch_size=batch_size)
+    assert isinstance(diag, DiagonalOperator) and diag.shape == F.shape
+    assert torch.allclose(diag.diagonal(), torch.diagonal(F), atol=1e-12, rtol=1e-9)
+    dense = fisher_matrix(model, nn.CrossEntropyLoss(), (X, y), kind=kind, batch_size=batch_size)
+    assert isinstance(dense, DenseOperator)
+    assert torch.allclose(dense.to_dense(), F, atol=1e-12, rtol=1e-9)
+    # the same data as an iterable of batches, and a summed loss (no 1/N)
+    chunks = [(X[:5], y[:5]), (X[5:], y[5:])]
+    torch.testing.assert_close(fisher_matrix(model, nn.CrossEntropyLoss(), chunks, kind=kind).to_dense(),
+                               F, atol=1e-12, rtol=1e-9)
+    summed = fisher_diagonal(model, nn.CrossEntropyLoss(reduction="sum"), (X, y), kind=kind)
+    torch.testing.assert_close(summed.diagonal(), len(X) * torch.diagonal(F), atol=1e-10, rtol=1e-9)
+    assert [p.shape for p in model.parameters()] == diag.param_shapes
 
 
 def test_fisher_diagonal_validation():
     model, (X, y) = tiny_net(), classification_data()
+    CE = nn.CrossEntropyLoss()
     with pytest.raises(ValueError, match="unknown kind"):
-        fisher_diagonal(model, X, kind="mc")
+        fisher_diagonal(model, CE, (X, y), kind="mc")
     with pytest.raises(ValueError, match="labels"):
-        fisher_diagonal(model, X, kind="empirical")
+        fisher_diagonal(model, CE, (X, y.double()), kind="empirical")
     with pytest.raises(ValueError, match="batch_size"):
-        fisher_diagonal(model, X, batch_size=0)
+        fisher_diagonal(model, CE, (X, y), batch_size=0)
     with pytest.raises(TypeError):
-        fisher_diagonal("model", X)
+        fisher_diagonal("model", CE, (X, y))
+    with pytest.raises(TypeError, match="CrossEntropyLoss"):
+        fisher_matrix(model, nn.MSELoss(), (X, y))
+    with pytest.raises(ValueError, match="reduction"):
+        fisher_matrix(model, nn.CrossEntropyLoss(reduction="none"), (X, y))
+    with pytest.raises(TypeError, match="pair"):
+        fisher_matrix(model, CE, X)
 
 
 def test_classifier_kl_closed_form_and_quadratic_limit():
@@ -196,6 +212,8 @@ def test_condition_number_matches_numpy_and_ignores_the_null_space():
     kappa, rank = condition_number(P)
     assert rank == 3 and math.isclose(kappa, float(values[-1] / values[0]), rel_tol=1e-8)
     assert condition_number(torch.eye(4))[0] == 1.0
+    assert condition_number(DenseOperator(M)) == condition_number(M)  # an operator is materialized
+    assert condition_number(DiagonalOperator(torch.tensor([1.0, 4.0, 0.0], dtype=DT))) == (4.0, 2)
     assert math.isnan(condition_number(torch.zeros(3, 3))[0])
     with pytest.raises(ValueError, match="square"):
         condition_number(torch.zeros(2, 3))

@@ -1,7 +1,8 @@
 """Gradient descent under an explicit metric, and the same flow in other coordinates.
 
-Gradient descent on a loss ``L`` with a metric ``G`` (a symmetric positive-definite
-``(d, d)`` matrix per point) steps along the *Riemannian* gradient ``G(x)^-1 grad L(x)``::
+Gradient descent on a loss ``L`` with a metric field ``x -> G(x)`` (a symmetric
+positive-definite metric at every point) steps along the *Riemannian* gradient
+``G(x)^-1 grad L(x)``::
 
     x_{t+1} = x_t - lr * G(x_t)^-1 grad L(x_t)
 
@@ -19,15 +20,21 @@ Gradient descent on a loss ``L`` with a metric ``G`` (a symmetric positive-defin
   continuous-time flows coincide (``phi`` maps one onto the other); with a finite step the
   mapped-back iterate is ``phi^-1(psi_t + lr J v) = theta_t + lr v + O(lr^2)``, so the
   discrete trajectories agree to first order in the step (global error ``O(lr)`` at a
-  fixed time ``T = steps * lr``), and exactly for a linear ``phi``.
+  fixed time ``T = num_steps * lr``), and exactly for a linear ``phi``.
 
 Functions:
 
-* :func:`gradient_descent` runs the iteration and returns the trajectory ``(steps+1, d)``;
+* :func:`gradient_descent` runs the iteration and returns the trajectory ``(num_steps+1, d)``;
 * :func:`reparametrized_loss` is ``psi -> L(phi^-1(psi))``;
-* :func:`pulled_back_metric_fn` is ``psi -> J^-T G(theta) J^-1`` at ``theta = phi^-1(psi)``
-  (dense, for small ``d``);
+* :func:`pulled_back_metric_field` is the metric field ``psi -> J^-T G(theta) J^-1`` at
+  ``theta = phi^-1(psi)`` (dense, for small ``d``);
+* :func:`metric_matrix` is a metric field's value at a point as a dense matrix;
 * :func:`map_trajectory` applies ``phi`` or ``phi^-1`` to every row of a trajectory.
+
+A *metric field* is a callable ``x (d,) -> metric`` whose value is a symmetric
+positive-definite :class:`~lib.operators.base.LinearOperator`, a ``(d, d)`` tensor, or a
+positive ``(d,)`` tensor (a diagonal), as :func:`lib.geometry.invariance.hessian_operator`
+accepts a metric.
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_int
+from ..operators.base import DenseOperator, DiagonalOperator, LinearOperator
 from .reparam import Reparametrization
 
-__all__ = ["gradient_descent", "reparametrized_loss", "pulled_back_metric_fn", "map_trajectory",
-           "metric_matrix"]
+__all__ = ["gradient_descent", "reparametrized_loss", "pulled_back_metric_field", "map_trajectory",
+           "metric_matrix", "MetricField"]
 
-Metric = Callable[[Tensor], Tensor]
+MetricField = Callable[[Tensor], "LinearOperator | Tensor"]
+"""A metric field: ``x (d,) -> metric at x`` (an SPD operator, ``(d, d)`` or positive ``(d,)`` tensor)."""
 
 
 def _check_point(x: Tensor, name: str) -> Tensor:
@@ -59,14 +69,22 @@ def _check_point(x: Tensor, name: str) -> Tensor:
     return x
 
 
-def _check_metric_value(G: Tensor, d: int, dtype, device) -> Tensor:
-    """Validate one metric value: a positive ``(d,)`` diagonal or an SPD ``(d, d)`` matrix."""
+def _check_metric_value(G, d: int, dtype, device) -> Tensor | LinearOperator:
+    """Validate one value of a metric field: a positive ``(d,)`` diagonal or an SPD ``(d, d)``
+    matrix (also when wrapped in a Diagonal/DenseOperator), or another symmetric operator."""
+    if isinstance(G, (DiagonalOperator, DenseOperator)):
+        G = G.values if isinstance(G, DiagonalOperator) else G.matrix
+    elif isinstance(G, LinearOperator):
+        if G.shape != (d, d) or not G.symmetric:
+            raise ValueError(f"the metric field must return a symmetric ({d}, {d}) operator, got "
+                             f"shape {G.shape}, symmetric={G.symmetric}")
+        return G
     if not isinstance(G, Tensor) or not torch.is_floating_point(G):
-        raise TypeError(f"the metric must return a floating-point tensor, got "
+        raise TypeError(f"the metric field must return a LinearOperator or a floating-point tensor, got "
                         f"{type(G).__name__ if not isinstance(G, Tensor) else G.dtype}")
     G = G.to(dtype=dtype, device=device)
     if tuple(G.shape) not in ((d,), (d, d)):
-        raise ValueError(f"the metric must return a diagonal ({d},) or a matrix ({d}, {d}), "
+        raise ValueError(f"the metric field must return a diagonal ({d},) or a matrix ({d}, {d}), "
                          f"got shape {tuple(G.shape)}")
     if not bool(torch.isfinite(G).all()):
         raise ValueError("the metric contains NaN or infinite entries")
@@ -85,23 +103,28 @@ def _check_metric_value(G: Tensor, d: int, dtype, device) -> Tensor:
     return G
 
 
-def metric_matrix(metric: Metric | None, x: Tensor) -> Tensor:
-    """The validated metric at ``x`` as a dense SPD ``(d, d)`` matrix (identity for ``None``).
+def metric_matrix(metric_field: MetricField | None, x: Tensor) -> Tensor:
+    """The validated value of a metric field at ``x`` as a dense SPD ``(d, d)`` matrix
+    (identity for ``None``).
 
     Args:
-        metric: ``None`` or a callable ``x -> (d, d)`` SPD matrix or ``(d,)`` positive diagonal.
+        metric_field: ``None`` or a metric field (module docstring).
         x: the point, shape ``(d,)``.
     """
     x = _check_point(x, "x")
     d = x.shape[0]
-    if metric is None:
+    if metric_field is None:
         return torch.eye(d, dtype=x.dtype, device=x.device)
-    G = _check_metric_value(metric(x.detach()), d, x.dtype, x.device)
+    G = _check_metric_value(metric_field(x.detach()), d, x.dtype, x.device)
+    if isinstance(G, LinearOperator):
+        return G.to_dense().to(dtype=x.dtype, device=x.device)
     return torch.diag(G) if G.ndim == 1 else G
 
 
-def _solve_metric(G: Tensor, g: Tensor) -> Tensor:
-    """``G^-1 g`` for a validated diagonal ``(d,)`` or SPD ``(d, d)`` metric."""
+def _solve_metric(G: Tensor | LinearOperator, g: Tensor) -> Tensor:
+    """``G^-1 g`` for a validated diagonal ``(d,)``, SPD ``(d, d)`` or operator metric."""
+    if isinstance(G, LinearOperator):
+        return G.solve(g).to(g.dtype)
     if G.ndim == 1:
         return g / G
     L = torch.linalg.cholesky(G)
@@ -119,54 +142,53 @@ def _gradient(loss: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return torch.zeros_like(x) if g is None else g.detach()
 
 
-def gradient_descent(loss: Callable[[Tensor], Tensor], x0: Tensor, *, lr: float, steps: int,
-                     metric: Metric | None = None) -> Tensor:
+def gradient_descent(loss: Callable[[Tensor], Tensor], x0: Tensor, *, lr: float, num_steps: int,
+                     metric_field: MetricField | None = None) -> Tensor:
     """Gradient descent ``x_{t+1} = x_t - lr * G(x_t)^-1 grad L(x_t)``.
 
     Args:
         loss: differentiable ``(d,) -> scalar`` (0-d or one-element tensor).
         x0: starting point, floating-point of shape ``(d,)``; sets dtype and device.
         lr: step size, a positive finite number.
-        steps: number of steps, a positive integer.
-        metric: ``None`` (the identity) or a callable ``x -> G(x)`` returning a dense
-            symmetric positive-definite ``(d, d)`` matrix or a positive ``(d,)`` diagonal.
+        num_steps: number of steps, a positive integer.
+        metric_field: ``None`` (the identity) or a callable ``x -> G(x)`` returning a
+            symmetric positive-definite metric: a ``(d, d)`` tensor, a positive ``(d,)``
+            diagonal, or a :class:`~lib.operators.base.LinearOperator` (dense and diagonal
+            operators are validated like tensors; others are solved with ``G.solve``).
 
     Returns:
-        The trajectory ``[x_0, ..., x_steps]`` of shape ``(steps + 1, d)``, detached.
+        The trajectory ``[x_0, ..., x_num_steps]`` of shape ``(num_steps + 1, d)``, detached.
 
     Raises:
-        ValueError: non-positive ``lr`` or ``steps``, ``x0`` not a finite vector, a loss that
-            is not scalar, a metric of the wrong shape or not SPD (checked at every step),
-            or a step that produces a non-finite gradient or point (divergence).
-        TypeError: non-numeric ``lr``/``steps`` or non-tensor ``x0``.
+        ValueError: non-positive ``lr`` or ``num_steps``, ``x0`` not a finite vector, a loss
+            that is not scalar, a metric of the wrong shape or not SPD (checked at every
+            step), or a step that produces a non-finite gradient or point (divergence).
+        TypeError: non-numeric ``lr``/``num_steps`` or non-tensor ``x0``.
     """
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"lr must be a number, got {type(lr).__name__}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be positive and finite, got {lr}")
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
+    check_int(num_steps, "num_steps")
     if not callable(loss):
         raise TypeError("loss must be callable")
-    if metric is not None and not callable(metric):
-        raise TypeError("metric must be None or a callable x -> G(x)")
+    if metric_field is not None and not callable(metric_field):
+        raise TypeError("metric_field must be None or a callable x -> G(x)")
     x = _check_point(x0, "x0").detach().clone()
     d = x.shape[0]
-    trajectory = torch.empty(steps + 1, d, dtype=x.dtype, device=x.device)
+    trajectory = torch.empty(num_steps + 1, d, dtype=x.dtype, device=x.device)
     trajectory[0] = x
-    for t in range(steps):
+    for t in range(num_steps):
         g = _gradient(loss, x)
         if g.shape != x.shape:
             raise ValueError(f"the gradient has shape {tuple(g.shape)}, expected ({d},)")
         if not bool(torch.isfinite(g).all()):
             raise ValueError(f"non-finite gradient at step {t}: the iteration diverged or left "
                              "the loss's domain")
-        if metric is None:
+        if metric_field is None:
             direction = g
         else:
-            direction = _solve_metric(_check_metric_value(metric(x.clone()), d, x.dtype, x.device), g)
+            direction = _solve_metric(_check_metric_value(metric_field(x.clone()), d, x.dtype, x.device), g)
         x = x - lr * direction
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"non-finite iterate at step {t + 1}: the iteration diverged")
@@ -189,33 +211,34 @@ def reparametrized_loss(loss: Callable[[Tensor], Tensor],
     return loss_psi
 
 
-def pulled_back_metric_fn(metric_theta: Metric | None,
-                          reparam: Reparametrization) -> Callable[[Tensor], Tensor]:
-    """The metric in psi-coordinates: ``psi -> J^-T G(theta) J^-1`` at ``theta = phi^-1(psi)``.
+def pulled_back_metric_field(metric_field: MetricField | None,
+                             reparam: Reparametrization) -> Callable[[Tensor], DenseOperator]:
+    """The metric field in psi-coordinates: ``psi -> J^-T G(theta) J^-1`` at ``theta = phi^-1(psi)``.
 
-    Gradient descent in psi with this metric moves ``J`` times the theta-step, so mapped
-    back to theta it follows the theta-trajectory under ``metric_theta`` (see the module
-    docstring). Dense: forms ``(d, d)`` matrices, for small ``d``.
+    Gradient descent in psi with this metric field moves ``J`` times the theta-step, so
+    mapped back to theta it follows the theta-trajectory under ``metric_field`` (see the
+    module docstring). Dense: forms ``(d, d)`` matrices, for small ``d``; for one point,
+    :func:`lib.geometry.invariance.pullback_metric` is the matrix-free pull-back.
 
     Args:
-        metric_theta: ``None`` (identity in theta) or a callable ``theta -> G(theta)``
-            returning an SPD ``(d, d)`` matrix or a positive ``(d,)`` diagonal.
+        metric_field: ``None`` (identity in theta) or a metric field ``theta -> G(theta)``.
         reparam: the reparametrization ``psi = phi(theta)``.
 
     Returns:
-        A callable ``psi (d,) -> (d, d)`` symmetric positive-definite matrix.
+        A metric field ``psi (d,) ->`` symmetric positive-definite
+        :class:`~lib.operators.base.DenseOperator` ``(d, d)``.
     """
     if not isinstance(reparam, Reparametrization):
         raise TypeError(f"reparam must be a Reparametrization, got {type(reparam).__name__}")
-    if metric_theta is not None and not callable(metric_theta):
-        raise TypeError("metric_theta must be None or a callable theta -> G(theta)")
+    if metric_field is not None and not callable(metric_field):
+        raise TypeError("metric_field must be None or a callable theta -> G(theta)")
 
-    def metric_psi(psi: Tensor) -> Tensor:
+    def metric_psi(psi: Tensor) -> DenseOperator:
         theta = reparam.inverse(_check_point(psi, "psi").detach())
-        G = metric_matrix(metric_theta, theta)
+        G = metric_matrix(metric_field, theta)
         A = reparam.inverse_vjp(theta, G)   # J^-T G; its transpose is G J^-1 (G symmetric)
         M = reparam.inverse_vjp(theta, A.T)  # J^-T G J^-1
-        return (0.5 * (M + M.T)).to(psi.dtype)
+        return DenseOperator((0.5 * (M + M.T)).to(psi.dtype), symmetric=True)
 
     return metric_psi
 

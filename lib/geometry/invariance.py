@@ -39,11 +39,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_square_matrix
+from .._checks import check_damping, check_square_matrix
 from ..operators.spectral import TRACE_METHODS, eigvalsh as _lanczos_eigvalsh, logdet as _slq_logdet
 from ..operators.spectral import trace as _trace
-from ..operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
+from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator,
                               LinearOperator, ProductOperator)
+from ..operators.linalg import top_ascending
 from .reparam import Reparametrization
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "transform_hessian_at_critical_point", "transform_vector", "transform_covector",
     "transform_density_lebesgue", "transform_density_riemannian", "hessian_operator",
     "check_critical_point", "InvariantHessianOperator", "CongruenceOperator",
-    "laplace_log_marginal_likelihood",
 ]
 
 
@@ -372,10 +372,12 @@ class _WhitenedOperator(LinearOperator):
         return self.factor.inv(self.H @ self.factor.inv_t(V).to(V.dtype)).to(V.dtype)
 
 
-class InvariantHessianOperator:
+class InvariantHessianOperator(LinearOperator):
     """``E = G^-1 H`` for a symmetric Hessian ``H`` and a metric ``G``; see :func:`hessian_operator`.
 
-    For identity, diagonal and dense metrics (and their pull-backs) the metric is known as
+    A :class:`~lib.operators.base.LinearOperator` (not symmetric in general, but similar to
+    a symmetric one, so its eigenvalues are real) with the whole method set. For identity,
+    diagonal and dense metrics (and their pull-backs, and K-FAC) the metric is known as
     ``G = B B^T`` and all spectral quantities use the symmetric, similar operator
     ``S = B^-1 H B^-T`` (the attribute ``whitened``), so ``eigvalsh`` can run Lanczos. For other
     operator metrics (e.g. a damped GGN) only products with ``G^-1`` by conjugate
@@ -384,29 +386,48 @@ class InvariantHessianOperator:
     uses ``log det H - log det G`` by SLQ, and ``eigvalsh`` runs Lanczos on ``G^-1 H`` in
     the ``G``-inner product, where it is self-adjoint (one CG solve per step).
 
+    ``trace``, ``logdet`` and ``eigvalsh`` are its own (listed in ``exact``), so the
+    estimators of :mod:`lib.operators.spectral` defer to them; the method is a keyword.
+
     Attributes:
         H, G: the operators. whitened: ``S`` or ``None`` for operator metrics.
     """
 
+    exact = frozenset({"to_dense", "trace", "logdet", "eigvalsh", "solve", "inverse"})
+
     def __init__(self, H: LinearOperator, G: LinearOperator, cg_tol: float = 1e-10):
+        super().__init__(H.shape[0], H.dtype, H.device, isinstance(G, IdentityOperator), H.param_shapes)
         self.H, self.G = H, G
-        self.shape = H.shape
-        factor = _factor(G)
-        self.whitened = None if factor is None else _WhitenedOperator(H, factor)
+        self.factor = _factor(G)
+        self.whitened = None if self.factor is None else _WhitenedOperator(H, self.factor)
         self.cg_tol = cg_tol
+
+    def _matmat(self, V):
+        """``G^-1 (H V)``: with the metric's exact inverse, its factor ``G^-1 = B^-T B^-1``,
+        or CG solves."""
+        HV = self.H._matmat(V.to(self.H.dtype))
+        if self._has_exact_inverse():
+            return (self.G.inverse() @ HV).to(V.dtype)
+        if self.factor is not None:
+            return self.factor.inv_t(self.factor.inv(HV).to(V.dtype)).to(V.dtype)
+        return (DampedInverseOperator(self.G, 0.0, tol=self.cg_tol) @ HV).to(V.dtype)
+
+    def _has_exact_inverse(self) -> bool:
+        """Whether the metric's own closed-form inverse is cheap (diagonal, K-FAC); identity and
+        dense metrics are whitened instead."""
+        return "inverse" in self.G.exact and not isinstance(self.G, (IdentityOperator, DenseOperator))
 
     def _product(self) -> LinearOperator:
         """``G^-1 H`` as an operator, for the trace: with the metric's own exact inverse if
         it has one (one product per vector, e.g. K-FAC, diagonal), else the whitened
         operator, else CG solves."""
-        inverse = getattr(self.G, "inverse", None)
-        if callable(inverse):
-            return ProductOperator(inverse(), self.H)
+        if self._has_exact_inverse():
+            return ProductOperator(self.G.inverse(), self.H)
         if self.whitened is not None:
             return self.whitened  # similar to G^-1 H, same trace
-        return ProductOperator(self.G.damped_inverse(0.0, tol=self.cg_tol), self.H)
+        return ProductOperator(DampedInverseOperator(self.G, 0.0, tol=self.cg_tol), self.H)
 
-    def trace(self, method: str = "exact", num_probes: int = 30, *, seed: int = 0) -> float:
+    def trace(self, *, method: str = "exact", num_probes: int = 30, seed: int = 0) -> float:
         """``tr(G^-1 H)``; ``method`` in ``("exact", "hutchinson", "hutchpp")``.
 
         ``"exact"`` uses ``d`` products; the stochastic methods ``num_probes`` products
@@ -417,29 +438,29 @@ class InvariantHessianOperator:
             raise ValueError(f"unknown trace method '{method}'; choose one of {TRACE_METHODS}")
         return _trace(self._product(), method, num_probes, seed=seed)
 
-    def eigvalsh(self, k: int = 1, *, method: str = "lanczos", tol: float = 1e-10,
+    def eigvalsh(self, k: int | None = None, *, method: str = "lanczos", tol: float = 1e-10,
                  seed: int = 0) -> Tensor:
-        """The ``k`` largest generalized eigenvalues of ``H v = lambda G v``, descending.
+        """The ``k`` largest generalized eigenvalues of ``H v = lambda G v``, ascending, shape ``(k,)``.
 
         ``method="lanczos"`` is matrix-free: Lanczos on ``B^-1 H B^-T`` for identity,
         diagonal, dense and pulled-back metrics (``G = B B^T``), and Lanczos on ``G^-1 H`` in
         the ``G``-inner product with CG solves (tolerance ``cg_tol``) for other operators.
         ``method="exact"`` materializes ``H`` and ``G`` (small ``d`` only) and works for
-        any metric. Returns a tensor of shape ``(k,)``.
+        any metric; ``k=None`` (all ``d`` eigenvalues) always does.
         """
-        d = self.shape[0]
-        if method == "exact":
-            if not 1 <= k <= d:
-                raise ValueError(f"k={k} must lie in [1, {d}]")
-            return self._dense_eigenvalues().flip(0)[:k]
-        if method != "lanczos":
+        if method not in ("lanczos", "exact"):
             raise ValueError(f"unknown eigvalsh method '{method}'; choose 'lanczos' or 'exact'")
+        k = self._check_k(k)
+        if method == "exact" or k is None:
+            return top_ascending(self._dense_eigenvalues(), k)
         if self.whitened is None:
             # G^-1 H is self-adjoint in the G-inner product: Lanczos there needs products
             # with H, G and G^-1 (CG), but no factorization of G.
-            return _lanczos_eigvalsh(self.H, k, tol=tol, seed=seed, metric=self.G,
-                                     metric_solve=self.G.damped_inverse(0.0, tol=self.cg_tol))
-        return _lanczos_eigvalsh(self.whitened, k, tol=tol, seed=seed)
+            top = _lanczos_eigvalsh(self.H, k, method="lanczos", tol=tol, seed=seed, metric=self.G,
+                                    metric_solve=DampedInverseOperator(self.G, 0.0, tol=self.cg_tol))
+        else:
+            top = _lanczos_eigvalsh(self.whitened, k, method="lanczos", tol=tol, seed=seed)
+        return top.flip(0)
 
     def _dense_eigenvalues(self) -> Tensor:
         """All eigenvalues of ``G^-1 H``, ascending, from a dense symmetric matrix similar
@@ -457,7 +478,7 @@ class InvariantHessianOperator:
             S = torch.linalg.solve_triangular(L, X.T, upper=False)
         return torch.linalg.eigvalsh(_sym(S))
 
-    def logdet(self, method: str = "exact", *, num_probes: int = 10, num_steps: int = 30,
+    def logdet(self, *, method: str = "exact", num_probes: int = 10, num_steps: int = 30,
                seed: int = 0) -> float:
         """``log det(G^-1 H) = log det H - log det G`` (``H`` positive definite).
 
@@ -482,14 +503,25 @@ class InvariantHessianOperator:
         if method != "slq":
             raise ValueError(f"unknown logdet method '{method}'; choose 'exact' or 'slq'")
         if self.whitened is not None:
-            return _slq_logdet(self.whitened, num_probes, num_steps, seed=seed)
-        return (_slq_logdet(self.H, num_probes, num_steps, seed=seed)
-                - _slq_logdet(self.G, num_probes, num_steps, seed=seed))
+            return _slq_logdet(self.whitened, num_probes, num_steps, method="slq", seed=seed)
+        return (_slq_logdet(self.H, num_probes, num_steps, method="slq", seed=seed)
+                - _slq_logdet(self.G, num_probes, num_steps, method="slq", seed=seed))
 
-    def to_dense(self) -> Tensor:
+    def to_dense(self, chunk_size: int = 256) -> Tensor:
         """The ``(d, d)`` matrix ``G^-1 H`` (not symmetric in general)."""
         Hd = self.H.to_dense()
         return torch.linalg.solve(_sym(self.G.to_dense()).to(Hd.dtype), Hd)
+
+    def inverse(self, damping: float = 0.0) -> LinearOperator:
+        """``(G^-1 H + damping I)^-1 = (H + damping G)^-1 G``: a product with ``G`` and a CG solve
+        (tolerance ``cg_tol``; ``H + damping G`` must be positive definite)."""
+        shifted = self.H if check_damping(damping) == 0 else self.H + damping * self.G
+        return ProductOperator(DampedInverseOperator(shifted, 0.0, tol=self.cg_tol), self.G)
+
+    def solve(self, v, damping: float = 0.0):
+        """``(G^-1 H + damping I)^-1 v`` for ``v`` ``(d,)``, ``(d, k)`` or parameter-shaped
+        tensors; see :meth:`inverse`."""
+        return self.inverse(damping) @ v
 
     def __repr__(self):
         return f"InvariantHessianOperator(shape={self.shape}, metric={type(self.G).__name__})"
@@ -522,8 +554,3 @@ def hessian_operator(H, metric=None, *, gradient=None, tol: float = 1e-6,
         raise ValueError(f"the Hessian has shape {H.shape} but the metric has shape {G.shape}")
     _warn_if_gradient(gradient, tol)
     return InvariantHessianOperator(H, G, cg_tol=cg_tol)
-
-
-# The Laplace evidence is built on the operator above; it is public here under the name
-# the chapters use (imported last: lib.geometry.laplace itself imports from this module).
-from .laplace import laplace_log_marginal_likelihood  # noqa: E402

@@ -2,16 +2,20 @@
 
 * :func:`logistic_loss` and :func:`logistic_fisher`: binary logistic regression, whose
   Fisher information has the closed form ``X^T diag(p (1 - p)) X / N`` (equal to the
-  Hessian of the mean log-loss, the canonical link). Used with
-  :func:`lib.geometry.gradient_flow.gradient_descent` as a metric, this is natural-gradient descent.
+  Hessian of the mean log-loss, the canonical link), a
+  :class:`~lib.operators.base.DenseOperator`. Used with
+  :func:`lib.geometry.gradient_flow.gradient_descent` as its ``metric_field``, this is
+  natural-gradient descent.
 * :func:`fisher_diagonal`: the diagonal of the Fisher of a softmax classifier under the
-  mean cross-entropy, from per-example Jacobians (``torch.func``), on the scale of
-  ``lib.curvature.fisher(model, nn.CrossEntropyLoss(), data)``.
-* :func:`fisher_matrix`: the same Fisher as a dense ``(d, d)`` matrix, for small networks.
+  cross-entropy ``loss_fn`` over ``data``, from per-example Jacobians (``torch.func``), on the
+  scale of ``lib.curvature.fisher(model, loss_fn, data)``, as a
+  :class:`~lib.operators.base.DiagonalOperator`.
+* :func:`fisher_matrix`: the same Fisher as a :class:`~lib.operators.base.DenseOperator`,
+  for small networks.
 * :func:`classifier_kl`: the mean KL divergence ``KL(p_theta || p_{theta + delta})`` of the
   predictive distributions over a set of inputs, for a flat parameter step ``delta``.
   For a small step it is ``1/2 delta^T F delta`` with that same Fisher.
-* :func:`condition_number`: the condition number of a symmetric PSD matrix on its range.
+* :func:`condition_number`: the condition number of a symmetric PSD matrix (or operator) on its range.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
+
+from .._checks import check_int
+from ..book.batches import as_batches, is_pair
+from ..operators.base import DenseOperator, DiagonalOperator, LinearOperator
 
 __all__ = ["logistic_loss", "logistic_fisher", "fisher_diagonal", "fisher_matrix", "classifier_kl",
            "condition_number", "FISHER_DIAGONAL_KINDS"]
@@ -66,7 +74,7 @@ def logistic_loss(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
     return nn.functional.binary_cross_entropy_with_logits(X @ theta, y.to(X.dtype))
 
 
-def logistic_fisher(theta: Tensor, X: Tensor) -> Tensor:
+def logistic_fisher(theta: Tensor, X: Tensor) -> DenseOperator:
     """Fisher information of binary logistic regression per example, ``(d, d)``.
 
     ``F(theta) = (1/N) sum_n p_n (1 - p_n) x_n x_n^T`` with ``p_n = sigmoid(x_n^T theta)``;
@@ -78,12 +86,13 @@ def logistic_fisher(theta: Tensor, X: Tensor) -> Tensor:
         X: inputs, shape ``(N, d)``.
 
     Returns:
-        Symmetric PSD matrix of shape ``(d, d)``, dtype of ``X``.
+        A symmetric PSD :class:`~lib.operators.base.DenseOperator` of shape ``(d, d)``, dtype
+        of ``X`` (``.to_dense()`` is the matrix).
     """
     X = _check_matrix(X, "X")
     theta = _check_theta(theta, X.shape[1])
     p = torch.sigmoid(X @ theta)
-    return (X * (p * (1 - p))[:, None]).T @ X / X.shape[0]
+    return DenseOperator((X * (p * (1 - p))[:, None]).T @ X / X.shape[0], symmetric=True)
 
 
 def _params(model: nn.Module) -> tuple[list[str], list[Tensor]]:
@@ -98,19 +107,32 @@ def _params(model: nn.Module) -> tuple[list[str], list[Tensor]]:
 def _check_inputs(X, batch_size) -> None:
     if not isinstance(X, Tensor) or X.ndim < 2 or X.shape[0] == 0:
         raise ValueError("X must be a non-empty batch of inputs, shape (N, ...)")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size")
 
 
-def _score_blocks(model: nn.Module, X: Tensor, kind: str, y: Tensor | None, batch_size: int | None):
+def _check_cross_entropy(loss_fn) -> bool:
+    """Whether the cross-entropy ``loss_fn`` is a mean (else a sum); TypeError/ValueError for
+    any other loss or reduction."""
+    if not isinstance(loss_fn, nn.CrossEntropyLoss):
+        raise TypeError(f"loss_fn must be nn.CrossEntropyLoss (a softmax classifier), got "
+                        f"{type(loss_fn).__name__}")
+    if loss_fn.reduction not in ("mean", "sum"):
+        raise ValueError(f"loss_fn's reduction must be 'mean' or 'sum', got '{loss_fn.reduction}'")
+    return loss_fn.reduction == "mean"
+
+
+def _chunks(data, batch_size):
+    """``data`` as ``(X, y)`` chunks: a pair cut into ``batch_size`` rows, an iterable as it is."""
+    if batch_size is not None:
+        check_int(batch_size, "batch_size")
+    return as_batches(data, batch_size=batch_size) if is_pair(data) else as_batches(data)
+
+
+def _score_blocks(model: nn.Module, chunks, kind: str):
     """Yield per chunk ``(J, w)``: per-class scores ``J`` (B, C, d) and weights ``w`` (B, C)."""
     if kind not in FISHER_DIAGONAL_KINDS:
         raise ValueError(f"unknown kind '{kind}'; choose one of {FISHER_DIAGONAL_KINDS}")
-    _check_inputs(X, batch_size)
-    if kind == "empirical":
-        if not isinstance(y, Tensor) or y.shape != (X.shape[0],):
-            raise ValueError("kind='empirical' needs integer labels y of shape (N,)")
     names, params = _params(model)
     buffers = {n: b for n, b in model.named_buffers()}
 
@@ -121,64 +143,80 @@ def _score_blocks(model: nn.Module, X: Tensor, kind: str, y: Tensor | None, batc
         return torch.log_softmax(out[0], dim=-1)
 
     jac = vmap(jacrev(log_probs), in_dims=(None, 0))  # per example: list of (C, *p.shape)
-    step = X.shape[0] if batch_size is None else batch_size
-    for start in range(0, X.shape[0], step):
-        xb = X[start:start + step]
+    for xb, yb in chunks:
+        if kind == "empirical" and (yb.ndim != 1 or torch.is_floating_point(yb)):
+            raise ValueError(f"kind='empirical' needs integer class labels y of shape (N,), got "
+                             f"shape {tuple(yb.shape)} and dtype {yb.dtype}")
         J = torch.cat([j.flatten(2) for j in jac(params, xb)], dim=2)  # (B, C, d)
         with torch.no_grad():
             if kind == "exact":
                 w = torch.exp(_log_probs(model, xb)).to(J.dtype)
             else:
-                w = nn.functional.one_hot(y[start:start + step].long(), J.shape[1]).to(J.dtype)
+                w = nn.functional.one_hot(yb.long(), J.shape[1]).to(J.dtype)
         yield J.detach(), w
 
 
-def fisher_diagonal(model: nn.Module, X: Tensor, *, kind: str = "exact", y: Tensor | None = None,
-                    batch_size: int | None = 256) -> Tensor:
-    """Diagonal of the Fisher of a softmax classifier, mean over the ``N`` inputs.
+def _fisher_sum(model, loss_fn, data, kind, batch_size, term):
+    """``(total, scale, param_shapes)``: ``sum_chunks term(J, w)`` and the reduction's factor."""
+    mean = _check_cross_entropy(loss_fn)
+    chunks = _chunks(data, batch_size)
+    total = None
+    for J, w in _score_blocks(model, chunks, kind):
+        part = term(J, w)
+        total = part if total is None else total + part
+    n = sum(len(xb) for xb, _ in chunks)
+    shapes = [p.shape for p in _params(model)[1]]
+    return total, (n if mean else 1), shapes
 
-    With ``s_nc = d log p(c | x_n) / d theta`` (a per-example, per-class gradient):
 
-    * ``"exact"``: ``(1/N) sum_n sum_c p(c | x_n) s_nc^2`` (elementwise square), the diagonal
-      of ``lib.curvature.fisher(model, nn.CrossEntropyLoss(), (X, y), kind="exact")``;
-    * ``"empirical"``: ``(1/N) sum_n s_{n y_n}^2`` at the true labels ``y``.
+def fisher_diagonal(model: nn.Module, loss_fn: nn.Module, data, *, kind: str = "exact",
+                    batch_size: int | None = 256) -> DiagonalOperator:
+    """Diagonal of the Fisher of a softmax classifier under the cross-entropy over ``data``.
+
+    With ``s_nc = d log p(c | x_n) / d theta`` (a per-example, per-class gradient) and ``c``
+    the reduction's factor (``1/N`` for ``"mean"``, ``1`` for ``"sum"``):
+
+    * ``"exact"``: ``c sum_n sum_c p(c | x_n) s_nc^2`` (elementwise square), the diagonal
+      of ``lib.curvature.fisher(model, loss_fn, data, kind="exact")``;
+    * ``"empirical"``: ``c sum_n s_{n y_n}^2`` at the true labels ``y``.
 
     The model must be deterministic (eval mode if it has dropout or BatchNorm).
 
     Args:
         model: maps ``(N, ...)`` to logits ``(N, C)``.
-        X: inputs ``(N, ...)``.
+        loss_fn: ``nn.CrossEntropyLoss`` with reduction ``"mean"`` or ``"sum"``.
+        data: an ``(X, y)`` pair or an iterable of pairs (``lib.book.batches``); ``y`` holds
+            integer labels ``(N,)`` (used by ``"empirical"`` only).
         kind: ``"exact"`` or ``"empirical"``.
-        y: integer labels ``(N,)``, needed for ``"empirical"`` only.
-        batch_size: examples per vectorized chunk (memory ``batch_size * C * d``); None: all.
+        batch_size: examples per vectorized chunk when ``data`` is a pair (memory
+            ``batch_size * C * d``); None: all. An iterable's batches are the chunks.
 
     Returns:
-        Flat tensor ``(d,)`` in ``model.parameters()`` order (trainable ones), non-negative.
+        A :class:`~lib.operators.base.DiagonalOperator` ``(d, d)`` (``.diagonal()``: the
+        non-negative ``(d,)`` values) in ``model.parameters()`` order (trainable ones).
     """
-    total = None
-    for J, w in _score_blocks(model, X, kind, y, batch_size):
-        part = torch.einsum("bc,bcd->d", w, J ** 2)
-        total = part if total is None else total + part
-    return total / X.shape[0]
+    total, n, shapes = _fisher_sum(model, loss_fn, data, kind, batch_size,
+                                   lambda J, w: torch.einsum("bc,bcd->d", w, J ** 2))
+    return DiagonalOperator(total / n, param_shapes=shapes)
 
 
-def fisher_matrix(model: nn.Module, X: Tensor, *, kind: str = "exact", y: Tensor | None = None,
-                  batch_size: int | None = 256) -> Tensor:
-    """The dense Fisher of a softmax classifier, ``(d, d)``, for small networks.
+def fisher_matrix(model: nn.Module, loss_fn: nn.Module, data, *, kind: str = "exact",
+                  batch_size: int | None = 256) -> DenseOperator:
+    """The dense Fisher of a softmax classifier, as a ``(d, d)`` operator, for small networks.
 
-    ``(1/N) sum_n sum_c w_nc s_nc s_nc^T`` with the scores and weights of
+    ``c sum_n sum_c w_nc s_nc s_nc^T`` with the scores, weights and factor of
     :func:`fisher_diagonal` (``w = p`` for ``"exact"``, one-hot labels for ``"empirical"``);
-    equal to ``lib.curvature.fisher(...).to_dense()`` but built from per-example Jacobians
-    in ``N / batch_size`` vectorized passes instead of ``d`` operator products.
+    equal to ``lib.curvature.fisher(model, loss_fn, data, kind=kind).to_dense()`` but built
+    from per-example Jacobians in ``N / batch_size`` vectorized passes instead of ``d``
+    operator products. Arguments as in :func:`fisher_diagonal`.
 
     Returns:
-        Symmetric PSD tensor ``(d, d)`` (memory ``d^2`` plus ``batch_size * C * d``).
+        A symmetric PSD :class:`~lib.operators.base.DenseOperator` (``.to_dense()``: the
+        matrix; memory ``d^2`` plus ``batch_size * C * d``).
     """
-    total = None
-    for J, w in _score_blocks(model, X, kind, y, batch_size):
-        part = torch.einsum("bcd,bce->de", J * w[..., None], J)
-        total = part if total is None else total + part
-    return 0.5 * (total + total.T) / X.shape[0]
+    total, n, shapes = _fisher_sum(model, loss_fn, data, kind, batch_size,
+                                   lambda J, w: torch.einsum("bcd,bce->de", J * w[..., None], J))
+    return DenseOperator(0.5 * (total + total.T) / n, symmetric=True, param_shapes=shapes)
 
 
 def _log_probs(model: nn.Module, X: Tensor) -> Tensor:
@@ -227,23 +265,25 @@ def classifier_kl(model: nn.Module, X: Tensor, delta: Tensor, *, batch_size: int
     return total / X.shape[0]
 
 
-def condition_number(M: Tensor, rtol: float = 1e-10) -> tuple[float, int]:
-    """Condition number of a symmetric PSD matrix on its range.
+def condition_number(M: Tensor | LinearOperator, rtol: float = 1e-10) -> tuple[float, int]:
+    """Condition number of a symmetric PSD matrix (or operator, materialized) on its range.
 
     Eigenvalues at most ``rtol * lambda_max`` count as zero (a null space, e.g. the constant
     direction of a softmax's ``G`` factor, or an input pixel that is always 0); the
     condition number is ``lambda_max / lambda_min`` over the others.
 
     Args:
-        M: symmetric matrix ``(n, n)`` (symmetrized before the eigendecomposition).
+        M: symmetric matrix ``(n, n)`` or operator (symmetrized before the eigendecomposition).
         rtol: relative threshold below which an eigenvalue is treated as zero, in [0, 1).
 
     Returns:
         ``(kappa, rank)``: a float ``>= 1`` and the number of eigenvalues kept
         (``(nan, 0)`` for the zero matrix).
     """
+    if isinstance(M, LinearOperator):
+        M = M.to_dense()
     if not isinstance(M, Tensor):
-        raise TypeError(f"M must be a tensor, got {type(M).__name__}")
+        raise TypeError(f"M must be a tensor or a LinearOperator, got {type(M).__name__}")
     if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] == 0:
         raise ValueError(f"M must be a non-empty square matrix, got shape {tuple(M.shape)}")
     if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):

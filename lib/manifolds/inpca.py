@@ -63,12 +63,13 @@ Everything is torch, float64, and runs on whatever device the inputs live on.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple
 
 import torch
 
 from .._checks import check_int, check_seed, check_square_matrix
+from ..operators.base import LinearOperator
+from ..operators.spectral import top_eigenpairs
 
 DTYPE = torch.float64
 SUM_TOL = 1e-6            # rows of probabilities must sum to 1 within this
@@ -941,80 +942,25 @@ def _centred_frobenius_sq(D: torch.Tensor, row: torch.Tensor, grand: torch.Tenso
     return total
 
 
-def _top_eigh_centred(D: torch.Tensor, row: torch.Tensor, grand: torch.Tensor, k: int, seed: int,
-                      tol: float = 1e-11, max_restarts: int = 300):
-    """The ``k`` largest-``|lambda|`` eigenpairs of ``W = -L D L / 2`` (symmetric, indefinite).
+class _CentredOperator(LinearOperator):
+    """``W = -L D L / 2`` applied as ``W X = -(D X - row (1^T X) - 1 (row^T X) + grand 1 (1^T X)) / 2``."""
 
-    Restarted block Krylov iteration: from an orthonormal block ``X`` of ``p = k + max(10, k)``
-    columns, build the basis ``[X, W X, ..., W^q X]`` (block Gram-Schmidt, twice), take the
-    Rayleigh-Ritz pairs of ``W`` on it, keep the ``p`` Ritz vectors of largest ``|theta|`` as the
-    next start, until the residuals ``||W x_i - theta_i x_i||`` of the wanted ``k`` are below
-    ``tol * |theta_1|``. Krylov spaces approximate both ends of the spectrum, which is what the
-    largest ``|lambda|`` of an indefinite matrix needs. ``W`` is applied as
-    ``W X = -(D X - row (1^T X) - 1 (row^T X) + grand 1 (1^T X)) / 2``. Small problems
-    (``m <= 8 p``) are solved densely. Returns ``(lam (k,), U (m, k))`` ordered by ``|lam|``.
-    """
-    m, dev = D.shape[0], D.device
-    p = min(m, k + max(10, k))
+    def __init__(self, D: torch.Tensor, row: torch.Tensor, grand: torch.Tensor):
+        super().__init__(D.shape[0], DTYPE, D.device, True)
+        self.D, self.row, self.grand = D, row, grand
 
-    def matvec(X: torch.Tensor) -> torch.Tensor:
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
         s = X.sum(0, keepdim=True)
-        return -0.5 * (D @ X - row[:, None] * s - (row @ X)[None, :] + grand * s)
+        return -0.5 * (self.D @ X - self.row[:, None] * s - (self.row @ X)[None, :] + self.grand * s)
 
-    def order(lam, U, n):
-        idx = torch.argsort(lam.abs(), descending=True, stable=True)[:n]
-        return lam[idx], U[:, idx]
 
-    if m <= 8 * p:
-        W = matvec(torch.eye(m, dtype=DTYPE, device=dev))
-        lam, U = torch.linalg.eigh(0.5 * (W + W.T))
-        return order(lam, U, k)
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(cols):
-        return torch.randn(m, cols, generator=gen, dtype=DTYPE).to(dev)
-
-    def orth_against(Q, Y):
-        """Orthonormalise Y's columns against Q and each other; breakdowns get random columns."""
-        norms = torch.linalg.vector_norm(Y, dim=0).clamp(min=1e-300)
-        for _ in range(2):
-            if Q is not None:
-                Y = Y - Q @ (Q.T @ Y)
-        bad = torch.linalg.vector_norm(Y, dim=0) < 1e-10 * norms
-        if bool(bad.any()):
-            Z = randn(int(bad.sum()))
-            for _ in range(2):
-                if Q is not None:
-                    Z = Z - Q @ (Q.T @ Z)
-            Y = Y.clone()
-            Y[:, bad] = Z
-        Y, _ = torch.linalg.qr(Y)
-        if Q is not None:                      # QR mixes columns: one more cleaning pass
-            Y = Y - Q @ (Q.T @ Y)
-            Y, _ = torch.linalg.qr(Y)
-        return Y
-
-    q = max(1, min(6, m // p - 1))             # blocks W X, ..., W^q X after X
-    X = orth_against(None, randn(p))
-    for _ in range(max_restarts):
-        blocks, images = [X], []
-        for _ in range(q):
-            Y = matvec(blocks[-1])
-            images.append(Y)
-            blocks.append(orth_against(torch.cat(blocks, 1), Y))
-        images.append(matvec(blocks[-1]))
-        Q, WQ = torch.cat(blocks, 1), torch.cat(images, 1)      # W Q from the products already made
-        H = Q.T @ WQ
-        theta, S = torch.linalg.eigh(0.5 * (H + H.T))
-        theta, S = order(theta, S, p)
-        X, WX = Q @ S, WQ @ S
-        res = torch.linalg.vector_norm(WX[:, :k] - X[:, :k] * theta[:k], dim=0)
-        if float(res.max()) <= tol * max(float(theta[0].abs()), 1e-300):
-            return theta[:k], X[:, :k]
-        X = orth_against(None, X)
-    warnings.warn(f"InPCA iterative eigensolver did not reach tol = {tol} in {max_restarts} restarts "
-                  f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
-    return theta[:k], X[:, :k]
+def _top_eigh_centred(D: torch.Tensor, row: torch.Tensor, grand: torch.Tensor, k: int, seed: int,
+                      tol: float = 1e-11, max_steps: int = 300):
+    """The ``k`` largest-``|lambda|`` eigenpairs of ``W = -L D L / 2`` (symmetric, indefinite),
+    by the restarted block Krylov iteration :func:`lib.operators.spectral.top_eigenpairs` on
+    ``W`` applied matrix-free. Returns ``(lam (k,), U (m, k))`` ordered by ``|lam|``."""
+    return top_eigenpairs(_CentredOperator(D, row, grand), k, which="magnitude", seed=seed, tol=tol,
+                          max_steps=max_steps)
 
 
 def embed_log_probs(log_probs: torch.Tensor, n_components: int = 50) -> tuple[torch.Tensor, "InPCA"]:

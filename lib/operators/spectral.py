@@ -6,27 +6,43 @@ Everything here touches the matrix only through products ``A @ V``:
 * :func:`eigvalsh`: the largest ``k`` eigenvalues by Lanczos with full re-orthogonalization,
   also of the generalized problem ``A v = lambda M v`` (Lanczos in the ``M``-inner product);
 * :func:`spectral_density`: stochastic Lanczos quadrature (SLQ) of the eigenvalue density;
-* :func:`logdet`: ``log det A`` of a positive-definite operator by SLQ.
+* :func:`logdet`: ``log det A`` of a positive-definite operator by SLQ;
+* :func:`top_eigenpairs`: the ``k`` eigenpairs of largest ``|lambda|`` (or largest ``lambda``)
+  by restarted block Krylov iteration, with eigenvectors (InPCA's embedding uses it).
 
 Lanczos runs its three-term recurrence in float64 whatever the operator's dtype, so
 the Ritz values are limited by the operator's precision, not by the recurrence.
+
+:func:`trace`, :func:`eigvalsh` and :func:`logdet` use an operator's closed form when it
+has one (its name is in ``op.exact``, e.g. dense, diagonal, identity, K-FAC) and no
+``method`` is given; a given ``method`` always runs that method, so estimators can be
+compared with the exact value on the same operator.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .._checks import check_int
-from .base import LinearOperator
+from .base import DampedInverseOperator, LinearOperator
+from .linalg import basis_block, rademacher
 
 __all__ = ["trace", "eigvalsh", "relative_difference", "lanczos", "spectral_density", "logdet", "SpectralDensity",
-           "TRACE_METHODS"]
+           "TRACE_METHODS", "EIGVALSH_METHODS", "LOGDET_METHODS", "top_eigenpairs"]
 
 TRACE_METHODS = ("exact", "hutchinson", "hutchpp")
+EIGVALSH_METHODS = ("lanczos", "block")
+LOGDET_METHODS = ("slq",)
+
+
+def _check_method(method, methods: tuple, what: str):
+    if method is not None and method not in methods:
+        raise ValueError(f"unknown {what} method '{method}'; choose one of {methods} or None")
 
 
 def _check_operator(op, need_symmetric: bool = False):
@@ -38,17 +54,18 @@ def _check_operator(op, need_symmetric: bool = False):
 
 
 def _rademacher(d: int, k: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
-    signs = torch.randint(0, 2, (d, k), generator=generator, dtype=torch.int8)
-    return (2 * signs - 1).to(device=op.device, dtype=op.dtype)
+    return rademacher(d, k, generator, op.dtype, op.device)
 
 
-def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
+def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *,
           seed: int = 0, chunk_size: int = 64) -> float:
     """Trace of a square operator.
 
     Args:
         op: operator of shape ``(d, d)``.
-        method: ``"exact"`` (sums ``e_i^T A e_i`` over all ``d`` basis vectors, in chunks),
+        method: ``None`` (default: the operator's closed form ``op.trace()`` if ``"trace"`` is
+            in ``op.exact``, else ``"hutchpp"``), ``"exact"`` (sums ``e_i^T A e_i`` over all
+            ``d`` basis vectors, in chunks),
             ``"hutchinson"`` (mean of ``v^T A v`` over Rademacher ``v``; unbiased, variance
             ``2 ||A||_F^2 - 2 sum A_ii^2`` per probe), or ``"hutchpp"`` (Meyer et al. 2021:
             a third of the products find the dominant subspace exactly, the rest
@@ -68,17 +85,19 @@ def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
         5050.0
     """
     _check_operator(op)
-    if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace method '{method}'; choose one of {TRACE_METHODS}")
+    _check_method(method, TRACE_METHODS, "trace")
+    if method is None:
+        if "trace" in op.exact:
+            return float(op.trace())
+        method = "hutchpp"
     d = op.shape[0]
     if method == "exact":
         total = 0.0
         for start in range(0, d, chunk_size):
             stop = min(start + chunk_size, d)
-            E = torch.zeros(d, stop - start, dtype=op.dtype, device=op.device)
             idx = torch.arange(start, stop)
-            E[idx, idx - start] = 1.0
-            total += float(op._matmat(E)[idx, idx - start].sum())
+            block = op._matmat(basis_block(d, start, stop, op.dtype, op.device))
+            total += float(block[idx, idx - start].sum())
         return total
     check_int(num_probes, "num_probes")
     generator = torch.Generator().manual_seed(seed)
@@ -137,7 +156,7 @@ def _check_metric(op: LinearOperator, metric, metric_solve):
     if metric.shape != op.shape:
         raise ValueError(f"the operator has shape {op.shape} but the metric has shape {metric.shape}")
     if metric_solve is None:
-        return metric.damped_inverse(0.0, tol=1e-12)
+        return DampedInverseOperator(metric, 0.0, tol=1e-12)
     _check_operator(metric_solve)
     if metric_solve.shape != op.shape:
         raise ValueError(f"metric_solve has shape {metric_solve.shape}, expected {op.shape}")
@@ -218,10 +237,14 @@ def _tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
     return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
 
 
-def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: int | None = None,
-             seed: int = 0, metric: LinearOperator | None = None,
+def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: float = 1e-6,
+             max_steps: int | None = None, seed: int = 0, metric: LinearOperator | None = None,
              metric_solve: LinearOperator | None = None) -> Tensor:
     """The ``k`` largest eigenvalues of a symmetric operator, in descending order.
+
+    Without a ``metric`` and with ``method=None``, an operator with ``"eigvalsh"`` in
+    ``op.exact`` answers in closed form (``op.eigvalsh(k)``, reversed); otherwise, or with
+    ``method="lanczos"``, Lanczos as below.
 
     With a ``metric`` ``M``, the ``k`` largest generalized eigenvalues of ``A v = lambda M v``
     (Lanczos in the ``M``-inner product, see :func:`~lib.operators.spectral.lanczos`); their accuracy is also
@@ -238,6 +261,9 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
     Args:
         op: symmetric operator of shape ``(d, d)``.
         k: number of eigenvalues, ``1 <= k <= d``.
+        method: ``None`` (closed form if the operator has one, else Lanczos), ``"lanczos"``, or
+            ``"block"`` (:func:`top_eigenpairs`, restarted block Krylov; finds repeated
+            eigenvalues; ``tol`` then bounds the residuals, no ``metric``).
         tol: relative accuracy of the returned eigenvalues.
         max_steps: cap on the Krylov dimension (default ``d``).
         seed: seed of the random start vector.
@@ -254,13 +280,27 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
         >>> torch.allclose(top, torch.tensor([100.0, 99.0]))
         True
     """
-    _check_operator(op, need_symmetric=True)
+    closed = method is None and metric is None and "eigvalsh" in getattr(op, "exact", ())
+    # an operator's own eigvalsh may serve a non-symmetric one similar to a symmetric one (G^-1 H)
+    _check_operator(op, need_symmetric=not closed)
+    _check_method(method, EIGVALSH_METHODS, "eigvalsh")
     metric_solve = _check_metric(op, metric, metric_solve)
     check_int(k, "k")
     d = op.shape[0]
     if k > d:
         raise ValueError(f"k={k} exceeds the operator's dimension {d}")
-    max_steps = d if max_steps is None else min(max_steps, d)
+    if closed:
+        return op.eigvalsh(k).flip(0).to(op.dtype)
+    if method == "block":
+        if metric is not None:
+            raise ValueError("method='block' does not take a metric; use method='lanczos'")
+        return top_eigenpairs(op, k, which="largest", seed=seed, tol=tol)[0].to(op.dtype)
+    return _lanczos_top(op, k, tol, d if max_steps is None else min(max_steps, d), seed, metric, metric_solve)
+
+
+def _lanczos_top(op, k, tol, max_steps, seed, metric, metric_solve) -> Tensor:
+    """:func:`eigvalsh`'s Lanczos: grow the Krylov space until the top ``k`` Ritz values converge."""
+    d = op.shape[0]
     steps = min(max_steps, max(2 * k + 10, 20))
     while True:
         alpha, beta, residual = lanczos(op, steps, seed=seed, metric=metric,
@@ -354,8 +394,10 @@ def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 5
 
 
 def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
-           seed: int = 0) -> float:
-    """Estimate of ``log det A`` for a symmetric positive-definite operator (SLQ).
+           method: str | None = None, seed: int = 0) -> float:
+    """``log det A`` for a symmetric positive-definite operator: its closed form
+    ``op.logdet()`` if ``"logdet"`` is in ``op.exact`` and ``method`` is ``None``, else
+    (or with ``method="slq"``) the stochastic Lanczos quadrature estimate.
 
     ``log det A = tr log A ~ d * mean_v sum_j tau_j log theta_j``. Raises ``ValueError``
     if a quadrature node is not positive, i.e. the operator is not positive definite
@@ -364,9 +406,13 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
     Returns:
         The estimate as a Python float.
     """
-    _check_operator(op, need_symmetric=True)
+    closed = method is None and "logdet" in getattr(op, "exact", ())
+    _check_operator(op, need_symmetric=not closed)
+    _check_method(method, LOGDET_METHODS, "logdet")
     check_int(num_probes, "num_probes")
     check_int(num_steps, "num_steps")
+    if closed:
+        return float(op.logdet())
     nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
     used = weights > 0
     if bool((nodes[used] <= 0).any()):
@@ -374,3 +420,102 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
                          f"{float(nodes[used].min()):.3g}); add damping before logdet")
     logs = torch.where(used, nodes.clamp_min(1e-300).log(), torch.zeros_like(nodes))
     return float(op.shape[0] * (weights * logs).sum(dim=1).mean())
+
+
+def _order(lam: Tensor, U: Tensor, n: int, which: str):
+    """The first ``n`` pairs by descending ``|lam|`` (``"magnitude"``) or ``lam`` (``"largest"``)."""
+    key = lam.abs() if which == "magnitude" else lam
+    idx = torch.argsort(key, descending=True, stable=True)[:n]
+    return lam[idx], U[:, idx]
+
+
+def _orth_against(Q: Tensor | None, Y: Tensor, randn) -> Tensor:
+    """Orthonormalise ``Y``'s columns against ``Q`` and each other; breakdowns get random columns."""
+    norms = torch.linalg.vector_norm(Y, dim=0).clamp(min=1e-300)
+    for _ in range(2):
+        if Q is not None:
+            Y = Y - Q @ (Q.T @ Y)
+    bad = torch.linalg.vector_norm(Y, dim=0) < 1e-10 * norms
+    if bool(bad.any()):
+        Z = randn(int(bad.sum()))
+        for _ in range(2):
+            if Q is not None:
+                Z = Z - Q @ (Q.T @ Z)
+        Y = Y.clone()
+        Y[:, bad] = Z
+    Y, _ = torch.linalg.qr(Y)
+    if Q is not None:                      # QR mixes columns: one more cleaning pass
+        Y = Y - Q @ (Q.T @ Y)
+        Y, _ = torch.linalg.qr(Y)
+    return Y
+
+
+def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed: int = 0,
+                   tol: float = 1e-11, max_steps: int = 300) -> tuple[Tensor, Tensor]:
+    """The ``k`` eigenpairs of a symmetric operator with the largest ``|lambda|`` (``which=
+    "magnitude"``, for indefinite matrices) or the largest ``lambda`` (``which="largest"``).
+
+    Restarted block Krylov iteration: from an orthonormal block ``X`` of ``p = k + max(10, k)``
+    columns, build the basis ``[X, A X, ..., A^q X]`` (block Gram-Schmidt, twice), take the
+    Rayleigh-Ritz pairs of ``A`` on it, keep the ``p`` Ritz vectors that come first as the
+    next start, until the residuals ``||A x_i - theta_i x_i||`` of the wanted ``k`` are below
+    ``tol * |theta_1|`` (a ``RuntimeWarning`` after ``max_steps`` restarts). Krylov spaces
+    approximate both ends of the spectrum, which is what the largest ``|lambda|`` of an
+    indefinite matrix needs. Small problems (``d <= 8 p``) are solved densely from ``A I``.
+    Unlike single-vector Lanczos (:func:`eigvalsh`) a block finds repeated eigenvalues.
+
+    Args:
+        op: symmetric operator ``(d, d)``; products in its dtype (use float64).
+        k: number of pairs, ``1 <= k <= d``.
+        which: ``"magnitude"`` or ``"largest"``.
+        seed: seed of the random start block.
+        tol, max_steps: stopping rule (relative residual; most restarts).
+
+    Returns:
+        ``(lam (k,), U (d, k))`` in the operator's dtype and device, ordered as ``which`` says.
+    """
+    _check_operator(op, need_symmetric=True)
+    if which not in ("magnitude", "largest"):
+        raise ValueError(f"which must be 'magnitude' or 'largest', got {which!r}")
+    m, dev = op.shape[0], op.device
+    k = check_int(k, "k")
+    if k > m:
+        raise ValueError(f"k={k} exceeds the operator's dimension {m}")
+    p = min(m, k + max(10, k))
+    if m <= 8 * p:
+        W = op._matmat(torch.eye(m, dtype=op.dtype, device=dev))
+        lam, U = torch.linalg.eigh(0.5 * (W + W.T))
+        return _order(lam, U, k, which)
+    return _block_krylov(op, k, p, which, seed, tol, max_steps)
+
+
+def _block_krylov(op: LinearOperator, k: int, p: int, which: str, seed: int, tol: float,
+                  max_steps: int) -> tuple[Tensor, Tensor]:
+    """:func:`top_eigenpairs`' restarted block Krylov iteration with blocks of ``p`` columns."""
+    m, dev, matvec = op.shape[0], op.device, op._matmat
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(cols):
+        return torch.randn(m, cols, generator=gen, dtype=op.dtype).to(dev)
+
+    q = max(1, min(6, m // p - 1))             # blocks A X, ..., A^q X after X
+    X = _orth_against(None, randn(p), randn)
+    for _ in range(max_steps):
+        blocks, images = [X], []
+        for _ in range(q):
+            Y = matvec(blocks[-1])
+            images.append(Y)
+            blocks.append(_orth_against(torch.cat(blocks, 1), Y, randn))
+        images.append(matvec(blocks[-1]))
+        Q, WQ = torch.cat(blocks, 1), torch.cat(images, 1)      # A Q from the products already made
+        H = Q.T @ WQ
+        theta, S = torch.linalg.eigh(0.5 * (H + H.T))
+        theta, S = _order(theta, S, p, which)
+        X, WX = Q @ S, WQ @ S
+        res = torch.linalg.vector_norm(WX[:, :k] - X[:, :k] * theta[:k], dim=0)
+        if float(res.max()) <= tol * max(float(theta[0].abs()), 1e-300):
+            return theta[:k], X[:, :k]
+        X = _orth_against(None, X, randn)
+    warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_steps} restarts "
+                  f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
+    return theta[:k], X[:, :k]
