@@ -61,3 +61,75 @@ def check_damping(value: Any, name: str = "damping") -> float:
     if not value >= 0 or not np.isfinite(value):
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
     return float(value)
+
+
+def check_real(value: Any, name: str, *, minimum: float | None = None,
+               strict: bool = False) -> float:
+    """Return ``value`` as a finite float; TypeError if it is not a real number (bools are
+    not; a one-element tensor is), ValueError if it is not finite or, with ``minimum``,
+    below it (``strict``: not above it)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def check_positive(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float ``> 0`` (see :func:`check_real`)."""
+    return check_real(value, name, minimum=0.0, strict=True)
+
+
+def check_choice(value: Any, name: str, choices: tuple) -> Any:
+    """Return ``value`` if it is one of ``choices``; TypeError if the choices are strings and
+    ``value`` is not one, ValueError if it is not among them."""
+    if all(isinstance(c, str) for c in choices) and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {choices}, got {type(value).__name__} "
+                        f"{value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a bool, else raise TypeError naming it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_module(model: Any, name: str = "model") -> torch.nn.Module:
+    """Return ``model`` if it is a ``torch.nn.Module``, else raise TypeError naming it."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_callable(fn: Any, name: str, usage: str = "") -> Any:
+    """Return ``fn`` if it is callable, else raise TypeError naming it (``usage``, e.g.
+    ``"loss_fn(outputs, targets)"``, says how it is called)."""
+    if not callable(fn):
+        how = f" as {usage}" if usage else ""
+        raise TypeError(f"{name} must be callable{how}, got {type(fn).__name__}")
+    return fn
+
+
+def check_float_tensor(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` if it is a floating-point tensor, else raise TypeError naming it."""
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got {type(x).__name__}")
+    return x
+
+
+def check_shape_like(ref: torch.Tensor, x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` if it is a floating-point tensor of ``ref``'s shape; TypeError or
+    ValueError naming it otherwise."""
+    check_float_tensor(x, name)
+    if x.shape != ref.shape:
+        raise ValueError(f"{name} must have shape {tuple(ref.shape)}, got {tuple(x.shape)}")
+    return x

@@ -1,4 +1,4 @@
-"""Tests of the A6 sine-regression protocols of lib.geometry.laplace.
+"""Tests of the A6 sine-regression protocols of lib.sources.kristiadi2023.
 
 The GGN evidence (:func:`ggn_log_marginal_likelihood`) is checked against laplace-torch
 (Daxberger et al. 2021), the library whose sinusoid example the paper's protocol follows,
@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lib.book.data import make_sine
 from lib.geometry.invariance import pullback_metric
-from lib.geometry.laplace import (LAPLACE_TORCH_DATA_SEED, SineMLPProblem, fit_mse_adam,
-                         ggn_log_marginal_likelihood, laplace_torch_sine_data,
-                         sine_laplace_protocol_run, sine_laplace_table)
+from lib.geometry.laplace import ggn_log_marginal_likelihood
+from lib.sources.kristiadi2023 import (LAPLACE_TORCH_DATA_SEED, SineMLPProblem, fit_mse_adam,
+                                       laplace_torch_sine_data, sine_laplace_protocol_run,
+                                       sine_laplace_table)
 from lib.geometry.reparam import Elementwise, LinearMap, Scaling, WeightNorm
 
 laplace = pytest.importorskip("laplace")

@@ -14,6 +14,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from lib.manifolds import linear as L
+from lib.manifolds import linear_variants as LV
+from lib.sources import mao2025
 
 F64 = torch.float64
 
@@ -63,7 +65,7 @@ def test_p1_sw_eigenvalues_formula_matches_numeric():
     for T in (1, 5, 40.5):
         parts = L.pca_parts(K, y, T, sigma_w=1.2, alpha=0.8)
         num = torch.linalg.eigvalsh(T * parts.P1_sw).flip(0)
-        formula = L.p1_sw_eigenvalues(lam, T, sigma_w=1.2, alpha=0.8)
+        formula = mao2025.p1_sw_eigenvalues(lam, T, sigma_w=1.2, alpha=0.8)
         np.testing.assert_allclose(num.numpy(), formula.numpy(), rtol=1e-10)
 
 
@@ -72,7 +74,7 @@ def test_p1_y_limit_solves_discrete_lyapunov():
     alpha = 0.9
     Kd = np.eye(9) - alpha * D.K.numpy()
     ref = scipy.linalg.solve_discrete_lyapunov(Kd, np.outer(D.y, D.y))
-    lim = L.lyapunov_limit_p1_y(D.K, D.y, alpha=alpha).numpy()
+    lim = mao2025.lyapunov_limit_p1_y(D.K, D.y, alpha=alpha).numpy()
     np.testing.assert_allclose(lim, ref, rtol=1e-8, atol=1e-10)
     # and T * P1^y(T) approaches it: at T = 4000 the neglected tail is K_d^T ~ 0
     T = 4000
@@ -96,15 +98,15 @@ def test_bounds_hold(s):
     tol = 1e-9
     # (5.2.10): eigenvalues of T P1^sw never exceed the bound
     ev_sw = torch.linalg.eigvalsh(T * parts.P1_sw).flip(0)
-    bound = L.p1_sw_bound(lam, T, sigma_w=sw, alpha=alpha)
+    bound = mao2025.p1_sw_bound(lam, T, sigma_w=sw, alpha=alpha)
     assert bool((ev_sw <= bound * (1 + tol) + tol).all())
     # Lemma 5.2.2 on T P1^y
     top_y = float(torch.linalg.eigvalsh(T * parts.P1_y)[-1])
-    lo, hi = L.lemma_5_2_2_bounds(lam, float(D.y @ D.y), T, alpha=alpha)
+    lo, hi = mao2025.lemma_5_2_2_bounds(lam, float(D.y @ D.y), T, alpha=alpha)
     assert lo * (1 - tol) <= top_y <= hi * (1 + tol)
     # Weyl sandwich (5.2.7) for P = P1 - P2
     ev_P = torch.linalg.eigvalsh(parts.P).flip(0)
-    lower, upper = L.weyl_sandwich(parts.P1, parts.P2)
+    lower, upper = mao2025.weyl_sandwich(parts.P1, parts.P2)
     scale = float(upper[0]) * tol + 1e-14
     assert bool((ev_P <= upper + scale).all()) and bool((ev_P >= lower - scale).all())
 
@@ -115,10 +117,10 @@ def test_lemma_5_2_1_decay(n, c, alpha, seed):
     """Eigenvalue ratios of the Gramian T P1^y stay under the Lemma 5.2.1 bound."""
     D = L.sloppy_data(n, n + 3, c, seed=seed)
     lam = L.sloppy_spectrum(n, c)
-    ev = torch.linalg.eigvalsh(L.lyapunov_limit_p1_y(D.K, D.y, alpha=alpha)).flip(0)
+    ev = torch.linalg.eigvalsh(mao2025.lyapunov_limit_p1_y(D.K, D.y, alpha=alpha)).flip(0)
     ratio = ev / ev[0]
     for a in (None, alpha):
-        bound = L.lemma_5_2_1_bound(lam, a if a is None else alpha)
+        bound = mao2025.lemma_5_2_1_bound(lam, a if a is None else alpha)
         assert bool((ratio <= bound + 1e-9).all())
 
 
@@ -185,10 +187,10 @@ def test_phase_diagram_expected_target_and_chunks():
 def test_sgd_and_weight_decay_match_simulation():
     D = L.sloppy_data(8, 16, 0.3, sigma_star=1.2, seed=7)
     T, sw, alpha, N = 6, 0.7, 0.8, 3000
-    P_wd = L.weight_decay_pca_matrix(D.K, D.y, T, sigma_w=sw, weight_decay=0.25, alpha=alpha)
+    P_wd = LV.weight_decay_pca_matrix(D.K, D.y, T, sigma_w=sw, weight_decay=0.25, alpha=alpha)
     R = L.simulate_trajectories(D.X, D.y, T, N, sw, alpha, seed=2, weight_decay=0.25)
     assert float((L.pca_from_trajectories(R) - P_wd).norm() / P_wd.norm()) < 4 * math.sqrt(2 / N)
-    P_sgd = L.sgd_pca_matrix(D.K, D.y, T, sigma_w=sw, batch_size=3, alpha=alpha)
+    P_sgd = LV.sgd_pca_matrix(D.K, D.y, T, sigma_w=sw, batch_size=3, alpha=alpha)
     R = L.simulate_trajectories(D.K, D.y, T, N, sw, alpha, seed=2, batch_size=3)
     assert float((L.pca_from_trajectories(R) - P_sgd).norm() / P_sgd.norm()) < 4 * math.sqrt(2 / N)
     # the noise term is not negligible here, so this comparison can tell the two apart
@@ -200,10 +202,10 @@ def test_kernel_machines_single_kernel_and_explicit_sum():
     D = L.sloppy_data(7, 12, 0.4, seed=1)
     K2 = L.sloppy_kernel(7, 0.2, seed=9)
     T, sw, alpha = 5, 0.5, 0.9
-    single = L.kernel_machines_pca_matrix([D.K], D.y, T, sigma_w=sw, alpha=alpha)
+    single = LV.kernel_machines_pca_matrix([D.K], D.y, T, sigma_w=sw, alpha=alpha)
     np.testing.assert_allclose(single.numpy(), L.pca_matrix(D.K, D.y, T, sigma_w=sw, alpha=alpha).numpy(),
                                atol=1e-12)
-    pooled = L.kernel_machines_pca_matrix([D.K, K2], D.y, T, sigma_w=sw, alpha=alpha)
+    pooled = LV.kernel_machines_pca_matrix([D.K, K2], D.y, T, sigma_w=sw, alpha=alpha)
     # reference: pool the explicit second moments and means of both machines
     S, m = 0, 0
     for K in (D.K, K2):
@@ -220,7 +222,7 @@ def test_kernel_machines_single_kernel_and_explicit_sum():
 
 def test_deep_linear_balanced_runs_and_fits():
     D = L.sloppy_data(6, 12, 0.3, seed=0)
-    R = L.simulate_deep_linear(D.X, D.y, 200, 4, width=5, sigma_w=0.5, alpha=0.3, seed=1)
+    R = LV.simulate_deep_linear(D.X, D.y, 200, 4, width=5, sigma_w=0.5, alpha=0.3, seed=1)
     assert R.shape == (4, 200, 6)
     assert float(R[:, -1].norm()) < 0.2 * float(R[:, 0].norm())
 
@@ -243,7 +245,7 @@ def test_deep_linear_balanced_runs_and_fits():
     (lambda K, y: L.phase_diagram([10], [0.3], [1.0], n=5, d=10, alpha=2.5), ValueError),
     (lambda K, y: L.phase_diagram([0.5], [0.3], [1.0], n=5, d=10), ValueError),
     (lambda K, y: L.ribbon_dimension(torch.ones(3, dtype=F64), 1.5), ValueError),
-    (lambda K, y: L.p1_sw_bound(L.sloppy_spectrum(4, 0.3), 5, sigma_w=1.0, alpha=1.5), ValueError),
+    (lambda K, y: mao2025.p1_sw_bound(L.sloppy_spectrum(4, 0.3), 5, sigma_w=1.0, alpha=1.5), ValueError),
 ])
 def test_bad_inputs_raise(call, err):
     D = L.sloppy_data(8, 12, 0.3, seed=0)
@@ -258,12 +260,12 @@ def test_p1_sw_eigenvalues_keep_their_digits_for_tiny_eigenvalues():
     getcontext().prec = 50
     lam = torch.tensor([1.0, 1e-6, 3e-11], dtype=torch.float64)
     T = 37
-    ev = L.p1_sw_eigenvalues(lam, T, sigma_w=1.0, alpha=1.0)
+    ev = mao2025.p1_sw_eigenvalues(lam, T, sigma_w=1.0, alpha=1.0)
     for value, got in zip(lam.tolist(), ev.tolist()):
         x = Decimal(value)
         want = (1 - (1 - x) ** (2 * T)) / (2 - x)
         assert abs(Decimal(got) / want - 1) < Decimal("1e-13")
-    assert torch.all(L.p1_sw_bound(lam, T, sigma_w=1.0, alpha=1.0) >= ev * (1 - 1e-14))
+    assert torch.all(mao2025.p1_sw_bound(lam, T, sigma_w=1.0, alpha=1.0) >= ev * (1 - 1e-14))
 
 
 # --------------------------------------------------------------------------- Lemma 5.2.3
@@ -274,7 +276,7 @@ def _p1_ratio_and_lemma_5_2_3(n, c, T, sw, ss, seed):
     D = L.sloppy_data(n, 2 * n, c, sigma_star=ss, seed=seed)
     P1 = L.pca_parts(D.K, D.y, T, sigma_w=sw, alpha=1.0).P1
     ev = torch.linalg.eigvalsh(P1).flip(0)
-    bound = L.lemma_5_2_3_bound(L.sloppy_spectrum(n, c), c, float(D.y @ D.y), T, sigma_w=sw, alpha=1.0)
+    bound = mao2025.lemma_5_2_3_bound(L.sloppy_spectrum(n, c), c, float(D.y @ D.y), T, sigma_w=sw, alpha=1.0)
     return ev / ev[0], bound
 
 
@@ -312,7 +314,7 @@ def test_deep_linear_initial_second_moment():
     initial predictions X w_0 = r_0 + y have second moment sigma_w^2 K."""
     D = L.sloppy_data(6, 12, 0.3, seed=0)
     sw, N = 0.7, 4000
-    R = L.simulate_deep_linear(D.X, D.y, 1, N, width=4, sigma_w=sw, alpha=0.1, seed=3)
+    R = LV.simulate_deep_linear(D.X, D.y, 1, N, width=4, sigma_w=sw, alpha=0.1, seed=3)
     m = R[:, 0] + D.y
     M = m.T @ m / N
     target = sw ** 2 * D.K
@@ -326,7 +328,7 @@ def test_deep_linear_first_step_matches_balanced_init():
     and every term is observable from r_0: X b = (r_0 + y) / s^2. Checked in numpy."""
     D = L.sloppy_data(7, 15, 0.4, sigma_star=1.1, seed=2)
     sw, alpha, n, d = 0.9, 0.4, 7, 15
-    R = L.simulate_deep_linear(D.X, D.y, 2, 5, width=3, sigma_w=sw, alpha=alpha, seed=4).numpy()
+    R = LV.simulate_deep_linear(D.X, D.y, 2, 5, width=3, sigma_w=sw, alpha=alpha, seed=4).numpy()
     K, y = D.K.numpy(), D.y.numpy()
     s2 = sw * math.sqrt(d / n)
     for r0, r1 in zip(R[:, 0], R[:, 1]):
@@ -345,7 +347,7 @@ def test_deep_linear_dynamics_are_not_a_linear_map():
         A = torch.linalg.lstsq(R[:-1], R[1:]).solution
         return float((R[1:] - R[:-1] @ A).norm() / R[1:].norm())
 
-    deep = L.simulate_deep_linear(D.X, D.y, 40, 3, width=5, sigma_w=1.0, alpha=0.3, seed=1)
+    deep = LV.simulate_deep_linear(D.X, D.y, 40, 3, width=5, sigma_w=1.0, alpha=0.3, seed=1)
     lin = L.simulate_trajectories(D.X, D.y, 40, 3, 1.0, 0.3, seed=1)
     for i in range(3):
         assert misfit(lin[i]) < 1e-12
@@ -355,9 +357,9 @@ def test_deep_linear_dynamics_are_not_a_linear_map():
 def test_deep_linear_reproducible():
     D = L.sloppy_data(6, 12, 0.3, seed=0)
     kw = dict(width=4, sigma_w=0.8, alpha=0.2)
-    a = L.simulate_deep_linear(D.X, D.y, 10, 3, seed=5, **kw)
-    assert torch.equal(a, L.simulate_deep_linear(D.X, D.y, 10, 3, seed=5, **kw))
-    assert not torch.allclose(a, L.simulate_deep_linear(D.X, D.y, 10, 3, seed=6, **kw))
+    a = LV.simulate_deep_linear(D.X, D.y, 10, 3, seed=5, **kw)
+    assert torch.equal(a, LV.simulate_deep_linear(D.X, D.y, 10, 3, seed=5, **kw))
+    assert not torch.allclose(a, LV.simulate_deep_linear(D.X, D.y, 10, 3, seed=6, **kw))
 
 
 # --------------------------------------------------------------------------- step-size boundary

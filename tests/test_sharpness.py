@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib.geometry.sharpness import (AdaptiveGeometry, adaptive_sharpness, auto_pgd,
-                           diagonal_net_quadratic_model, diagonal_net_sharpness,
-                           geodesic_sharpness, kendall_tau, perturbation_objective,
-                           scalar_toy_sharpness, trust_region_max)
+                                    geodesic_sharpness, kendall_tau, perturbation_objective,
+                                    trust_region_max)
+from lib.sources.dasilva2025 import (diagonal_net_quadratic_model, diagonal_net_sharpness,
+                                     scalar_toy_sharpness)
 
 DT = torch.float64
 MSE = nn.functional.mse_loss

@@ -1,4 +1,4 @@
-"""The training manifold of linear least squares (chapter 5 of the thesis, rows G1-G7).
+"""The training manifold of linear least squares (chapter 5 of Mao 2025, rows G1-G7).
 
 Gradient descent on ``C(w) = (1/2n) sum_i r_i(w)^2`` moves the residual vector
 ``r = X w - y`` (length ``n``) linearly: ``r_{t+1} = (I - alpha K) r_t`` with the
@@ -18,8 +18,9 @@ Conventions (read these before comparing with the paper)
 * Matrices ``P1_sw``, ``P1_y``, ``P2`` and ``pca_matrix`` carry the ``1/T`` of (5.2.5)
   so that they add up to ``P(T)``. Section 5.2.2 of the paper silently drops that
   factor; the spectral formulas that follow it (the eigenvalues after 5.2.9, the bound
-  5.2.10, Lemmas 5.2.1-5.2.3) are about the *summed* Gramians ``T * P1``. The functions
-  implementing them say so, and return values for ``T * P1``.
+  5.2.10, Lemmas 5.2.1-5.2.3, in :mod:`lib.sources.mao2025`) are about the *summed*
+  Gramians ``T * P1``. The functions implementing them say so, and return values for
+  ``T * P1``.
 * Scale of the weights. With ``K = X X^T / n`` and ``w0 ~ N(0, s^2 I_d)`` one gets
   ``E[r0 r0^T] = n s^2 K + y y^T``, while the paper writes ``sigma_w^2 K + y y^T`` (and
   ``||y||^2 ~ sigma_*^2 tr K``): its derivation uses ``K = X X^T`` there. We keep the
@@ -29,7 +30,9 @@ Conventions (read these before comparing with the paper)
 * Real ``T``. The closed forms are analytic in ``T`` (``q^T`` for ``|q| <= 1``), so they
   accept any real ``T >= 1``; simulations need integer ``T``.
 
-Everything is torch, float64 by default, and runs on whatever device the inputs live on.
+The training recipes of section 5.3 (SGD, weight decay, kernel machines, deep linear
+networks) are in :mod:`lib.manifolds.linear_variants`. Everything is torch, float64 by
+default, and runs on whatever device the inputs live on.
 """
 
 from __future__ import annotations
@@ -40,63 +43,38 @@ from typing import Sequence
 
 import torch
 
-from .._checks import check_int, check_seed
+from .._checks import check_int, check_positive, check_real, check_seed, check_square_matrix
 
 DTYPE = torch.float64
 
 __all__ = [
-    "sloppy_spectrum", "sloppy_kernel", "sloppy_data", "simulate_trajectories", "pca_from_trajectories",
-    "PCAParts", "pca_parts", "pca_matrix", "p1_sw_eigenvalues", "p1_sw_bound", "lyapunov_limit_p1_y",
-    "lemma_5_2_1_rho", "lemma_5_2_1_bound", "lemma_5_2_2_bounds", "lemma_5_2_3_bound", "weyl_sandwich",
-    "ribbon_dimension", "phase_diagram", "sgd_pca_matrix", "weight_decay_pca_matrix",
-    "kernel_machines_pca_matrix", "simulate_deep_linear", "pca_over_time", "variant_phase_diagram",
+    "sloppy_spectrum", "sloppy_kernel", "sloppy_data", "SloppyData", "simulate_trajectories",
+    "pca_from_trajectories", "PCAParts", "pca_parts", "pca_parts_eigenbasis", "pca_matrix",
+    "geometric_series_mean", "ribbon_dimension", "phase_diagram", "check_time", "check_kernel",
+    "check_targets", "check_step_size", "eigh_kernel", "kernel_setup",
 ]
 
 
 # --------------------------------------------------------------------------- checks
 
-def _positive(value, name: str, *, strict: bool = True) -> float:
-    """A finite real number, > 0 (``strict``) or >= 0; raises TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        else:
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if strict and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if not strict and value < 0:
-        raise ValueError(f"{name} must be >= 0 (it is a standard deviation or a variance), got {value}")
-    return value
+def check_time(T) -> float:
+    """Training time ``T`` of a closed form: a real number ``>= 1`` (simulations take integers,
+    checked by ``check_int``); TypeError/ValueError naming ``T`` otherwise."""
+    return check_real(T, "T", minimum=1.0)
 
 
-def _time(T, *, integer: bool = False) -> float:
-    """Training time: a real (closed forms) or an integer (simulations) >= 1."""
-    if integer:
-        return check_int(T, "T", minimum=1)
-    T = _positive(T, "T")
-    if T < 1:
-        raise ValueError(f"T must be >= 1 (number of gradient steps), got {T}")
-    return T
-
-
-def _kernel(K) -> torch.Tensor:
-    """Check that K is a finite, symmetric, positive-definite (n, n) float tensor."""
-    if not isinstance(K, torch.Tensor) or not torch.is_floating_point(K):
-        raise TypeError("K must be a floating-point torch tensor of shape (n, n)")
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"K must be a square (n, n) matrix, got shape {tuple(K.shape)}")
-    if not bool(torch.isfinite(K).all()):
-        raise ValueError("K contains NaN or infinite entries")
+def check_kernel(K) -> torch.Tensor:
+    """Return ``K`` if it is a finite, symmetric ``(n, n)`` float tensor (TypeError/ValueError
+    naming ``K`` otherwise); positive definiteness is checked by :func:`eigh_kernel`."""
+    check_square_matrix(K, "K")
     scale = K.abs().max().clamp_min(1e-300)
     if not bool(((K - K.T).abs() <= 1e-10 * scale).all()):
         raise ValueError("K must be symmetric")
     return K
 
 
-def _targets(y, n: int, like: torch.Tensor) -> torch.Tensor:
+def check_targets(y, n: int, like: torch.Tensor) -> torch.Tensor:
+    """Return the targets ``y`` ``(n,)`` (finite floats) on ``like``'s device and dtype."""
     if not isinstance(y, torch.Tensor) or not torch.is_floating_point(y):
         raise TypeError("y must be a floating-point torch tensor of shape (n,)")
     if y.shape != (n,):
@@ -106,9 +84,9 @@ def _targets(y, n: int, like: torch.Tensor) -> torch.Tensor:
     return y.to(device=like.device, dtype=like.dtype)
 
 
-def _step_size(alpha, lam_max: float) -> float:
+def check_step_size(alpha, lam_max: float) -> float:
     """alpha in (0, 2 / lambda_1): beyond it ``|1 - alpha lambda_1| >= 1`` and GD diverges."""
-    alpha = _positive(alpha, "alpha")
+    alpha = check_positive(alpha, "alpha")
     # a relative slack of a few ulps: alpha = 2 / lambda_1 computed in floating point must
     # be rejected whichever way lambda_1's last bit was rounded (it differs across LAPACKs)
     if alpha * lam_max >= 2 * (1 - 1e-12):
@@ -117,8 +95,9 @@ def _step_size(alpha, lam_max: float) -> float:
     return alpha
 
 
-def _eigh_kernel(K: torch.Tensor):
-    """Eigenvalues (decreasing) and eigenvectors of K; K must be positive definite (assumption ii)."""
+def eigh_kernel(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues ``(n,)`` (decreasing) and eigenvectors ``(n, n)`` of K; ValueError unless K is
+    positive definite (assumption ii)."""
     lam, U = torch.linalg.eigh(K)
     lam, U = lam.flip(-1), U.flip(-1)
     if float(lam[-1]) <= 0:
@@ -132,7 +111,7 @@ def _eigh_kernel(K: torch.Tensor):
 def sloppy_spectrum(n: int, c: float, *, dtype=DTYPE, device=None) -> torch.Tensor:
     """Sloppy eigenvalues ``lambda_i = exp(-(i-1) c)``, i = 1..n (assumption (i)); shape (n,)."""
     n = check_int(n, "n")
-    c = _positive(c, "c")
+    c = check_positive(c, "c")
     return torch.exp(-c * torch.arange(n, dtype=dtype, device=device))
 
 
@@ -173,7 +152,7 @@ def sloppy_data(n: int, d: int, c: float, *, sigma_star: float = 1.0, seed: int 
     n, d = check_int(n, "n"), check_int(d, "d")
     if n >= d:
         raise ValueError(f"the analysis needs an over-parameterised model, n < d; got n = {n}, d = {d}")
-    sigma_star = _positive(sigma_star, "sigma_star", strict=False)
+    sigma_star = check_real(sigma_star, "sigma_star", minimum=0.0)
     lam = sloppy_spectrum(n, c, dtype=dtype)
     g = torch.Generator().manual_seed(check_seed(seed))
     U = _haar_orthogonal(n, g, dtype)
@@ -214,15 +193,15 @@ def simulate_trajectories(data: torch.Tensor, y: torch.Tensor, T: int, N: int, s
     if n > d:
         raise ValueError(f"X has n = {n} > d = {d} rows: the analysis needs n < d (pass K instead)")
     T, N = check_int(T, "T"), check_int(N, "N")
-    sigma_w = _positive(sigma_w, "sigma_w", strict=False)
-    lam_wd = _positive(weight_decay, "weight_decay", strict=False)
+    sigma_w = check_real(sigma_w, "sigma_w", minimum=0.0)
+    lam_wd = check_real(weight_decay, "weight_decay", minimum=0.0)
     g = torch.Generator().manual_seed(check_seed(seed))
     dev, dt = data.device, data.dtype
     if n == d:
-        K = _kernel(data)
-        lam, U = _eigh_kernel(K)
-        alpha = _step_size(alpha, float(lam[0]) + lam_wd)
-        y = _targets(y, n, K)
+        K = check_kernel(data)
+        lam, U = eigh_kernel(K)
+        alpha = check_step_size(alpha, float(lam[0]) + lam_wd)
+        y = check_targets(y, n, K)
         root = (U * lam.sqrt()) @ U.T  # symmetric square root of K
         z = torch.randn(N, n, generator=g, dtype=dt).to(dev)
         r = sigma_w * z @ root - y
@@ -240,9 +219,9 @@ def simulate_trajectories(data: torch.Tensor, y: torch.Tensor, T: int, N: int, s
         raise ValueError("batch_size (SGD noise) is supported only with the kernel form (pass K)")
     X = data
     K = X @ X.T / n
-    lam, _ = _eigh_kernel(K)
-    alpha = _step_size(alpha, float(lam[0]) + lam_wd)
-    y = _targets(y, n, X)
+    lam, _ = eigh_kernel(K)
+    alpha = check_step_size(alpha, float(lam[0]) + lam_wd)
+    y = check_targets(y, n, X)
     w = sigma_w / math.sqrt(n) * torch.randn(N, d, generator=g, dtype=dt).to(dev)
     out = torch.empty(N, T, n, dtype=dt, device=dev)
     for t in range(T):
@@ -265,7 +244,7 @@ def pca_from_trajectories(residuals: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- closed form
 
 def _power_base(q: torch.Tensor, T) -> torch.Tensor:
-    """q cleaned for ``q^T`` (see ``_geo_mean``): round-off negatives to 0, else ValueError."""
+    """q cleaned for ``q^T`` (see ``geometric_series_mean``): round-off negatives to 0, else ValueError."""
     q = torch.where((q < 0) & (q > -1e-12), torch.zeros_like(q), q)
     fractional = bool((torch.as_tensor(T) != torch.round(torch.as_tensor(T))).any())
     if fractional and bool((q < 0).any()):
@@ -274,7 +253,7 @@ def _power_base(q: torch.Tensor, T) -> torch.Tensor:
     return q
 
 
-def _geo_mean(q: torch.Tensor, T: float) -> torch.Tensor:
+def geometric_series_mean(q: torch.Tensor, T: float) -> torch.Tensor:
     """``(1/T) sum_{t<T} q^t = (1 - q^T) / (T (1 - q))`` for ``-1 < q <= 1``, elementwise.
 
     Near q = 1 the quotient is 0/0; there we use the first-order expansion
@@ -292,8 +271,8 @@ def _geo_mean(q: torch.Tensor, T: float) -> torch.Tensor:
     return torch.where(near, 1 - (T - 1) * one_minus / 2, exact)
 
 
-def _parts_eigenbasis(lam: torch.Tensor, u: torch.Tensor, T, sigma_w: float, alpha: float,
-                      init_var: torch.Tensor | None = None):
+def pca_parts_eigenbasis(lam: torch.Tensor, u: torch.Tensor, T, sigma_w: float, alpha: float,
+                         init_var: torch.Tensor | None = None):
     """P1^sw (diagonal, (..., n)), P1^y ((..., n, n)) and P2 ((..., n, n)) in K's eigenbasis.
 
     ``u`` are the coordinates of y in that basis; ``init_var`` replaces the initial residual
@@ -303,10 +282,10 @@ def _parts_eigenbasis(lam: torch.Tensor, u: torch.Tensor, T, sigma_w: float, alp
     dK = 1 - alpha * lam  # eigenvalues of K_d
     Tb = T if not isinstance(T, torch.Tensor) else T[..., None]
     init = sigma_w ** 2 * lam if init_var is None else init_var
-    p1_sw = init * _geo_mean(dK * dK, Tb)
+    p1_sw = init * geometric_series_mean(dK * dK, Tb)
     Tm = Tb if not isinstance(T, torch.Tensor) else Tb[..., None]
-    p1_y = u[..., :, None] * u[..., None, :] * _geo_mean(dK[..., :, None] * dK[..., None, :], Tm)
-    kt_u = _geo_mean(dK, Tb) * u  # K_T y in the eigenbasis
+    p1_y = u[..., :, None] * u[..., None, :] * geometric_series_mean(dK[..., :, None] * dK[..., None, :], Tm)
+    kt_u = geometric_series_mean(dK, Tb) * u  # K_T y in the eigenbasis
     p2 = kt_u[..., :, None] * kt_u[..., None, :]
     return p1_sw, p1_y, p2
 
@@ -328,12 +307,15 @@ class PCAParts:
         return self.P1_sw + self.P1_y - self.P2
 
 
-def _setup(K, y, sigma_w, alpha):
-    K = _kernel(K)
-    lam, U = _eigh_kernel(K)
-    y = _targets(y, K.shape[0], K)
-    sigma_w = _positive(sigma_w, "sigma_w", strict=False)
-    alpha = 1.0 / float(lam[0]) if alpha is None else _step_size(alpha, float(lam[0]))
+def kernel_setup(K, y, sigma_w, alpha):
+    """Checked ``(K, lam, U, y, sigma_w, alpha)``: the kernel ``(n, n)``, its eigenvalues
+    ``(n,)`` (decreasing) and eigenvectors ``(n, n)``, the targets ``(n,)``, ``sigma_w >= 0``
+    and the step size (default ``1 / lambda_1``)."""
+    K = check_kernel(K)
+    lam, U = eigh_kernel(K)
+    y = check_targets(y, K.shape[0], K)
+    sigma_w = check_real(sigma_w, "sigma_w", minimum=0.0)
+    alpha = 1.0 / float(lam[0]) if alpha is None else check_step_size(alpha, float(lam[0]))
     return K, lam, U, y, sigma_w, alpha
 
 
@@ -343,9 +325,9 @@ def pca_parts(K: torch.Tensor, y: torch.Tensor, T: float, *, sigma_w: float,
 
     Computed in K's eigenbasis, where K_d is diagonal and every sum over t is a
     geometric series, then rotated back. alpha defaults to ``1 / lambda_1(K)``."""
-    K, lam, U, y, sigma_w, alpha = _setup(K, y, sigma_w, alpha)
-    T = _time(T)
-    sw, py, p2 = _parts_eigenbasis(lam, U.T @ y, T, sigma_w, alpha)
+    K, lam, U, y, sigma_w, alpha = kernel_setup(K, y, sigma_w, alpha)
+    T = check_time(T)
+    sw, py, p2 = pca_parts_eigenbasis(lam, U.T @ y, T, sigma_w, alpha)
     rot = lambda M: U @ M @ U.T  # noqa: E731
     return PCAParts(P1_sw=(U * sw) @ U.T, P1_y=rot(py), P2=rot(p2))
 
@@ -359,133 +341,8 @@ def pca_matrix(K: torch.Tensor, y: torch.Tensor, T: int | float, *, sigma_w: flo
     """
     if N is None:
         return pca_parts(K, y, T, sigma_w=sigma_w, alpha=alpha).P
-    K, lam, _, y, sigma_w, alpha = _setup(K, y, sigma_w, alpha)
+    K, lam, _, y, sigma_w, alpha = kernel_setup(K, y, sigma_w, alpha)
     return pca_from_trajectories(simulate_trajectories(K, y, T, N, sigma_w, alpha, seed=seed))
-
-
-# --------------------------------------------------------------------------- spectral results
-
-def _lam_alpha(lam_K, alpha):
-    lam = torch.as_tensor(lam_K, dtype=DTYPE) if not isinstance(lam_K, torch.Tensor) else lam_K
-    if lam.ndim != 1 or not bool((lam > 0).all()):
-        raise ValueError("eigenvalues of K must be a 1-D tensor of positive numbers")
-    lam = lam.sort(descending=True).values
-    alpha = 1.0 / float(lam[0]) if alpha is None else _step_size(alpha, float(lam[0]))
-    return lam, alpha
-
-
-def p1_sw_eigenvalues(lam_K, T, *, sigma_w: float, alpha: float | None = None) -> torch.Tensor:
-    """Eigenvalues of the *summed* ``T * P1^sw(T)`` (formula after 5.2.9), in K's order:
-    ``(sigma_w^2/alpha) (1 - (1 - alpha lambda_i)^{2T}) / (2 - alpha lambda_i)``."""
-    lam, alpha = _lam_alpha(lam_K, alpha)
-    T, s2 = _time(T), _positive(sigma_w, "sigma_w", strict=False) ** 2
-    x = alpha * lam
-    # 1 - (1 - x)^{2T} as -expm1(2T log1p(-x)): for x ~ 1e-10 the plain subtraction loses
-    # about eight digits; log1p needs x < 1, so x >= 1 keeps the direct form.
-    small = x < 1
-    stable = -torch.expm1(2 * T * torch.log1p(-torch.where(small, x, torch.zeros_like(x))))
-    direct = 1 - (1 - x) ** (2 * T)
-    return s2 / alpha * torch.where(small, stable, direct) / (2 - x)
-
-
-def p1_sw_bound(lam_K, T, *, sigma_w: float, alpha: float | None = None) -> torch.Tensor:
-    """Upper bound (5.2.10) on the eigenvalues of ``T * P1^sw(T)``:
-    ``(sigma_w^2/alpha) min(1, 2 T alpha lambda_i) / (2 - alpha lambda_i)``.
-
-    It rests on ``1 - (1-x)^a <= min(1, a x)``, true for 0 <= x <= 1: the bound needs
-    alpha <= 1 / lambda_1 (assumption iii); larger alpha raises ValueError."""
-    lam, alpha = _lam_alpha(lam_K, alpha)
-    if alpha * float(lam[0]) > 1 + 1e-12:
-        raise ValueError("bound (5.2.10) assumes alpha <= 1 / lambda_1(K)")
-    T, s2 = _time(T), _positive(sigma_w, "sigma_w", strict=False) ** 2
-    return s2 / alpha * torch.clamp(2 * T * alpha * lam, max=1.0) / (2 - alpha * lam)
-
-
-def lyapunov_limit_p1_y(K: torch.Tensor, y: torch.Tensor, *, alpha: float | None = None) -> torch.Tensor:
-    """``lim_{T->inf} T P1^y(T) = sum_{t>=0} K_d^t y y^T K_d^t``, (n, n): the reachability
-    Gramian, which solves ``K_d P K_d - P + y y^T = 0``. Entry (i, j) in K's eigenbasis is
-    ``u_i u_j / (1 - d_i d_j)``."""
-    K, lam, U, y, _, alpha = _setup(K, y, 0.0, alpha)
-    u, dK = U.T @ y, 1 - alpha * lam
-    G = u[:, None] * u[None, :] / (1 - dK[:, None] * dK[None, :])
-    return U @ G @ U.T
-
-
-def lemma_5_2_1_rho(lam_K, alpha: float | None = None) -> float:
-    """rho of Lemma 5.2.1. ``alpha=None``: the paper's ``exp(pi^2 / (2 ln(8 kappa - 4)))``,
-    kappa = lambda_1/lambda_n (valid for alpha <= 1/lambda_1). With alpha: the sharper
-    ``exp(pi^2 / (2 ln(4 b/a)))`` with the exact ratio b/a of the Cayley-transformed
-    spectrum ``alpha lambda / (2 - alpha lambda)`` (the step before the paper's bound)."""
-    lam, al = _lam_alpha(lam_K, alpha)
-    kappa = float(lam[0] / lam[-1])
-    if alpha is None:
-        arg = 8 * kappa - 4
-    else:
-        f = lambda x: al * x / (2 - al * x)  # noqa: E731
-        arg = 4 * float(f(lam[0]) / f(lam[-1]))
-    if arg <= 1:  # kappa == 1: a single eigenvalue, no decay statement is needed
-        return math.inf
-    return math.exp(math.pi ** 2 / (2 * math.log(arg)))
-
-
-def lemma_5_2_1_bound(lam_K, alpha: float | None = None) -> torch.Tensor:
-    """Upper bounds on ``lambda_j^y / lambda_1^y`` for j = 1..n, shape (n,).
-
-    The lemma bounds odd indices j = 1 + 2i by ``4 rho^{-2i} / (1 + rho^{-4i})^2``; an even
-    index j = 2i + 2 inherits the bound of j - 1 because eigenvalues are decreasing."""
-    lam, _ = _lam_alpha(lam_K, alpha)
-    rho = lemma_5_2_1_rho(lam, alpha)
-    i = torch.div(torch.arange(lam.numel()), 2, rounding_mode="floor").to(DTYPE)
-    if math.isinf(rho):
-        return torch.where(i == 0, 1.0, 0.0).to(DTYPE)
-    q = rho ** (-2 * i)
-    return torch.clamp(4 * q / (1 + q * q) ** 2, max=1.0)
-
-
-def lemma_5_2_2_bounds(lam_K, y_norm_sq: float, T, *, alpha: float | None = None):
-    """Lemma 5.2.2: ``||y||^2 <= lambda_1(T P1^y) <= max_i lambda~_i ||y||^2`` with
-    ``lambda~_i = sum_{t<T} (1 - alpha lambda_i)^{2t}``. Returns (lower, upper).
-
-    The paper writes lambda~_n (the largest one when alpha <= 1/lambda_1); the maximum
-    keeps the bound valid for 1/lambda_1 < alpha < 2/lambda_1 too."""
-    lam, alpha = _lam_alpha(lam_K, alpha)
-    T = _time(T)
-    tilde = T * _geo_mean((1 - alpha * lam) ** 2, T)
-    y2 = _positive(y_norm_sq, "y_norm_sq", strict=False)
-    return y2, float(tilde.max()) * y2
-
-
-def lemma_5_2_3_bound(lam_K, c: float, y_norm_sq: float, T, *, sigma_w: float,
-                      alpha: float | None = None) -> torch.Tensor:
-    """Lemma 5.2.3 (small-time branch, as proved): bounds on ``lambda_i(P1)/lambda_1(P1)``.
-
-    With ``k* = min(ln(2 T alpha)/(2c), n/2)`` (the proof's value; the statement's
-    ``ln(2T alpha/(2c))`` is a typo), rounded down to an integer >= 1:
-    i <= 2k*: ``min(1, 4 rho^{-(i-1)} + sigma_w^2 / (alpha ||y||^2))``;
-    else:     ``4 rho^{-(k*-1)} + sigma_w^2 min(1, 2 alpha T lambda_{i-k*+1}) / (alpha ||y||^2)``.
-    The Lemma 5.2.1 factor is taken from ``lemma_5_2_1_bound`` (which is slightly weaker than
-    the statement's ``4 rho^{-(i-1)}`` at even i, see there). Shape (n,)."""
-    lam, alpha = _lam_alpha(lam_K, alpha)
-    n, T = lam.numel(), _time(T)
-    c = _positive(c, "c")
-    s2, y2 = _positive(sigma_w, "sigma_w", strict=False) ** 2, _positive(y_norm_sq, "y_norm_sq")
-    k = int(max(1, math.floor(min(math.log(max(2 * T * alpha, 1.0)) / (2 * c), n / 2))))
-    head_y = lemma_5_2_1_bound(lam, alpha)
-    idx = torch.arange(1, n + 1)
-    head = torch.clamp(head_y + s2 / (alpha * y2), max=1.0)
-    shifted = (idx - k).clamp(min=0, max=n - 1)  # 0-based index of lambda_{i-k*+1}
-    tail = head_y[k - 1] + s2 * torch.clamp(2 * alpha * T * lam[shifted], max=1.0) / (alpha * y2)
-    return torch.where(idx <= 2 * k, head, torch.minimum(tail, torch.ones(())).to(DTYPE))
-
-
-def weyl_sandwich(P1: torch.Tensor, P2: torch.Tensor):
-    """(5.2.7): bounds on the eigenvalues of ``P1 - P2`` (P2 PSD, rank one), decreasing order.
-    Returns (lower, upper) with ``max(lambda_{i+1}^{P1}, lambda_i^{P1} - lambda^{P2}) <=
-    lambda_i^P <= lambda_i^{P1}`` (lambda_{n+1} := -inf)."""
-    e1 = torch.linalg.eigvalsh(P1).flip(-1)
-    lp2 = torch.linalg.eigvalsh(P2)[..., -1:]
-    nxt = torch.cat([e1[..., 1:], torch.full_like(e1[..., :1], -math.inf)], -1)
-    return torch.maximum(nxt, e1 - lp2), e1
 
 
 # --------------------------------------------------------------------------- dimension
@@ -504,7 +361,7 @@ def ribbon_dimension(values: torch.Tensor, fraction: float = 0.95, *, matrix: bo
     """
     if not isinstance(values, torch.Tensor) or not torch.is_floating_point(values):
         raise TypeError("values must be a floating-point tensor")
-    fraction = _positive(fraction, "fraction")
+    fraction = check_positive(fraction, "fraction")
     if fraction > 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if matrix:
@@ -523,7 +380,7 @@ def ribbon_dimension(values: torch.Tensor, fraction: float = 0.95, *, matrix: bo
 def _target_gram(q: torch.Tensor, uu: torch.Tensor, dK: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """``P1^y - P2`` for unit sigma_* in K's eigenbasis, (t, C, n, n), built in place.
 
-    Same numbers as ``_parts_eigenbasis`` (geometric means of ``q = d_i d_j`` and of ``d``),
+    Same numbers as ``pca_parts_eigenbasis`` (geometric means of ``q = d_i d_j`` and of ``d``),
     but the phase diagram spends most of its time in these (t, C, n, n) element-wise
     passes, so each one writes into the same buffer instead of a new temporary."""
     Tb = T[..., None, None]  # (t, 1, 1, 1)
@@ -532,9 +389,9 @@ def _target_gram(q: torch.Tensor, uu: torch.Tensor, dK: torch.Tensor, T: torch.T
     near = one_minus.abs() < 1e-9
     G = torch.pow(q, Tb)
     G.neg_().add_(1).div_(torch.where(near, torch.full_like(q, 0.5), one_minus)).div_(Tb)
-    if bool(near.any()):  # first-order expansion at q = 1, as in _geo_mean
+    if bool(near.any()):  # first-order expansion at q = 1, as in geometric_series_mean
         G = torch.where(near, 1 - (Tb - 1) * one_minus / 2, G)
-    g = _geo_mean(dK, T[..., None])  # (t, C, n): K_T y in the eigenbasis, up to u
+    g = geometric_series_mean(dK, T[..., None])  # (t, C, n): K_T y in the eigenbasis, up to u
     flat = G.view(-1, *G.shape[-2:])
     flat.baddbmm_(g.reshape(-1, g.shape[-1], 1), g.reshape(-1, 1, g.shape[-1]), alpha=-1)
     return G.mul_(uu)
@@ -582,13 +439,13 @@ def phase_diagram(T: Sequence[float], c: Sequence[float], ratio: Sequence[float]
         raise ValueError(f"the analysis needs n < d, got n = {n}, d = {d}")
     if target not in ("sample", "expected"):
         raise ValueError(f"target must be 'sample' or 'expected', got {target!r}")
-    sigma_w = _positive(sigma_w, "sigma_w")
-    Tt = torch.as_tensor([_time(t) for t in T], dtype=DTYPE, device=device)
-    ct = torch.as_tensor([_positive(x, "c") for x in c], dtype=DTYPE, device=device)
-    rt = torch.as_tensor([_positive(x, "ratio", strict=False) for x in ratio], dtype=DTYPE, device=device)
+    sigma_w = check_positive(sigma_w, "sigma_w")
+    Tt = torch.as_tensor([check_time(t) for t in T], dtype=DTYPE, device=device)
+    ct = torch.as_tensor([check_positive(x, "c") for x in c], dtype=DTYPE, device=device)
+    rt = torch.as_tensor([check_real(x, "ratio", minimum=0.0) for x in ratio], dtype=DTYPE, device=device)
     if min(Tt.numel(), ct.numel(), rt.numel()) == 0:
         raise ValueError("T, c and ratio must be non-empty")
-    alpha = 1.0 if alpha is None else _step_size(alpha, 1.0)  # lambda_1 = exp(0) = 1 for every c
+    alpha = 1.0 if alpha is None else check_step_size(alpha, 1.0)  # lambda_1 = exp(0) = 1 for every c
     lam = torch.exp(-ct[:, None] * torch.arange(n, dtype=DTYPE, device=device))  # (C, n)
     z = torch.randn(n, generator=torch.Generator().manual_seed(check_seed(seed)), dtype=DTYPE).to(Tt.device)
     u = lam.sqrt() * z if target == "sample" else lam.sqrt()  # y coordinates for sigma_* = 1
@@ -601,202 +458,15 @@ def phase_diagram(T: Sequence[float], c: Sequence[float], ratio: Sequence[float]
     for lo in range(0, Tt.numel(), step):  # chunks over T bound the memory of the batch
         Tc = Tt[lo:lo + step][:, None]  # (t, 1) broadcasts against the c axis
         if target == "expected":
-            sw, _, _ = _parts_eigenbasis(lam, u, Tc, sigma_w, alpha)
-            y_part = lam * (_geo_mean(dK * dK, Tc[..., None]) - _geo_mean(dK, Tc[..., None]) ** 2)
+            sw, _, _ = pca_parts_eigenbasis(lam, u, Tc, sigma_w, alpha)
+            y_part = lam * (geometric_series_mean(dK * dK, Tc[..., None]) - geometric_series_mean(dK, Tc[..., None]) ** 2)
             ev = sw[:, :, None, :] + s2[:, None] * y_part[:, :, None, :]
         else:
-            sw = sigma_w ** 2 * lam * _geo_mean(dK * dK, Tc[..., None])  # (t, C, n)
+            sw = sigma_w ** 2 * lam * geometric_series_mean(dK * dK, Tc[..., None])  # (t, C, n)
             H = _target_gram(q, uu, dK, Tc)  # (t, C, n, n)
             P = torch.empty(*H.shape[:2], rt.numel(), n, n, dtype=DTYPE, device=H.device)
             torch.mul(H[:, :, None], s2[:, None, None], out=P)  # (t, C, R, n, n)
             P.diagonal(dim1=-2, dim2=-1).add_(sw[:, :, None, :])
             ev = _batched_eigvalsh(P.flatten(0, 2)).unflatten(0, P.shape[:3])
         out[lo:lo + step] = ribbon_dimension(ev, fraction)
-    return out
-
-
-# --------------------------------------------------------------------------- variants (5.3)
-
-def sgd_pca_matrix(K: torch.Tensor, y: torch.Tensor, T, *, sigma_w: float, batch_size: int,
-                   alpha: float | None = None) -> torch.Tensor:
-    """P(T) for SGD modelled as GD plus Langevin noise of residual covariance (alpha^2/b) K^2.
-
-    ``P = P(T)_GD + P_xi - (1/T) sum_{t<T} K_d^t P_xi K_d^t`` with the stationary
-    ``P_xi = (alpha/b) (2I - alpha K)^{-1} K`` (solves ``K_d P K_d - P + (alpha^2/b) K^2 = 0``);
-    the mean residual, hence P2, is unchanged because the noise has zero mean. (n, n)."""
-    K, lam, U, y, sigma_w, alpha = _setup(K, y, sigma_w, alpha)
-    T, b = _time(T), check_int(batch_size, "batch_size")
-    sw, py, p2 = _parts_eigenbasis(lam, U.T @ y, T, sigma_w, alpha)
-    dK = 1 - alpha * lam
-    p_xi = alpha / b * lam / (2 - alpha * lam)
-    extra = p_xi * (1 - _geo_mean(dK * dK, T))
-    return U @ (torch.diag(sw + extra) + py - p2) @ U.T
-
-
-def weight_decay_pca_matrix(K: torch.Tensor, y: torch.Tensor, T, *, sigma_w: float,
-                            weight_decay: float, alpha: float | None = None) -> torch.Tensor:
-    """P(T) for GD on ``C(w) + (lambda/2)||w||^2``, (n, n).
-
-    The residuals obey ``r_{t+1} = (I - alpha K_lambda) r_t - alpha lambda y`` with
-    ``K_lambda = K + lambda I``: an affine map with fixed point ``r* = -lambda K_lambda^{-1} y``.
-    PCA ignores translations, so P is the closed form for the shifted residual ``r - r*``:
-    dynamics ``K_lambda``, initial covariance still ``sigma_w^2 K`` (the init does not see
-    lambda) and effective target ``K K_lambda^{-1} y``. The paper's "replace K by K_lambda"
-    is the approximation that drops these two corrections (exact as lambda -> 0)."""
-    K, lam, U, y, sigma_w, _ = _setup(K, y, sigma_w, None)  # alpha is checked against K_lambda below
-    wd = _positive(weight_decay, "weight_decay", strict=False)
-    lam_wd = lam + wd
-    alpha = 1.0 / float(lam_wd[0]) if alpha is None else _step_size(alpha, float(lam_wd[0]))
-    T = _time(T)
-    u = lam / lam_wd * (U.T @ y)
-    sw, py, p2 = _parts_eigenbasis(lam_wd, u, T, sigma_w, alpha, init_var=sigma_w ** 2 * lam)
-    return U @ (torch.diag(sw) + py - p2) @ U.T
-
-
-def kernel_machines_pca_matrix(kernels: Sequence[torch.Tensor], y: torch.Tensor, T, *, sigma_w: float,
-                               alpha: float | None = None) -> torch.Tensor:
-    """P(M, T) for M kernel machines pooled into one PCA (section 5.3), (n, n):
-    ``(1/M) sum_m P1^(m)(T) - K_{T,M} y y^T K_{T,M}`` with ``K_{T,M} = (1/M) sum_m K_T^(m)``.
-    alpha defaults to 1 / max_m lambda_1(K^(m)) (one step size for all, as in the paper)."""
-    if len(kernels) == 0:
-        raise ValueError("kernels must contain at least one kernel matrix")
-    Ks = [_kernel(K) for K in kernels]
-    eig = [_eigh_kernel(K) for K in Ks]
-    lam_max = max(float(l[0]) for l, _ in eig)
-    alpha = 1.0 / lam_max if alpha is None else _step_size(alpha, lam_max)
-    y = _targets(y, Ks[0].shape[0], Ks[0])
-    sigma_w, T = _positive(sigma_w, "sigma_w", strict=False), _time(T)
-    P1 = torch.zeros_like(Ks[0])
-    KT = torch.zeros_like(Ks[0])
-    for lam, U in eig:
-        sw, py, _ = _parts_eigenbasis(lam, U.T @ y, T, sigma_w, alpha)
-        P1 += U @ (torch.diag(sw) + py) @ U.T
-        KT += (U * _geo_mean(1 - alpha * lam, T)) @ U.T
-    m = len(Ks)
-    kty = KT @ y / m
-    return P1 / m - torch.outer(kty, kty)
-
-
-def simulate_deep_linear(X: torch.Tensor, y: torch.Tensor, T: int, N: int, *, width: int,
-                         sigma_w: float, alpha: float, seed: int = 0) -> torch.Tensor:
-    """Residual trajectories (N, T, n) of two-layer linear nets ``y_hat = X V^T u`` (u: (p,),
-    V: (p, d)) trained by GD on ``(1/2n) sum r^2`` from balanced initialisations.
-
-    Balanced init (``V V^T = u u^T`` up to the scale): ``u = s a``, ``V = s a b^T`` with unit
-    a ~ Uniform(sphere^{p-1}), b ~ Uniform(sphere^{d-1}); so ``V V^T = s^2 a a^T = u u^T``.
-    s is chosen so the end-to-end weights ``w = V^T u = s^2 b`` have ``E||w||^2`` as a
-    linear model with per-coordinate variance sigma_w^2/n. The residual dynamics are no
-    longer linear: the kernel ``X (V^T V + ||u||^2 I) X^T / n`` moves with the weights."""
-    if not isinstance(X, torch.Tensor) or X.ndim != 2:
-        raise TypeError("X must be an (n, d) floating-point tensor")
-    n, d = X.shape
-    if n >= d:
-        raise ValueError(f"the analysis needs n < d, got n = {n}, d = {d}")
-    T, N, p = check_int(T, "T"), check_int(N, "N"), check_int(width, "width")
-    sigma_w, alpha = _positive(sigma_w, "sigma_w", strict=False), _positive(alpha, "alpha")
-    y = _targets(y, n, X)
-    g = torch.Generator().manual_seed(check_seed(seed))
-    dt, dev = X.dtype, X.device
-    a = torch.nn.functional.normalize(torch.randn(N, p, generator=g, dtype=dt), dim=-1).to(dev)
-    b = torch.nn.functional.normalize(torch.randn(N, d, generator=g, dtype=dt), dim=-1).to(dev)
-    s = (sigma_w ** 2 * d / n) ** 0.25
-    u, V = s * a, s * a[:, :, None] * b[:, None, :]
-    out = torch.empty(N, T, n, dtype=dt, device=dev)
-    for t in range(T):
-        w = torch.einsum("npd,np->nd", V, u)
-        r = w @ X.T - y
-        if not bool(torch.isfinite(r).all()):
-            raise ValueError("deep linear GD diverged; lower alpha")
-        out[:, t] = r
-        gw = r @ X / n  # dC/dw, then the chain rule through w = V^T u
-        gu = torch.einsum("npd,nd->np", V, gw)
-        gV = u[:, :, None] * gw[:, None, :]
-        u, V = u - alpha * gu, V - alpha * gV
-    return out
-
-
-def pca_over_time(residuals: torch.Tensor, times: Sequence[int]) -> torch.Tensor:
-    """PCA matrices ``P(N, T)`` (5.2.3) of the first T steps, for every T in ``times``.
-
-    Args:
-        residuals: (N, T_max, n) trajectories, e.g. from ``simulate_deep_linear``.
-        times: integers in [1, T_max].
-
-    Returns:
-        (len(times), n, n), equal to ``pca_from_trajectories(residuals[:, :T])`` for each T,
-        from one pass of prefix sums instead of one pass per T. The points are first shifted
-        by their overall mean (PCA ignores shifts) so the second moments do not cancel.
-    """
-    if not isinstance(residuals, torch.Tensor) or residuals.ndim != 3:
-        raise ValueError("residuals must be a tensor of shape (N, T, n)")
-    N, T_max, n = residuals.shape
-    ts = [check_int(t, "T", minimum=1) for t in times]
-    if not ts or max(ts) > T_max:
-        raise ValueError(f"times must be a non-empty list of integers in [1, {T_max}], got {list(times)}")
-    r = residuals - residuals.flatten(0, 1).mean(0)
-    first = r.sum(0).cumsum(0)  # (T_max, n): sum over runs and steps < T
-    second = torch.einsum("ntj,ntk->tjk", r, r).cumsum(0)  # (T_max, n, n)
-    idx = torch.as_tensor(ts, device=r.device) - 1
-    count = (idx + 1).to(r.dtype)[:, None] * N
-    mean = first[idx] / count
-    return second[idx] / count[..., None] - mean[:, :, None] * mean[:, None, :]
-
-
-_VARIANTS = ("gd", "sgd", "weight_decay", "kernel_machines", "deep_linear")
-
-
-def variant_phase_diagram(T: Sequence[int], c: Sequence[float], *, ratio: float, variant: str = "gd",
-                          n: int = 50, d: int = 100, sigma_w: float = 1.0, fraction: float = 0.95,
-                          seed: int = 0, batch_size: int | None = None, weight_decay: float | None = None,
-                          machines: int | None = None, width: int | None = None, runs: int = 200,
-                          alpha: float | None = None) -> torch.Tensor:
-    """Ribbon dimension over a (T, c) grid for one training recipe of section 5.3.
-
-    For each slope c one data set ``sloppy_data(n, d, c, sigma_star=ratio * sigma_w, seed)``
-    is drawn (the same seed for every c: common random numbers), and P(T) comes from
-
-    * ``"gd"``: ``pca_matrix`` (closed form);
-    * ``"sgd"``: ``sgd_pca_matrix`` with ``batch_size``;
-    * ``"weight_decay"``: ``weight_decay_pca_matrix`` with ``weight_decay``;
-    * ``"kernel_machines"``: ``kernel_machines_pca_matrix`` with ``machines`` sloppy kernels
-      of slope c (seeds ``seed .. seed + machines - 1``);
-    * ``"deep_linear"``: ``runs`` simulated two-layer linear nets of hidden ``width``
-      (``simulate_deep_linear``, alpha defaults to 0.5) and ``pca_over_time``.
-
-    T must hold integers (the simulated variant needs them; the others accept them). The
-    closed forms rotate K back from its eigenbasis, so K must stay numerically positive
-    definite: keep ``c (n - 1)`` below about 30 (``phase_diagram`` has no such limit).
-    alpha defaults to each function's own default (1 / lambda_1). Returns int64 (len(T), len(c)).
-    """
-    if variant not in _VARIANTS:
-        raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
-    needs = {"sgd": ("batch_size", batch_size), "weight_decay": ("weight_decay", weight_decay),
-             "kernel_machines": ("machines", machines), "deep_linear": ("width", width)}
-    if variant in needs and needs[variant][1] is None:
-        raise ValueError(f"variant {variant!r} needs {needs[variant][0]}=...")
-    Ts = [check_int(t, "T", minimum=1) for t in T]
-    cs = [_positive(x, "c") for x in c]
-    if not Ts or not cs:
-        raise ValueError("T and c must be non-empty")
-    sigma_star = _positive(ratio, "ratio", strict=False) * _positive(sigma_w, "sigma_w")
-    out = torch.empty(len(Ts), len(cs), dtype=torch.int64)
-    for j, cv in enumerate(cs):
-        data = sloppy_data(n, d, cv, sigma_star=sigma_star, seed=seed)
-        if variant == "deep_linear":
-            R = simulate_deep_linear(data.X, data.y, max(Ts), check_int(runs, "runs"), width=width,
-                                     sigma_w=sigma_w, alpha=0.5 if alpha is None else alpha, seed=seed)
-            P = pca_over_time(R, Ts)
-        else:
-            def one(t):
-                if variant == "gd":
-                    return pca_matrix(data.K, data.y, t, sigma_w=sigma_w, alpha=alpha)
-                if variant == "sgd":
-                    return sgd_pca_matrix(data.K, data.y, t, sigma_w=sigma_w, batch_size=batch_size, alpha=alpha)
-                if variant == "weight_decay":
-                    return weight_decay_pca_matrix(data.K, data.y, t, sigma_w=sigma_w,
-                                                   weight_decay=weight_decay, alpha=alpha)
-                kernels = [sloppy_kernel(n, cv, seed=seed + m) for m in range(check_int(machines, "machines"))]
-                return kernel_machines_pca_matrix(kernels, data.y, t, sigma_w=sigma_w, alpha=alpha)
-            P = torch.stack([one(t) for t in Ts])
-        out[:, j] = ribbon_dimension(P, fraction, matrix=True).cpu()
     return out
