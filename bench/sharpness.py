@@ -56,7 +56,7 @@ def build(device, batch_size=256, seed=0):
 
 def main():
     args, device = parse_common_args(__doc__, rounds=5, warmup=1,
-                                     extra=[("--n-iter", int, 20), ("--rho", float, 0.1)])
+                                     extra=[("--num-steps", int, 20), ("--rho", float, 0.1)])
     model, loss_fn, data = build(device)
     X, y = data
     params = [p for p in model.parameters() if p.requires_grad]
@@ -64,15 +64,15 @@ def main():
     def gradient():
         return torch.autograd.grad(loss_fn(model(X), y), params)
 
-    common = dict(n_iter=args.n_iter)
+    common = dict(num_steps=args.num_steps)
     methods = {
         "one gradient": gradient,
         "adaptive worst-case (L2)": lambda: adaptive_sharpness(
-            model, loss_fn, data, args.rho, kind="worst", norm="l2", **common),
+            model, loss_fn, data, args.rho, estimate="worst", norm="l2", **common),
         "geodesic, metric inv (15)": lambda: geodesic_sharpness(
-            model, loss_fn, data, args.rho, metric="inv", **common),
+            model, loss_fn, data, args.rho, metric_name="inv", **common),
         "geodesic, metric mix (34)": lambda: geodesic_sharpness(
-            model, loss_fn, data, args.rho, metric="mix", **common),
+            model, loss_fn, data, args.rho, metric_name="mix", **common),
     }
     values = {name: fn() for name, fn in methods.items() if name != "one gradient"}
     for name, value in values.items():
@@ -81,7 +81,7 @@ def main():
     times = time_round_robin(methods, args.rounds, args.warmup, device)
     median = {name: statistics.median(t) for name, t in times.items()}
     n_params = sum(p.numel() for p in params)
-    print(f"ViT, {n_params} parameters, batch {len(X)}, {args.n_iter} Auto-PGD iterations, "
+    print(f"ViT, {n_params} parameters, batch {len(X)}, {args.num_steps} Auto-PGD iterations, "
           f"rho = {args.rho}, device {device}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds (medians)")
     base = median["adaptive worst-case (L2)"]

@@ -1,4 +1,4 @@
-"""Tests of lib.manifolds.inpca's geodesics, progress, trajectory distances, ensemble means (chapter 2,
+"""Tests of lib.manifolds.trajectories: geodesics, progress, trajectory distances, ensemble means (chapter 2,
 eqs. 2.2.3-2.2.5, Table 2.3) and the iterative top-k InPCA.
 
 References are independent of the code under test: the great-circle formula (2.2.3) written
@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from scipy.optimize import minimize_scalar
 
 from lib.manifolds import inpca as I
+from lib.manifolds import trajectories as TR
 
 F64 = torch.float64
 
@@ -42,21 +43,21 @@ def numpy_dG(p, q):
 # --------------------------------------------------------------------------- ignorance, truth, geodesic
 
 def test_ignorance_and_truth():
-    P0 = I.ignorance(3, 4)
+    P0 = TR.ignorance(3, 4)
     assert P0.dtype == F64 and P0.shape == (3, 4) and torch.all(P0 == 0.25)
     y = torch.tensor([2, 0, 1])
-    T = I.truth(y)
+    T = TR.truth(y)
     assert T.dtype == F64 and T.shape == (3, 3)
     np.testing.assert_array_equal(T.numpy(), np.eye(3)[[2, 0, 1]])
-    assert I.truth(y, 5).shape == (3, 5)
+    assert TR.truth(y, 5).shape == (3, 5)
     with pytest.raises(ValueError, match="labels must lie in"):
-        I.truth(y, 2)
+        TR.truth(y, 2)
     with pytest.raises(ValueError, match="labels"):
-        I.truth(torch.tensor([-1, 0]))
+        TR.truth(torch.tensor([-1, 0]))
     with pytest.raises(TypeError, match="integer"):
-        I.truth(torch.tensor([0.0, 1.0]))
+        TR.truth(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="shape"):
-        I.truth(torch.zeros(2, 2, dtype=torch.long))
+        TR.truth(torch.zeros(2, 2, dtype=torch.long))
 
 
 def test_geodesic_matches_formula_endpoints_and_constant_speed():
@@ -64,16 +65,16 @@ def test_geodesic_matches_formula_endpoints_and_constant_speed():
     p, q = random_probs(rng, (6, 4), 2.0), random_probs(rng, (6, 4), 2.0)
     P, Q = torch.tensor(p), torch.tensor(q)
     for a in (0.0, 0.25, 0.5, 0.9, 1.0):
-        g = I.geodesic(P, Q, a)
+        g = TR.geodesic(P, Q, a)
         assert g.shape == (6, 4) and g.dtype == F64
         np.testing.assert_allclose(g.numpy(), numpy_geodesic(p, q, a), atol=1e-12)
         np.testing.assert_allclose(g.sum(-1).numpy(), 1.0, atol=1e-14)
         # constant speed: every sample's angle from P is alpha times the total angle
-        np.testing.assert_allclose(I.geodesic_distance(g, P).item(), a * numpy_dG(p, q), atol=1e-9)
-    np.testing.assert_allclose(I.geodesic(P, Q, 0.0).numpy(), p, atol=1e-14)
-    np.testing.assert_allclose(I.geodesic(P, Q, 1.0).numpy(), q, atol=1e-14)
+        np.testing.assert_allclose(TR.geodesic_distance(g, P).item(), a * numpy_dG(p, q), atol=1e-9)
+    np.testing.assert_allclose(TR.geodesic(P, Q, 0.0).numpy(), p, atol=1e-14)
+    np.testing.assert_allclose(TR.geodesic(P, Q, 1.0).numpy(), q, atol=1e-14)
     alphas = torch.tensor([0.1, 0.6, 0.3], dtype=F64)
-    many = I.geodesic(P, Q, alphas)
+    many = TR.geodesic(P, Q, alphas)
     assert many.shape == (3, 6, 4)
     for i, a in enumerate(alphas.tolist()):
         np.testing.assert_allclose(many[i].numpy(), numpy_geodesic(p, q, a), atol=1e-12)
@@ -84,59 +85,59 @@ def test_geodesic_identical_rows_and_batches():
     p, q = random_probs(rng, (5, 3)), random_probs(rng, (5, 3))
     q[2] = p[2]                                       # d^n = 0 on one sample
     P, Q = torch.tensor(p), torch.tensor(q)
-    g = I.geodesic(P, Q, torch.linspace(0, 1, 7, dtype=F64))
+    g = TR.geodesic(P, Q, torch.linspace(0, 1, 7, dtype=F64))
     assert torch.isfinite(g).all()
     np.testing.assert_allclose(g[:, 2].numpy(), np.broadcast_to(p[2], (7, 3)), atol=1e-14)
-    same = I.geodesic(P, P, 0.37)
+    same = TR.geodesic(P, P, 0.37)
     np.testing.assert_allclose(same.numpy(), p, atol=1e-14)
     # batched: (m, N, C) pairs with (m,) alphas, elementwise; a shared (N, C) end point
     pb, qb = random_probs(rng, (4, 5, 3)), random_probs(rng, (4, 5, 3))
     al = torch.tensor([0.0, 0.2, 0.7, 1.0], dtype=F64)
-    gb = I.geodesic(torch.tensor(pb), torch.tensor(qb), al)
+    gb = TR.geodesic(torch.tensor(pb), torch.tensor(qb), al)
     assert gb.shape == (4, 5, 3)
     for i in range(4):
         np.testing.assert_allclose(gb[i].numpy(), numpy_geodesic(pb[i], qb[i], al[i].item()), atol=1e-12)
-    gs = I.geodesic(torch.tensor(pb), Q, 0.4)
+    gs = TR.geodesic(torch.tensor(pb), Q, 0.4)
     for i in range(4):
         np.testing.assert_allclose(gs[i].numpy(), numpy_geodesic(pb[i], q, 0.4), atol=1e-12)
     # log-probabilities in, probabilities out
-    np.testing.assert_allclose(I.geodesic(P.log(), Q.log(), 0.3, log=True).numpy(),
+    np.testing.assert_allclose(TR.geodesic(P.log(), Q.log(), 0.3, log=True).numpy(),
                                numpy_geodesic(p, q, 0.3), atol=1e-12)
 
 
 def test_geodesic_distance_shapes_and_values():
     rng = np.random.default_rng(2)
     p, q = random_probs(rng, (3, 7, 4)), random_probs(rng, (3, 7, 4))
-    d = I.geodesic_distance(torch.tensor(p), torch.tensor(q))
+    d = TR.geodesic_distance(torch.tensor(p), torch.tensor(q))
     assert d.shape == (3,)
     np.testing.assert_allclose(d.numpy(), numpy_dG(p, q), rtol=1e-12)
-    d1 = I.geodesic_distance(torch.tensor(p), torch.tensor(q[0]))
+    d1 = TR.geodesic_distance(torch.tensor(p), torch.tensor(q[0]))
     np.testing.assert_allclose(d1.numpy(), numpy_dG(p, q[0][None]), rtol=1e-12)
-    assert I.geodesic_distance(torch.tensor(p[0]), torch.tensor(q[0])).shape == ()
+    assert TR.geodesic_distance(torch.tensor(p[0]), torch.tensor(q[0])).shape == ()
     # disjoint supports: overlap 0 -> pi/2 per sample, no NaN
     y = torch.tensor([0, 1, 2, 0])
-    assert I.geodesic_distance(I.truth(y, 3), I.truth((y + 1) % 3, 3)).item() == pytest.approx(math.pi / 2)
+    assert TR.geodesic_distance(TR.truth(y, 3), TR.truth((y + 1) % 3, 3)).item() == pytest.approx(math.pi / 2)
 
 
 def test_geodesic_bad_inputs():
     P = torch.tensor(random_probs(np.random.default_rng(3), (4, 3)))
     for bad in (-0.1, 1.5, float("nan"), torch.tensor([0.2, 1.2], dtype=F64)):
         with pytest.raises(ValueError, match="alpha"):
-            I.geodesic(P, P, bad)
+            TR.geodesic(P, P, bad)
     with pytest.raises(ValueError, match="same \\(N, C\\)"):
-        I.geodesic(P, P[:3], 0.5)
+        TR.geodesic(P, P[:3], 0.5)
     neg = P.clone()
     neg[0] = torch.tensor([1.2, -0.1, -0.1], dtype=F64)
     with pytest.raises(ValueError, match="negative"):
-        I.geodesic(neg, P, 0.5)
+        TR.geodesic(neg, P, 0.5)
     with pytest.raises(ValueError, match="sum to 1"):
-        I.geodesic(P * 1.1, P, 0.5)
+        TR.geodesic(P * 1.1, P, 0.5)
     with pytest.raises(ValueError, match="alpha must be a scalar or have shape \\(2,\\)"):
-        I.geodesic(torch.stack([P, P]), P, torch.tensor([0.1, 0.2, 0.3], dtype=F64))
+        TR.geodesic(torch.stack([P, P]), P, torch.tensor([0.1, 0.2, 0.3], dtype=F64))
     with pytest.raises(TypeError):
-        I.geodesic(P.numpy(), P, 0.5)
+        TR.geodesic(P.numpy(), P, 0.5)
     with pytest.raises(ValueError, match="shape"):
-        I.geodesic_distance(P[0], P)
+        TR.geodesic_distance(P[0], P)
 
 
 # --------------------------------------------------------------------------- progress
@@ -145,14 +146,14 @@ def test_progress_endpoints_and_along_the_ignorance_truth_geodesic():
     rng = np.random.default_rng(4)
     N, C = 20, 6
     y = torch.tensor(rng.integers(0, C, N))
-    P0, Ps = I.ignorance(N, C), I.truth(y, C)
-    assert I.progress(P0, y).item() == pytest.approx(0.0, abs=1e-8)
-    assert I.progress(Ps, y).item() == 1.0
+    P0, Ps = TR.ignorance(N, C), TR.truth(y, C)
+    assert TR.progress(P0, y).item() == pytest.approx(0.0, abs=1e-8)
+    assert TR.progress(Ps, y).item() == 1.0
     a = torch.tensor([0.0, 0.05, 0.3, 0.5, 0.61, 0.9, 0.999, 1.0], dtype=F64)
-    s = I.progress(I.geodesic(P0, Ps, a), y)
+    s = TR.progress(TR.geodesic(P0, Ps, a), y)
     assert s.shape == (8,) and s.dtype == F64
     np.testing.assert_allclose(s.numpy(), a.numpy(), atol=1e-6)
-    s_log = I.progress(I.geodesic(P0, Ps, a).clamp(min=1e-300).log(), y, log=True)
+    s_log = TR.progress(TR.geodesic(P0, Ps, a).clamp(min=1e-300).log(), y, log=True)
     np.testing.assert_allclose(s_log.numpy(), a.numpy(), atol=1e-6)
 
 
@@ -162,7 +163,7 @@ def test_progress_endpoints_and_along_the_ignorance_truth_geodesic():
 def test_progress_is_the_geodesic_parameter(N, C, seed, alphas):
     y = torch.tensor(np.random.default_rng(seed).integers(0, C, N))
     a = torch.tensor(sorted(alphas), dtype=F64)
-    s = I.progress(I.geodesic(I.ignorance(N, C), I.truth(y, C), a), y)
+    s = TR.progress(TR.geodesic(TR.ignorance(N, C), TR.truth(y, C), a), y)
     np.testing.assert_allclose(s.numpy(), a.numpy(), atol=1e-6)
     assert (s.diff() >= -1e-7).all()       # monotone along the geodesic
 
@@ -173,7 +174,7 @@ def test_progress_agrees_with_scipy_bounded():
     y = rng.integers(0, C, N)
     p = random_probs(rng, (m, N, C), 1.5)
     p[:6] = 0.5 * p[:6] + 0.5 * np.eye(C)[y]       # some models close to the truth
-    s = I.progress(torch.tensor(p), torch.tensor(y))
+    s = TR.progress(torch.tensor(p), torch.tensor(y))
     u, t = np.full((N, C), 1.0 / C), np.eye(C)[y]
     for w in range(m):
         f = lambda a: numpy_dG(p[w], numpy_geodesic(u, t, a))     # noqa: E731
@@ -201,26 +202,26 @@ def test_remark_2_2_1_confident_models(C):
         k = int(round(eps * N))
         pred = y.clone()
         pred[:k] = (y[:k] + 1) % C
-        return I.truth(pred, C), k / N
+        return TR.truth(pred, C), k / N
 
     for eps in (0.0, 0.5 * paper, paper - 0.01, 0.5 * (paper + sharp), sharp - 0.01):
         P, e = confident(eps)
         assert e < sharp
-        assert I.progress(P, y).item() == 1.0
+        assert TR.progress(P, y).item() == 1.0
     P, e = confident(sharp + 0.01)
-    assert I.progress(P, y).item() < 0.9
+    assert TR.progress(P, y).item() < 0.9
 
 
 def test_progress_bad_inputs():
     P = torch.tensor(random_probs(np.random.default_rng(7), (2, 4, 3)))
     with pytest.raises(ValueError, match="4 samples|N = 4"):
-        I.progress(P, torch.tensor([0, 1, 2]))
+        TR.progress(P, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="labels must lie in"):
-        I.progress(P, torch.tensor([0, 1, 2, 3]))
+        TR.progress(P, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="C >= 2"):
-        I.progress(torch.ones(2, 4, 1, dtype=F64), torch.zeros(4, dtype=torch.long))
+        TR.progress(torch.ones(2, 4, 1, dtype=F64), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="grid"):
-        I.progress(P, torch.tensor([0, 1, 2, 0]), grid=1)
+        TR.progress(P, torch.tensor([0, 1, 2, 0]), grid=1)
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -230,7 +231,7 @@ def make_trajectory(rng, y, C, T=41, wiggle=0.5):
     N = len(y)
     t = torch.linspace(0, 1, T, dtype=F64)
     base = torch.tensor(rng.standard_normal((N, C)))
-    target = 6 * I.truth(torch.tensor(y), C) + torch.tensor(rng.standard_normal((N, C)))
+    target = 6 * TR.truth(torch.tensor(y), C) + torch.tensor(rng.standard_normal((N, C)))
     logits = t[:, None, None] ** 1.5 * target + wiggle * torch.sin(3 * math.pi * t)[:, None, None] * base
     return torch.softmax(logits, -1)
 
@@ -240,21 +241,21 @@ def test_reindex_by_progress():
     N, C = 10, 4
     y = rng.integers(0, C, N)
     traj = make_trajectory(rng, y, C, T=9)
-    sk = I.progress(traj, torch.tensor(y))
+    sk = TR.progress(traj, torch.tensor(y))
     assert (sk.diff() > 0).all()
     # at a checkpoint's progress the checkpoint itself comes back
-    out = I.reindex_by_progress(traj, torch.tensor(y), sk[[0, 3, 8]])
+    out = TR.reindex_by_progress(traj, torch.tensor(y), sk[[0, 3, 8]])
     assert out.valid.all()
     np.testing.assert_allclose(out.probs.numpy(), traj[[0, 3, 8]].numpy(), atol=1e-10)
     # in between: the geodesic interpolation of the surrounding checkpoints
     target = 0.3 * sk[4] + 0.7 * sk[5]
-    out = I.reindex_by_progress(traj, torch.tensor(y), target[None])
+    out = TR.reindex_by_progress(traj, torch.tensor(y), target[None])
     assert out.segment.tolist() == [4] and out.alpha.item() == pytest.approx(0.7)
     np.testing.assert_allclose(out.probs[0].numpy(), numpy_geodesic(traj[4].numpy(), traj[5].numpy(), 0.7),
                                atol=1e-12)
     # unreachable targets: not valid, nearest end checkpoint
     s = torch.tensor([sk[0].item() - 0.01, sk[-1].item() + 0.01, 2.0], dtype=F64)
-    out = I.reindex_by_progress(traj, torch.tensor(y), s, progress_values=sk)
+    out = TR.reindex_by_progress(traj, torch.tensor(y), s, progress_values=sk)
     assert out.valid.tolist() == [False, False, False] and out.segment.tolist() == [-1, -1, -1]
     np.testing.assert_allclose(out.probs.numpy(), traj[[0, 8, 8]].numpy(), atol=1e-14)
 
@@ -265,7 +266,7 @@ def test_reindex_non_monotone_and_zero_length_segments():
     y = torch.tensor(rng.integers(0, C, N))
     traj = random_probs(rng, (5, N, C))
     sk = torch.tensor([0.2, 0.6, 0.4, 0.4, 0.8], dtype=F64)   # goes back, then stalls
-    out = I.reindex_by_progress(torch.tensor(traj), y, torch.tensor([0.5, 0.4, 0.7, 0.1], dtype=F64),
+    out = TR.reindex_by_progress(torch.tensor(traj), y, torch.tensor([0.5, 0.4, 0.7, 0.1], dtype=F64),
                                 progress_values=sk)
     assert out.valid.tolist() == [True, True, True, False]
     assert out.segment.tolist() == [0, 0, 3, -1]               # first segment containing s
@@ -273,7 +274,7 @@ def test_reindex_non_monotone_and_zero_length_segments():
     np.testing.assert_allclose(out.probs[0].numpy(), numpy_geodesic(traj[0], traj[1], 0.75), atol=1e-12)
     np.testing.assert_allclose(out.probs[3].numpy(), traj[0], atol=1e-14)
     sk2 = torch.tensor([0.2, 0.5, 0.5, 0.9], dtype=F64)
-    out = I.reindex_by_progress(torch.tensor(traj[:4]), y, torch.tensor([0.5], dtype=F64), progress_values=sk2)
+    out = TR.reindex_by_progress(torch.tensor(traj[:4]), y, torch.tensor([0.5], dtype=F64), progress_values=sk2)
     np.testing.assert_allclose(out.probs[0].numpy(), traj[1], atol=1e-12)   # end of segment 0
 
 
@@ -283,14 +284,14 @@ def test_trajectory_distance_is_invariant_to_time_reparametrisation():
     y = rng.integers(0, C, N)
     traj = make_trajectory(rng, y, C)
     fast = traj[::2]                          # twice as fast, same curve
-    d = I.trajectory_distance(traj, fast, torch.tensor(y))
+    d = TR.trajectory_distance(traj, fast, torch.tensor(y))
     naive = np.mean([I.bhattacharyya(traj[k:k + 1], fast[k:k + 1]).item() for k in range(len(fast))])
     scale = I.bhattacharyya(traj[:1], traj[-1:]).item()
     assert d < 1e-4 * scale and naive > 0.05 * scale
-    assert I.trajectory_distance(traj, traj, torch.tensor(y)) == pytest.approx(0.0, abs=1e-12)
+    assert TR.trajectory_distance(traj, traj, torch.tensor(y)) == pytest.approx(0.0, abs=1e-12)
     other = make_trajectory(np.random.default_rng(11), y, C)
-    d_uv = I.trajectory_distance(traj, other, torch.tensor(y), num_points=50)
-    d_vu = I.trajectory_distance(other, traj, torch.tensor(y), num_points=50)
+    d_uv = TR.trajectory_distance(traj, other, torch.tensor(y), num_points=50)
+    d_vu = TR.trajectory_distance(other, traj, torch.tensor(y), num_points=50)
     assert d_uv > 100 * d and d_uv == pytest.approx(d_vu, rel=1e-10)
 
 
@@ -303,7 +304,7 @@ def test_trajectory_distances_matrix_equals_pairwise_calls():
     trajs.append(trajs[1][-3:])               # only the end: no common range with the previous one
     yt = torch.tensor(y)
     G = 30
-    D = I.trajectory_distances(trajs, yt, num_points=G)
+    D = TR.trajectory_distances(trajs, yt, num_points=G)
     assert D.shape == (5, 5)
     np.testing.assert_array_equal(np.diag(D.numpy()), 0.0)
     assert torch.isnan(D[3, 4]) and torch.isnan(D[4, 3])
@@ -312,14 +313,14 @@ def test_trajectory_distances_matrix_equals_pairwise_calls():
         for v in range(u + 1, 5):
             if (u, v) == (3, 4):
                 with pytest.raises(ValueError, match="do not overlap"):
-                    I.trajectory_distance(trajs[u], trajs[v], yt, grid=grid)
+                    TR.trajectory_distance(trajs[u], trajs[v], yt, grid=grid)
                 continue
-            ref = I.trajectory_distance(trajs[u], trajs[v], yt, grid=grid)
+            ref = TR.trajectory_distance(trajs[u], trajs[v], yt, grid=grid)
             assert D[u, v].item() == pytest.approx(ref, rel=1e-10, abs=1e-14)
             assert D[v, u].item() == D[u, v].item()
     # the global-grid mean approximates the per-pair mean on the common range
-    assert D[0, 1].item() == pytest.approx(I.trajectory_distance(trajs[0], trajs[1], yt, num_points=200), rel=0.1)
-    same = I.trajectory_distances(torch.stack([trajs[0], trajs[0]]), yt, num_points=G)
+    assert D[0, 1].item() == pytest.approx(TR.trajectory_distance(trajs[0], trajs[1], yt, num_points=200), rel=0.1)
+    same = TR.trajectory_distances(torch.stack([trajs[0], trajs[0]]), yt, num_points=G)
     np.testing.assert_allclose(same.numpy(), 0.0, atol=1e-14)
 
 
@@ -328,15 +329,15 @@ def test_trajectory_bad_inputs():
     y = torch.tensor(rng.integers(0, 3, 5))
     t = torch.tensor(random_probs(rng, (4, 5, 3)))
     with pytest.raises(ValueError, match="same \\(N, C\\)"):
-        I.trajectory_distance(t, t[:, :4], y)
+        TR.trajectory_distance(t, t[:, :4], y)
     with pytest.raises(ValueError, match="shape"):
-        I.trajectory_distance(t[0], t, y)
+        TR.trajectory_distance(t[0], t, y)
     with pytest.raises(TypeError):
-        I.trajectory_distances([], y)
+        TR.trajectory_distances([], y)
     with pytest.raises(TypeError, match="1-D"):
-        I.reindex_by_progress(t, y, 0.5)
+        TR.reindex_by_progress(t, y, 0.5)
     with pytest.raises(ValueError, match="progress_values"):
-        I.reindex_by_progress(t, y, torch.tensor([0.5], dtype=F64), progress_values=torch.zeros(3))
+        TR.reindex_by_progress(t, y, torch.tensor([0.5], dtype=F64), progress_values=torch.zeros(3))
 
 
 # --------------------------------------------------------------------------- ensemble means
@@ -349,8 +350,8 @@ def test_ensemble_means_of_equal_members_and_two_member_closed_forms():
     rng = np.random.default_rng(14)
     p = random_probs(rng, (9, 4), 2.0)
     same = torch.tensor(np.broadcast_to(p, (3, 9, 4)).copy())
-    for kind in I.ENSEMBLE_KINDS:
-        q = I.ensemble_mean(same, kind)
+    for kind in TR.ENSEMBLE_MEANS:
+        q = TR.ensemble_mean(same, kind)
         assert q.shape == (9, 4) and q.dtype == F64
         np.testing.assert_allclose(q.numpy(), p, atol=1e-12)
     a, b = random_probs(rng, (9, 4)), random_probs(rng, (9, 4))
@@ -360,20 +361,20 @@ def test_ensemble_means_of_equal_members_and_two_member_closed_forms():
     r = (np.sqrt(a) + np.sqrt(b)) ** 2
     for kind, ref in (("arithmetic", (a + b) / 2), ("geometric", g), ("harmonic", h), ("sqrt", r)):
         ref = ref / ref.sum(-1, keepdims=True)
-        np.testing.assert_allclose(I.ensemble_mean(P, kind).numpy(), ref, atol=1e-12)
-        np.testing.assert_allclose(I.ensemble_mean(P.log(), kind, log=True).numpy(), ref, atol=1e-12)
+        np.testing.assert_allclose(TR.ensemble_mean(P, kind).numpy(), ref, atol=1e-12)
+        np.testing.assert_allclose(TR.ensemble_mean(P.log(), kind, log=True).numpy(), ref, atol=1e-12)
     # two members: the Bhattacharyya centroid is the geodesic midpoint (symmetry of the sphere)
-    np.testing.assert_allclose(I.ensemble_mean(P, "bhattacharyya").numpy(), numpy_geodesic(a, b, 0.5), atol=1e-9)
+    np.testing.assert_allclose(TR.ensemble_mean(P, "bhattacharyya").numpy(), numpy_geodesic(a, b, 0.5), atol=1e-9)
 
 
 def test_bhattacharyya_centroid_minimises_mean_distance():
     rng = np.random.default_rng(15)
     P = torch.tensor(random_probs(rng, (7, 12, 5), 2.5))
-    cen = I.ensemble_mean(P, "bhattacharyya")
+    cen = TR.ensemble_mean(P, "bhattacharyya")
     np.testing.assert_allclose(cen.sum(-1).numpy(), 1.0, atol=1e-14)
     best = mean_dB(P, cen)
     for kind in ("arithmetic", "geometric", "harmonic", "sqrt"):
-        assert best <= mean_dB(P, I.ensemble_mean(P, kind)) + 1e-15
+        assert best <= mean_dB(P, TR.ensemble_mean(P, kind)) + 1e-15
     for scale in (1e-2, 1e-4):
         for _ in range(10):
             z = torch.log(cen) + scale * torch.randn(cen.shape, generator=torch.Generator().manual_seed(_), dtype=F64)
@@ -382,21 +383,21 @@ def test_bhattacharyya_centroid_minimises_mean_distance():
     Z = P.clone()
     Z[0, :, 0] = 0.0
     Z[0] /= Z[0].sum(-1, keepdim=True)
-    assert torch.isfinite(I.ensemble_mean(Z, "bhattacharyya")).all()
-    assert (I.ensemble_mean(Z, "geometric")[:, 0] == 0).all()
+    assert torch.isfinite(TR.ensemble_mean(Z, "bhattacharyya")).all()
+    assert (TR.ensemble_mean(Z, "geometric")[:, 0] == 0).all()
 
 
 def test_ensemble_bad_inputs():
     P = torch.tensor(random_probs(np.random.default_rng(16), (2, 3, 2)))
-    with pytest.raises(ValueError, match="kind"):
-        I.ensemble_mean(P, "median")
+    with pytest.raises(ValueError, match="mean"):
+        TR.ensemble_mean(P, "median")
     disjoint = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=F64)
     with pytest.raises(ValueError, match="vanishes"):
-        I.ensemble_mean(disjoint, "geometric")
+        TR.ensemble_mean(disjoint, "geometric")
     with pytest.raises(ValueError, match="vanishes"):
-        I.ensemble_mean(disjoint, "harmonic")
+        TR.ensemble_mean(disjoint, "harmonic")
     with pytest.raises(ValueError, match="shape"):
-        I.ensemble_mean(P[0])
+        TR.ensemble_mean(P[0])
 
 
 # --------------------------------------------------------------------------- iterative InPCA

@@ -21,11 +21,12 @@ from torch import nn
 from torch.func import functional_call, hessian, jacfwd
 
 from lib.book.models import vit
-from lib.geometry.quotient import (AttentionPair, QuotientGeometry, attention_group_action,
-                          attention_pairs, check_full_rank, gl_action, gl_christoffel,
-                          gl_horizontal, gl_metric, gl_riemannian_gradient, gl_vertical,
-                          rescale_geodesic, rescale_hessian_trace, rescale_horizontal,
-                          rescale_metric, rescale_riemannian_gradient)
+from lib.geometry.attention import AttentionPair, attention_group_action, attention_pairs
+from lib.geometry.gl_pairs import (check_full_rank, gl_action, gl_christoffel, gl_horizontal,
+                                   gl_metric, gl_riemannian_gradient, gl_vertical)
+from lib.geometry.quotient import QuotientGeometry
+from lib.geometry.rescale import (rescale_geodesic, rescale_hessian_trace, rescale_horizontal,
+                                  rescale_metric, rescale_riemannian_gradient)
 
 DT = torch.float64
 METRIC_NAMES = ["inv", "mix"]
@@ -125,7 +126,7 @@ def _tiny_attention(seed, bias=True, embed=4, heads=2):
 
 
 def _random_actions(model, seed):
-    return {(p.module_name, p.head, p.kind): _invertible(p.get(dict(model.named_parameters()))
+    return {(p.module_name, p.head, p.pair_type): _invertible(p.get(dict(model.named_parameters()))
                                                          [0].shape[-1], seed + i)
             for i, p in enumerate(attention_pairs(model))}
 
@@ -149,7 +150,7 @@ def test_loss_invariant_under_action_vit():
     x = torch.randn(4, 1, 4, 4, generator=_gen(1), dtype=DT)
     before = model(x)
     pairs = attention_pairs(model)
-    assert [(p.module_name, p.head, p.kind) for p in pairs][:4] == [
+    assert [(p.module_name, p.head, p.pair_type) for p in pairs][:4] == [
         ("blocks.0.attn", 0, "qk"), ("blocks.0.attn", 0, "vo"),
         ("blocks.0.attn", 1, "qk"), ("blocks.0.attn", 1, "vo")]
     assert len(pairs) == 8
@@ -196,8 +197,8 @@ def test_metric_invariant_under_action(metric, shape, seed):
     G2, H2 = gl_action(G, H, A)
     torch.testing.assert_close(G2 @ H2.mT, G @ H.mT)
     a2, b2 = gl_action(a_G, a_H, A), gl_action(b_G, b_H, A)  # dA is the same linear map
-    torch.testing.assert_close(gl_metric(G2, H2, *a2, *b2, metric=metric),
-                               gl_metric(G, H, a_G, a_H, b_G, b_H, metric=metric),
+    torch.testing.assert_close(gl_metric(G2, H2, *a2, *b2, metric_name=metric),
+                               gl_metric(G, H, a_G, a_H, b_G, b_H, metric_name=metric),
                                rtol=1e-9, atol=1e-10)
 
 
@@ -208,9 +209,9 @@ def test_metric_matches_dense_and_is_positive(metric):
     a_G, a_H, b_G, b_H = _like(1, G, H, G, H)
     gmat = _dense_metric(metric, n, m, h, eps=0.1)(torch.cat([G.flatten(), H.flatten()]))
     a, b = torch.cat([a_G.flatten(), a_H.flatten()]), torch.cat([b_G.flatten(), b_H.flatten()])
-    torch.testing.assert_close(gl_metric(G, H, a_G, a_H, b_G, b_H, metric=metric, eps=0.1),
+    torch.testing.assert_close(gl_metric(G, H, a_G, a_H, b_G, b_H, metric_name=metric, eps=0.1),
                                a @ gmat @ b)
-    assert float(gl_metric(G, H, a_G, a_H, a_G, a_H, metric=metric)) > 0
+    assert float(gl_metric(G, H, a_G, a_H, a_G, a_H, metric_name=metric)) > 0
 
 
 def test_inv_metric_with_eps_only_approximately_invariant():
@@ -247,7 +248,7 @@ def test_horizontal_projection(metric, shape, seed, eps):
     batch = (b,) if b else ()
     G, H = _pair(seed, n, m, h, batch)
     x_G, x_H = _like(seed + 1, G, H)
-    kw = dict(metric=metric, eps=eps)
+    kw = dict(metric_name=metric, eps=eps)
     h_G, h_H = gl_horizontal(G, H, x_G, x_H, **kw)
     scale = float(gl_metric(G, H, x_G, x_H, x_G, x_H, **kw).max())
     for v_G, v_H in _vertical_basis(G, H):  # g-orthogonal to every vertical vector
@@ -267,8 +268,8 @@ def test_horizontal_projection_equivariant(metric):
     G, H = _pair(7, 5, 4, 3, (2,))
     x_G, x_H = _like(8, G, H)
     A = _invertible(3, 9, (2,))
-    h = gl_horizontal(G, H, x_G, x_H, metric=metric)
-    h_moved = gl_horizontal(*gl_action(G, H, A), *gl_action(x_G, x_H, A), metric=metric)
+    h = gl_horizontal(G, H, x_G, x_H, metric_name=metric)
+    h_moved = gl_horizontal(*gl_action(G, H, A), *gl_action(x_G, x_H, A), metric_name=metric)
     for got, want in zip(h_moved, gl_action(*h, A)):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
@@ -277,7 +278,7 @@ def test_inv_projection_solves_transposed_sylvester_equation():
     """L^T, not L, solves the paper's ``A X + X A^T = B`` with ``A^T`` replaced by ``A``."""
     G, H = _pair(11, 5, 4, 3)
     x_G, x_H = _like(12, G, H)
-    h_G, _ = gl_horizontal(G, H, x_G, x_H, metric="inv")
+    h_G, _ = gl_horizontal(G, H, x_G, x_H, metric_name="inv")
     L = torch.linalg.lstsq(G, h_G - x_G).solution
     P, Q = G.T @ G, H.T @ H
     A = P @ Q
@@ -292,7 +293,7 @@ def test_inv_projection_with_eps_matches_scipy_sylvester():
     eps = 0.3
     G, H = _pair(13, 4, 4, 3)
     x_G, x_H = _like(14, G, H)
-    h_G, _ = gl_horizontal(G, H, x_G, x_H, metric="inv", eps=eps)
+    h_G, _ = gl_horizontal(G, H, x_G, x_H, metric_name="inv", eps=eps)
     L = torch.linalg.lstsq(G, h_G - x_G).solution
     I = torch.eye(3, dtype=DT)
     S_G, S_H = G.T @ G + eps * I, H.T @ H + eps * I
@@ -305,7 +306,7 @@ def test_inv_projection_with_eps_matches_scipy_sylvester():
 def test_mix_projection_matches_closed_form():
     G, H = _pair(15, 5, 4, 3)
     x_G, x_H = _like(16, G, H)
-    h_G, h_H = gl_horizontal(G, H, x_G, x_H, metric="mix")
+    h_G, h_H = gl_horizontal(G, H, x_G, x_H, metric_name="mix")
     L = 0.5 * (x_H.T @ H @ torch.linalg.inv(H.T @ H) - torch.linalg.inv(G.T @ G) @ G.T @ x_G)
     torch.testing.assert_close(h_G, x_G + G @ L)
     torch.testing.assert_close(h_H, x_H - H @ L.T)
@@ -326,7 +327,7 @@ def test_christoffel_matches_dense_textbook_formula(metric, eps):
     v = torch.cat([x_G.flatten(), x_H.flatten()])
     dense = torch.einsum("ikl,k,l->i", _christoffel_tensor(_dense_metric(metric, n, m, h, eps), w),
                          v, v)
-    gam = gl_christoffel(G, H, x_G, x_H, metric=metric, eps=eps)
+    gam = gl_christoffel(G, H, x_G, x_H, metric_name=metric, eps=eps)
     torch.testing.assert_close(torch.cat([gam[0].flatten(), gam[1].flatten()]), dense,
                                rtol=0, atol=1e-10)
 
@@ -335,8 +336,8 @@ def test_christoffel_matches_dense_textbook_formula(metric, eps):
 def test_second_order_step_error_is_cubic(metric):
     n, m, h = 3, 3, 2
     G, H = _pair(19, n, m, h)
-    xi = gl_horizontal(G, H, *_like(20, G, H), metric=metric)
-    gam = gl_christoffel(G, H, *xi, metric=metric)
+    xi = gl_horizontal(G, H, *_like(20, G, H), metric_name=metric)
+    gam = gl_christoffel(G, H, *xi, metric_name=metric)
     w = torch.cat([G.flatten(), H.flatten()])
     v = torch.cat([xi[0].flatten(), xi[1].flatten()])
     gv = torch.cat([gam[0].flatten(), gam[1].flatten()])
@@ -372,9 +373,9 @@ def test_riemannian_gradient_represents_euclidean_gradient(metric, shape, seed, 
     n, m, h, b = shape
     G, H = _pair(seed, n, m, h, (b,) if b else ())
     g_G, g_H, v_G, v_H = _like(seed + 1, G, H, G, H)
-    r = gl_riemannian_gradient(G, H, g_G, g_H, metric=metric, eps=eps)
+    r = gl_riemannian_gradient(G, H, g_G, g_H, metric_name=metric, eps=eps)
     euclid = (g_G * v_G).sum((-2, -1)) + (g_H * v_H).sum((-2, -1))
-    torch.testing.assert_close(gl_metric(G, H, *r, v_G, v_H, metric=metric, eps=eps), euclid)
+    torch.testing.assert_close(gl_metric(G, H, *r, v_G, v_H, metric_name=metric, eps=eps), euclid)
 
 
 def test_rescale_riemannian_gradient_and_horizontal():
@@ -421,7 +422,7 @@ def _map_vector(model, xi, actions):
     out = dict(xi)
     for pair in attention_pairs(model):
         out = pair.put(out, *gl_action(*pair.get(xi), actions[(pair.module_name, pair.head,
-                                                                pair.kind)]))
+                                                                pair.pair_type)]))
     return out
 
 
@@ -432,7 +433,7 @@ def _loss(model, params, x, y):
 @pytest.mark.parametrize("metric", METRIC_NAMES)
 def test_geometry_protocol_on_vit(metric):
     model = _tiny_vit()
-    geo = QuotientGeometry(model, metric=metric)
+    geo = QuotientGeometry(model, metric_name=metric)
     xi = _random_vector(geo, 0)
     rho = 0.05
     p = geo.project(xi, rho)
@@ -443,7 +444,7 @@ def test_geometry_protocol_on_vit(metric):
     for pair in attention_pairs(model):  # horizontal
         G, H = pair.get(geo.params)
         for v_G, v_H in _vertical_basis(G, H):
-            assert abs(float(gl_metric(G, H, *pair.get(p), v_G, v_H, metric=metric,
+            assert abs(float(gl_metric(G, H, *pair.get(p), v_G, v_H, metric_name=metric,
                                        eps=geo.eps))) < 1e-10
     d = geo.ascent_direction(xi)
     assert float(geo.norm(d)) == pytest.approx(1.0, rel=1e-12)
@@ -482,7 +483,7 @@ def test_geometry_equivariant_under_action(metric):
     moved = copy.deepcopy(model)
     actions = _random_actions(model, 6)
     attention_group_action(moved, actions)
-    geo, geo_moved = (QuotientGeometry(mod, metric=metric, eps=0.0) for mod in (model, moved))
+    geo, geo_moved = (QuotientGeometry(mod, metric_name=metric, eps=0.0) for mod in (model, moved))
     xi = {n: t + _random_vector(geo, 10)[n] for n, t in _attention_vector(geo, 7).items()}
     xi_moved = _map_vector(model, xi, actions)
     torch.testing.assert_close(geo_moved.norm(xi_moved), geo.norm(xi))
@@ -525,7 +526,7 @@ def _dense_horizontal_basis(geo, model, metric, eps):
             flat = torch.zeros(sum(sizes), dtype=DT, requires_grad=True)
             xi = dict(zip(names, (t.reshape(geo.params[n].shape)
                                   for n, t in zip(names, flat.split(sizes)))))
-            value = gl_metric(G, H, *pair.get(xi), v_G, v_H, metric=metric, eps=eps)
+            value = gl_metric(G, H, *pair.get(xi), v_G, v_H, metric_name=metric, eps=eps)
             rows.append(torch.autograd.grad(value, flat)[0])
     return torch.as_tensor(scipy.linalg.null_space(torch.stack(rows).numpy(), rcond=1e-10))
 
@@ -538,7 +539,7 @@ def test_adaptive_norm_ablation_projects_orthogonally_in_the_adaptive_norm(metri
     # a dense basis B of the horizontal space; with A = diag(1 / w^2) the projector is
     # B (B^T A B)^-1 B^T A and max{<g, d> : d horizontal, |d|_A <= 1} = |B^T g|_(B^T A B)^-1.
     model = _tiny_vit(3)
-    geo = QuotientGeometry(model, metric=metric, geodesic_norm=False)
+    geo = QuotientGeometry(model, metric_name=metric, geodesic_norm=False)
     B = _dense_horizontal_basis(geo, model, metric, geo.eps)
     w = torch.cat([p.reshape(-1) for p in geo.params.values()])
     A = torch.diag(w ** -2)
@@ -614,7 +615,7 @@ def test_geometry_rescale_pairs():
 
 def test_geometry_float32():
     model = _tiny_vit().float()
-    geo = QuotientGeometry(model, metric="inv")
+    geo = QuotientGeometry(model, metric_name="inv")
     r = geo.random(0.2, _gen(0))
     assert all(t.dtype == torch.float32 for t in r.values())
     assert float(geo.norm(r)) == pytest.approx(0.2, rel=1e-4)
@@ -648,18 +649,18 @@ def test_bad_eps_and_rank():
 def test_bad_models_and_arguments():
     with pytest.raises(ValueError, match="no trainable attention.*adaptive_sharpness"):
         QuotientGeometry(nn.Linear(3, 2))
-    with pytest.raises(ValueError, match="unknown metric"):
-        QuotientGeometry(_tiny_attention(0), metric="euclid")
-    with pytest.raises(ValueError, match="unknown metric"):
-        gl_metric(*_pair(0), *_pair(0), *_pair(0), metric="foo")
+    with pytest.raises(ValueError, match="metric_name must be one of"):
+        QuotientGeometry(_tiny_attention(0), metric_name="euclid")
+    with pytest.raises(ValueError, match="metric_name must be one of"):
+        gl_metric(*_pair(0), *_pair(0), *_pair(0), metric_name="foo")
     with pytest.raises(ValueError, match="unknown symmetries"):
         QuotientGeometry(_tiny_attention(0), symmetries=["conv"])
     with pytest.raises(ValueError, match="no trainable"):
         QuotientGeometry(_tiny_attention(0), symmetries=["rescale"])
     with pytest.raises(TypeError, match="model"):
         QuotientGeometry("model")
-    with pytest.raises(TypeError, match="metric"):
-        QuotientGeometry(_tiny_attention(0), metric=1)
+    with pytest.raises(TypeError, match="metric_name"):
+        QuotientGeometry(_tiny_attention(0), metric_name=1)
     with pytest.raises(TypeError, match="eps"):
         QuotientGeometry(_tiny_attention(0), eps="0")
     with pytest.raises(TypeError, match="G"):
@@ -765,8 +766,8 @@ def test_low_level_functions_check_rank_without_eps():
     low = G[:, :1] @ torch.ones(1, 2, dtype=DT)
     for fn in (gl_horizontal, gl_christoffel, gl_riemannian_gradient):
         with pytest.raises(ValueError, match="rank-deficient"):
-            fn(low, H, G, H, metric="mix")
-        fn(low, H, G, H, metric="mix", eps=1e-3)
+            fn(low, H, G, H, metric_name="mix")
+        fn(low, H, G, H, metric_name="mix", eps=1e-3)
 
 
 def test_metric_forward_mode_derivative_matches_reverse_mode():
@@ -777,7 +778,7 @@ def test_metric_forward_mode_derivative_matches_reverse_mode():
     dG = torch.randn(4, 2, generator=g, dtype=torch.float64)
 
     def f(G):
-        return gl_metric(G, H, aG, aH, aG, aH, metric="inv", eps=0.0)
+        return gl_metric(G, H, aG, aH, aG, aH, metric_name="inv", eps=0.0)
 
     _, forward = torch.func.jvp(f, (G,), (dG,))
     reverse = (torch.func.grad(f)(G) * dG).sum()

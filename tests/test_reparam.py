@@ -103,7 +103,7 @@ def test_domain_errors():
     with pytest.raises(ValueError, match="not invertible"):
         Elementwise("softplus").inverse_jvp(torch.tensor([-1000.0], dtype=DT),
                                             torch.ones(1, dtype=DT))
-    with pytest.raises(ValueError, match="unknown elementwise kind"):
+    with pytest.raises(ValueError, match="unknown elementwise function"):
         Elementwise("tanh")
 
 

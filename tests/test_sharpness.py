@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lib.geometry.sharpness import (AdaptiveGeometry, adaptive_sharpness, auto_pgd,
-                                    geodesic_sharpness, kendall_tau, perturbation_objective,
-                                    trust_region_max)
+from lib.geometry.auto_pgd import auto_pgd
+from lib.geometry.sharpness import (AdaptiveGeometry, adaptive_sharpness, geodesic_sharpness,
+                                    kendall_tau, perturbation_objective, trust_region_max)
 from lib.sources.dasilva2025 import (diagonal_net_quadratic_model, diagonal_net_sharpness,
                                      scalar_toy_sharpness)
 
@@ -233,7 +233,7 @@ def test_trust_region_max_dense_search_2d_and_special_cases():
     assert inner.multiplier == 0 and inner.value == pytest.approx(0.0025)  # interior maximum
     with pytest.raises(ValueError, match="shape"):
         trust_region_max(a, torch.zeros(3, 3, dtype=DT), 1.0)
-    with pytest.raises(ValueError, match="rho"):
+    with pytest.raises(ValueError, match="radius"):
         trust_region_max(a, torch.zeros(2, 2, dtype=DT), 0.0)
 
 
@@ -311,8 +311,8 @@ def test_diagonal_net_closed_form_matches_exact_maximum_to_third_order():
 # Auto-PGD
 # --------------------------------------------------------------------------------------
 def _check_apgd(model, geometry, X, y, rho, horizontal: bool):
-    objective = perturbation_objective(model, MSE, geometry, X, y)
-    xi, best = auto_pgd(objective, geometry, rho, n_iter=20)
+    objective = perturbation_objective(model, MSE, (X, y), geometry)
+    xi, best = auto_pgd(objective, geometry, rho, num_steps=20)
     assert float(geometry.norm(xi)) <= rho * (1 + 1e-6)
     with torch.no_grad():
         assert float(objective(xi)) == pytest.approx(best, rel=1e-9, abs=1e-12)
@@ -343,7 +343,7 @@ def test_auto_pgd_geodesic_is_feasible_horizontal_and_beats_random(metric):
 
     model = attention_model()
     X, y = attention_data()
-    geometry = QuotientGeometry(model, metric=metric, eps=1e-6)
+    geometry = QuotientGeometry(model, metric_name=metric, eps=1e-6)
     assert _check_apgd(model, geometry, X, y, 0.1, horizontal=True) > 0
 
 
@@ -351,7 +351,7 @@ def test_geodesic_sharpness_of_diagonal_net_is_close_to_exact_maximum():
     u, v, X, y = diag_problem(d=3)
     rho = 0.1
     exact = exact_diag_max(u, v, X, y, rho)
-    value = geodesic_sharpness(DiagNet(u, v), MSE, (X, y), rho, n_iter=40)
+    value = geodesic_sharpness(DiagNet(u, v), MSE, (X, y), rho, num_steps=40)
     assert value <= exact * (1 + 1e-6)  # feasible points cannot beat the maximum
     assert value >= 0.98 * exact
 
@@ -381,7 +381,7 @@ def test_adaptive_geometry_protocol():
 # Invariance under the GL(h) symmetry of attention
 # --------------------------------------------------------------------------------------
 def _transformed_copy(model, seed=5):
-    from lib.geometry.quotient import attention_group_action, attention_pairs
+    from lib.geometry.attention import attention_group_action, attention_pairs
 
     other = attention_model()
     other.load_state_dict(model.state_dict())
@@ -391,7 +391,7 @@ def _transformed_copy(model, seed=5):
         dh = other.attn.head_dim
         ortho, _ = torch.linalg.qr(torch.randn(dh, dh, generator=gen, dtype=DT))
         scales = torch.exp(4 * torch.rand(dh, generator=gen, dtype=DT) - 2)  # in [e^-2, e^2]
-        A[(pair.module_name, pair.head, pair.kind)] = ortho * scales
+        A[(pair.module_name, pair.head, pair.pair_type)] = ortho * scales
     attention_group_action(other, A)
     return other
 
@@ -405,19 +405,19 @@ def test_geodesic_sharpness_is_invariant_on_an_orbit_while_adaptive_is_not():
     with torch.no_grad():
         torch.testing.assert_close(other(X), model(X))  # same function
     for metric in ("inv", "mix"):
-        s1 = geodesic_sharpness(model, MSE, (X, y), 0.05, metric, eps=0.0, n_iter=10)
-        s2 = geodesic_sharpness(other, MSE, (X, y), 0.05, metric, eps=0.0, n_iter=10)
+        s1 = geodesic_sharpness(model, MSE, (X, y), 0.05, metric, eps=0.0, num_steps=10)
+        s2 = geodesic_sharpness(other, MSE, (X, y), 0.05, metric, eps=0.0, num_steps=10)
         assert s1 > 0
         assert s2 == pytest.approx(s1, rel=1e-5)
-    a1 = adaptive_sharpness(model, MSE, (X, y), 0.05, "worst", n_iter=10)
-    a2 = adaptive_sharpness(other, MSE, (X, y), 0.05, "worst", n_iter=10)
+    a1 = adaptive_sharpness(model, MSE, (X, y), 0.05, "worst", num_steps=10)
+    a2 = adaptive_sharpness(other, MSE, (X, y), 0.05, "worst", num_steps=10)
     assert abs(a1 - a2) > 0.05 * abs(a1)  # about 11 % here
 
 
 def test_ablation_flags_change_geodesic_sharpness():
     model = attention_model()
     data = attention_data()
-    kwargs = dict(n_iter=5)
+    kwargs = dict(num_steps=5)
     base = geodesic_sharpness(model, MSE, data, 0.1, **kwargs)
     no_norm = geodesic_sharpness(model, MSE, data, 0.1, geodesic_norm=False, **kwargs)
     first = geodesic_sharpness(model, MSE, data, 0.1, second_order=False, **kwargs)
@@ -440,8 +440,8 @@ def test_adaptive_norm_ablation_is_at_least_a_feasible_value(metric):
     data = attention_data()
     readout_only = copy.deepcopy(model)
     readout_only.attn.requires_grad_(False)
-    floor = adaptive_sharpness(readout_only, MSE, data, 0.1, "worst", n_iter=10)
-    ablated = geodesic_sharpness(model, MSE, data, 0.1, metric, geodesic_norm=False, n_iter=10)
+    floor = adaptive_sharpness(readout_only, MSE, data, 0.1, "worst", num_steps=10)
+    ablated = geodesic_sharpness(model, MSE, data, 0.1, metric, geodesic_norm=False, num_steps=10)
     assert floor > 0
     assert ablated >= floor
 
@@ -452,15 +452,15 @@ def test_adaptive_norm_ablation_is_at_least_a_feasible_value(metric):
 def test_adaptive_sharpness_kinds_batches_and_options():
     model = mlp()
     X, y = mlp_data()
-    avg = adaptive_sharpness(model, MSE, (X, y), 0.05, n_samples=10)
-    worst = adaptive_sharpness(model, MSE, (X, y), 0.05, "worst", n_iter=10)
+    avg = adaptive_sharpness(model, MSE, (X, y), 0.05, num_samples=10)
+    worst = adaptive_sharpness(model, MSE, (X, y), 0.05, "worst", num_steps=10)
     assert worst > avg
     # batches: mean of the per-batch values, and an iterable of batches gives the same
-    batched = adaptive_sharpness(model, MSE, (X, y), 0.05, "worst", n_iter=10, batch_size=16)
+    batched = adaptive_sharpness(model, MSE, (X, y), 0.05, "worst", num_steps=10, batch_size=16)
     pieces = [(X[:16], y[:16]), (X[16:], y[16:])]
-    from_pieces = adaptive_sharpness(model, MSE, pieces, 0.05, "worst", n_iter=10)
+    from_pieces = adaptive_sharpness(model, MSE, pieces, 0.05, "worst", num_steps=10)
     assert from_pieces == pytest.approx(batched)
-    singles = [adaptive_sharpness(model, MSE, p, 0.05, "worst", n_iter=10) for p in pieces]
+    singles = [adaptive_sharpness(model, MSE, p, 0.05, "worst", num_steps=10) for p in pieces]
     assert batched == pytest.approx(np.mean(singles))
     # the average case is E[L(w + rho c z)] - L(w) ~ rho^2 / 2 * tr(diag(c) H diag(c)) for small rho
     assert adaptive_sharpness(model, MSE, (X, y), 0.1, normalize_logits=True) != pytest.approx(
@@ -468,7 +468,7 @@ def test_adaptive_sharpness_kinds_batches_and_options():
     # float32 works too
     model32 = mlp().float()
     value = adaptive_sharpness(model32, MSE, (X.float(), y.float()), 0.05, "worst", "linf",
-                               n_iter=5)
+                               num_steps=5)
     assert math.isfinite(value) and value > 0
 
 
@@ -489,9 +489,9 @@ def test_logit_normalization_and_average_case_formula():
     X, y = mlp_data()
     # normalize_logits is the same as normalising inside the model (same draws, same order)
     for kind in ("average", "worst"):
-        assert adaptive_sharpness(model, MSE, (X, y), 0.1, kind, n_iter=5, n_samples=5,
+        assert adaptive_sharpness(model, MSE, (X, y), 0.1, kind, num_steps=5, num_samples=5,
                                   normalize_logits=True) == pytest.approx(
-            adaptive_sharpness(Normalized(model), MSE, (X, y), 0.1, kind, n_iter=5, n_samples=5),
+            adaptive_sharpness(Normalized(model), MSE, (X, y), 0.1, kind, num_steps=5, num_samples=5),
             rel=1e-12)
     # a loss quadratic in w: E[L(w + rho c z)] - L(w) = rho^2 / 2 * sum_i c_i^2 H_ii exactly
     lin = nn.Linear(3, 2).to(DT)
@@ -501,7 +501,7 @@ def test_logit_normalization_and_average_case_formula():
     gram = Xb.T @ Xb / len(X)
     diag_h = torch.cat([torch.diag(gram)[:3].repeat(2), torch.diag(gram)[3].repeat(2)])
     expected = 0.1 ** 2 / 2 * float((w ** 2 * diag_h).sum())
-    value = adaptive_sharpness(lin, MSE, (X, y), 0.1, n_samples=4000)
+    value = adaptive_sharpness(lin, MSE, (X, y), 0.1, num_samples=4000)
     assert value == pytest.approx(expected, rel=0.1)
 
 
@@ -510,25 +510,25 @@ def test_reproducible_with_seed_and_parameters_unchanged():
     model.train()
     data = mlp_data()
     before = snapshot(model)
-    a = adaptive_sharpness(model, MSE, data, 0.1, n_samples=5, seed=3)
-    assert adaptive_sharpness(model, MSE, data, 0.1, n_samples=5, seed=3) == a
-    assert adaptive_sharpness(model, MSE, data, 0.1, n_samples=5, seed=4) != a
-    w = adaptive_sharpness(model, MSE, data, 0.1, "worst", "linf", n_iter=5)
-    assert adaptive_sharpness(model, MSE, data, 0.1, "worst", "linf", n_iter=5) == w
+    a = adaptive_sharpness(model, MSE, data, 0.1, num_samples=5, seed=3)
+    assert adaptive_sharpness(model, MSE, data, 0.1, num_samples=5, seed=3) == a
+    assert adaptive_sharpness(model, MSE, data, 0.1, num_samples=5, seed=4) != a
+    w = adaptive_sharpness(model, MSE, data, 0.1, "worst", "linf", num_steps=5)
+    assert adaptive_sharpness(model, MSE, data, 0.1, "worst", "linf", num_steps=5) == w
     assert_unchanged(model, before)
     assert model.training  # the mode is restored
 
     attn = attention_model()
     adata = attention_data()
     before = snapshot(attn)
-    g = geodesic_sharpness(attn, MSE, adata, 0.1, n_iter=4)
-    assert geodesic_sharpness(attn, MSE, adata, 0.1, n_iter=4) == g
-    geodesic_sharpness(attn, MSE, adata, 0.1, "mix", n_iter=4, second_order=False)
-    adaptive_sharpness(attn, MSE, adata, 0.1, "worst", n_iter=4)
+    g = geodesic_sharpness(attn, MSE, adata, 0.1, num_steps=4)
+    assert geodesic_sharpness(attn, MSE, adata, 0.1, num_steps=4) == g
+    geodesic_sharpness(attn, MSE, adata, 0.1, "mix", num_steps=4, second_order=False)
+    adaptive_sharpness(attn, MSE, adata, 0.1, "worst", num_steps=4)
     assert_unchanged(attn, before)
     diag = DiagNet(*diag_problem()[:2])
     before = snapshot(diag)
-    geodesic_sharpness(diag, MSE, diag_problem()[2:], 0.1, n_iter=4)
+    geodesic_sharpness(diag, MSE, diag_problem()[2:], 0.1, num_steps=4)
     assert_unchanged(diag, before)
 
 
@@ -543,20 +543,20 @@ def test_bad_inputs_raise_clear_errors():
             geodesic_sharpness(model, MSE, data, rho)
     with pytest.raises(TypeError, match="rho"):
         adaptive_sharpness(model, MSE, data, "0.1")
-    with pytest.raises(ValueError, match="kind"):
-        adaptive_sharpness(model, MSE, data, 0.1, kind="max")
+    with pytest.raises(ValueError, match="estimate"):
+        adaptive_sharpness(model, MSE, data, 0.1, estimate="max")
     with pytest.raises(ValueError, match="norm"):
         adaptive_sharpness(model, MSE, data, 0.1, norm="l1")
-    with pytest.raises(ValueError, match="metric"):
-        geodesic_sharpness(attention_model(), MSE, attention_data(), 0.1, metric="euclid")
-    with pytest.raises(ValueError, match="n_iter"):
-        adaptive_sharpness(model, MSE, data, 0.1, "worst", n_iter=0)
-    with pytest.raises(ValueError, match="n_iter"):
-        geodesic_sharpness(attention_model(), MSE, attention_data(), 0.1, n_iter=0)
+    with pytest.raises(ValueError, match="metric_name"):
+        geodesic_sharpness(attention_model(), MSE, attention_data(), 0.1, metric_name="euclid")
+    with pytest.raises(ValueError, match="num_steps"):
+        adaptive_sharpness(model, MSE, data, 0.1, "worst", num_steps=0)
+    with pytest.raises(ValueError, match="num_steps"):
+        geodesic_sharpness(attention_model(), MSE, attention_data(), 0.1, num_steps=0)
     with pytest.raises(TypeError, match="normalize_logits"):
         adaptive_sharpness(model, MSE, data, 0.1, normalize_logits="yes")
-    with pytest.raises(ValueError, match="n_samples"):
-        adaptive_sharpness(model, MSE, data, 0.1, n_samples=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        adaptive_sharpness(model, MSE, data, 0.1, num_samples=0)
     with pytest.raises(TypeError, match="loss_fn"):
         adaptive_sharpness(model, "mse", data, 0.1)
     with pytest.raises(TypeError, match="loss_fn"):
@@ -579,9 +579,9 @@ def test_bad_inputs_raise_clear_errors():
         geodesic_sharpness(attention_model(), MSE, attention_data(), 0.1, eps=-1.0)
     with pytest.raises(TypeError, match="objective"):
         auto_pgd(None, AdaptiveGeometry(model), 0.1)
-    objective = perturbation_objective(model, MSE, AdaptiveGeometry(model), X, y)
-    with pytest.raises(ValueError, match="n_iter"):
-        auto_pgd(objective, AdaptiveGeometry(model), 0.1, n_iter=0)
+    objective = perturbation_objective(model, MSE, (X, y), AdaptiveGeometry(model))
+    with pytest.raises(ValueError, match="num_steps"):
+        auto_pgd(objective, AdaptiveGeometry(model), 0.1, num_steps=0)
     with pytest.raises(ValueError, match="rho"):
         auto_pgd(objective, AdaptiveGeometry(model), -0.1)
 
@@ -592,7 +592,7 @@ def test_zero_gradient_start_uses_seeded_random_point():
     X, _ = mlp_data()
     with torch.no_grad():
         y = model(X)
-    values = [adaptive_sharpness(model, MSE, (X, y), 0.1, "worst", n_iter=8, seed=s)
+    values = [adaptive_sharpness(model, MSE, (X, y), 0.1, "worst", num_steps=8, seed=s)
               for s in (0, 0, 1)]
     assert values[0] > 0 and values[0] == values[1]
     assert values[2] > 0 and values[2] != values[0]

@@ -1,8 +1,20 @@
 """Layer 3, geometry: what a metric on parameter space changes.
 
-Reparametrizations and the invariant Hessian operator ``G^-1 H`` (:mod:`.reparam`,
-:mod:`.invariance`), Laplace evidence (:mod:`.laplace`), natural gradient and gradient
-flow under a metric (:mod:`.natural_gradient`, :mod:`.gradient_flow`), the quotient
-geometry of symmetries (:mod:`.quotient`) and sharpness (:mod:`.sharpness`). Built on
-:mod:`lib.curvature` and :mod:`lib.operators`.
+- :mod:`.reparam`: reparametrizations ``psi = phi(theta)`` (scaling, linear maps,
+  elementwise maps, WeightNorm) with their Jacobian products;
+- :mod:`.invariance`: the invariant Hessian operator ``G^-1 H`` and pulled-back metrics;
+- :mod:`.laplace`: the Laplace log marginal likelihood, naive and invariant, with the Hessian
+  or the GGN;
+- :mod:`.natural_gradient`, :mod:`.gradient_flow`: natural gradient and gradient flow under
+  a metric;
+- :mod:`.gl_pairs`: the ``GL(h)`` symmetry of a pair of blocks (invariant metrics,
+  horizontal projection, Christoffel terms); :mod:`.rescale`: the ``GL(1)`` rescaling
+  symmetry; :mod:`.attention`: the pairs inside ``nn.MultiheadAttention``;
+- :mod:`.quotient`: the quotient geometry of a whole model, built from those three;
+- :mod:`.auto_pgd`: the Auto-PGD maximiser over a geometry's ball;
+- :mod:`.sharpness`: adaptive and geodesic sharpness, rank correlation, and the maximum of
+  a quadratic on a ball.
+
+Built on :mod:`lib.curvature` and :mod:`lib.operators`; the closed forms of single sources
+that use these tools are in :mod:`lib.sources`.
 """

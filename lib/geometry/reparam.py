@@ -31,9 +31,9 @@ from torch import Tensor
 from .._checks import check_square_matrix
 
 __all__ = ["Reparametrization", "Scaling", "LinearMap", "Elementwise", "WeightNorm",
-           "ELEMENTWISE_KINDS"]
+           "ELEMENTWISE_FUNCTIONS"]
 
-ELEMENTWISE_KINDS = ("softplus", "exp", "log")
+ELEMENTWISE_FUNCTIONS = ("softplus", "exp", "log")
 
 
 def _check_point(x: Tensor, name: str, dim: int | None = None) -> Tensor:
@@ -249,7 +249,7 @@ class LinearMap(Reparametrization):
 class Elementwise(_DiagonalJacobian):
     """An elementwise nonlinear bijection ``psi_i = f(theta_i)``.
 
-    Kinds:
+    Functions (``function``):
         ``"softplus"``: ``psi = log(1 + exp(theta))`` on ``R -> (0, inf)``, Jacobian
         ``sigmoid(theta)``, inverse ``log(expm1(psi))`` (needs ``psi > 0``).
         ``"exp"``: ``psi = exp(theta)``, inverse ``log(psi)`` (needs ``psi > 0``).
@@ -259,23 +259,24 @@ class Elementwise(_DiagonalJacobian):
     switching), so the Jacobian is the exact derivative of ``forward``.
     """
 
-    def __init__(self, kind: str):
-        if kind not in ELEMENTWISE_KINDS:
-            raise ValueError(f"unknown elementwise kind '{kind}'; choose one of {ELEMENTWISE_KINDS}")
-        self.kind = kind
+    def __init__(self, function: str):
+        if function not in ELEMENTWISE_FUNCTIONS:
+            raise ValueError(f"unknown elementwise function '{function}'; choose one of "
+                             f"{ELEMENTWISE_FUNCTIONS}")
+        self.function = function
 
     def _check_domain(self, theta):
         theta = _check_point(theta, "theta")
-        if self.kind == "log" and bool((theta <= 0).any()):
+        if self.function == "log" and bool((theta <= 0).any()):
             raise ValueError(f"log reparametrization needs theta > 0, got min(theta) = "
                              f"{float(theta.min()):.3g}")
         return theta
 
     def forward(self, theta):
         theta = self._check_domain(theta)
-        if self.kind == "softplus":
+        if self.function == "softplus":
             return theta.clamp_min(0) + torch.log1p(torch.exp(-theta.abs()))
-        if self.kind == "exp":
+        if self.function == "exp":
             psi = torch.exp(theta)
             if not bool(torch.isfinite(psi).all()):
                 raise ValueError("exp reparametrization overflows at this point")
@@ -284,25 +285,25 @@ class Elementwise(_DiagonalJacobian):
 
     def inverse(self, psi):
         psi = _check_point(psi, "psi")
-        if self.kind in ("softplus", "exp") and bool((psi <= 0).any()):
-            raise ValueError(f"the inverse of the {self.kind} reparametrization needs psi > 0, "
+        if self.function in ("softplus", "exp") and bool((psi <= 0).any()):
+            raise ValueError(f"the inverse of the {self.function} reparametrization needs psi > 0, "
                              f"got min(psi) = {float(psi.min()):.3g}")
-        if self.kind == "softplus":
+        if self.function == "softplus":
             return psi + torch.log(-torch.expm1(-psi))  # = log(expm1(psi)), stable
-        if self.kind == "exp":
+        if self.function == "exp":
             return torch.log(psi)
         return torch.exp(psi)
 
     def _jac_diag(self, theta):
         theta = self._check_domain(theta)
-        if self.kind == "softplus":
+        if self.function == "softplus":
             return torch.sigmoid(theta)
-        if self.kind == "exp":
+        if self.function == "exp":
             return torch.exp(theta)
         return 1.0 / theta
 
     def __repr__(self):
-        return f"Elementwise('{self.kind}')"
+        return f"Elementwise('{self.function}')"
 
 
 # --------------------------------------------------------------------------------------

@@ -32,59 +32,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._checks import check_int, check_seed
-from ..book.batches import as_batches
+from .._checks import (check_bool, check_callable, check_choice, check_int, check_module,
+                       check_positive, check_seed)
+from ..book.batches import as_batches, check_pair, is_pair
+from .auto_pgd import auto_pgd
+from .gl_pairs import METRIC_NAMES
+from .quotient import QuotientGeometry
 
 __all__ = [
-    "adaptive_sharpness", "geodesic_sharpness", "auto_pgd", "AdaptiveGeometry",
-    "perturbation_objective", "kendall_tau", "discordant_pairs", "trust_region_max",
-    "TrustRegionResult",
+    "adaptive_sharpness", "geodesic_sharpness", "AdaptiveGeometry", "perturbation_objective",
+    "kendall_tau", "discordant_pairs", "trust_region_max", "TrustRegionResult", "ESTIMATES",
+    "NORMS",
 ]
 
-KINDS = ("average", "worst")
+ESTIMATES = ("average", "worst")
 NORMS = ("l2", "linf")
-METRICS = ("inv", "mix")
-
-# Auto-PGD constants (Croce & Hein 2020, kept as in Andriushchenko et al. 2023)
-APGD_MOMENTUM = 0.75
-APGD_SUCCESS_FRACTION = 0.75
-
-
-# --------------------------------------------------------------------------------------
-# Argument checks
-# --------------------------------------------------------------------------------------
-def _check_rho(rho: Any) -> float:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float, np.integer, np.floating)):
-        raise TypeError(f"rho must be a positive real number, got {type(rho).__name__} {rho!r}")
-    rho = float(rho)
-    if not math.isfinite(rho) or rho <= 0:
-        raise ValueError(f"rho must be a positive finite number, got {rho}")
-    return rho
-
-
-def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _check_model(model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
-def _check_loss_fn(loss_fn: Any) -> Callable:
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), "
-                        f"got {type(loss_fn).__name__}")
-    return loss_fn
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -108,6 +70,7 @@ def _normalize(outputs: Tensor) -> Tensor:
 
 def _loss(model: nn.Module, loss_fn: Callable, params: Mapping[str, Tensor], X: Tensor, y: Tensor,
           normalize_logits: bool) -> Tensor:
+    """``loss_fn(model(X), y)`` with the parameters ``params``, a 0-d tensor."""
     outputs = functional_call(model, dict(params), (X,))
     if normalize_logits:
         outputs = _normalize(outputs)
@@ -117,14 +80,18 @@ def _loss(model: nn.Module, loss_fn: Callable, params: Mapping[str, Tensor], X: 
     return loss.reshape(())
 
 
-def perturbation_objective(model: nn.Module, loss_fn: Callable, geometry: Any, X: Tensor,
-                           y: Tensor, *, normalize_logits: bool = False) -> Callable:
+def perturbation_objective(model: nn.Module, loss_fn: Callable, data: Any, geometry: Any, *,
+                           normalize_logits: bool = False) -> Callable:
     """The function ``f(xi) = L(geometry.perturb(xi)) - L(w)`` that Auto-PGD maximises.
 
-    ``X`` ``(N, ...)``, ``y`` ``(N, ...)`` is one batch; ``xi`` a dict of tangent vectors
-    shaped like the trainable parameters. ``f`` returns a 0-d tensor, differentiable in
-    ``xi``; the model's own parameters are never touched (``torch.func.functional_call``).
+    ``data = (X, y)`` with ``X`` ``(N, ...)``, ``y`` ``(N, ...)`` is one batch; ``xi`` a dict
+    of tangent vectors shaped like the trainable parameters. ``f`` returns a 0-d tensor,
+    differentiable in ``xi``; the model's own parameters are never touched
+    (``torch.func.functional_call``).
     """
+    if not is_pair(data):
+        raise TypeError(f"data must be one (X, y) batch of tensors, got {type(data).__name__}")
+    X, y = check_pair(*data, "data")
     with torch.no_grad():
         base = _loss(model, loss_fn, geometry.params, X, y, normalize_logits)
 
@@ -144,28 +111,34 @@ class AdaptiveGeometry:
     parameter, same shapes) is ``||xi / c||_2`` (``norm="l2"``) or ``||xi / c||_inf``
     (``norm="linf"``); entries where ``w == 0`` cannot move (they are zeroed by
     :meth:`project`, as the ``c``-scaled parametrisation ``xi = c * z`` implies). Implements
-    the geometry protocol shared with ``lib.geometry.quotient.QuotientGeometry``.
+    the geometry protocol of :mod:`lib.geometry.auto_pgd`, shared with
+    ``lib.geometry.quotient.QuotientGeometry``.
     """
 
     def __init__(self, model: nn.Module, *, norm: str = "l2"):
-        _check_model(model)
-        self.norm_kind = _check_choice(norm, "norm", NORMS)
+        check_module(model)
+        self.norm_name = check_choice(norm, "norm", NORMS)
         self.params = _trainable(model)
         self.scale = {k: w.abs() for k, w in self.params.items()}
         # 1/c where c > 0 and 0 elsewhere, so frozen (zero) entries drop out of every norm
         self.inv_scale = {k: torch.where(c > 0, 1.0 / c.clamp_min(torch.finfo(c.dtype).tiny),
                                          torch.zeros_like(c)) for k, c in self.scale.items()}
 
+    @property
+    def radial_projection(self) -> bool:
+        """True for ``l2``: on the feasible set the projection onto a ball is a rescaling."""
+        return self.norm_name == "l2"
+
     def norm(self, xi: Mapping[str, Tensor]) -> Tensor:
         """The adaptive norm of ``xi`` (0-d tensor)."""
         scaled = [(xi[k] * s).reshape(-1) for k, s in self.inv_scale.items()]
         flat = torch.cat(scaled)
-        return flat.abs().max() if self.norm_kind == "linf" else flat.norm()
+        return flat.abs().max() if self.norm_name == "linf" else flat.norm()
 
     def project(self, xi: Mapping[str, Tensor], rho: float) -> dict[str, Tensor]:
         """Closest point (in the adaptive norm) of the ball of radius ``rho``:
         rescaling for ``l2``, clamping ``xi / c`` to ``[-rho, rho]`` for ``linf``."""
-        if self.norm_kind == "linf":
+        if self.norm_name == "linf":
             return {k: torch.maximum(torch.minimum(xi[k], rho * c), -rho * c)
                     for k, c in self.scale.items()}
         masked = {k: xi[k] * (c > 0) for k, c in self.scale.items()}
@@ -176,7 +149,7 @@ class AdaptiveGeometry:
         """Steepest ascent of unit norm: ``grad * c^2 / ||grad * c||_2`` (the normalised
         Riemannian gradient of the metric ``diag(1/c^2)``) for ``l2``, ``c * sign(grad)``
         for ``linf``; zeros when the gradient vanishes."""
-        if self.norm_kind == "linf":
+        if self.norm_name == "linf":
             return {k: c * torch.sign(grad[k]) for k, c in self.scale.items()}
         length = torch.cat([(grad[k] * c).reshape(-1) for k, c in self.scale.items()]).norm()
         if length == 0:
@@ -192,7 +165,7 @@ class AdaptiveGeometry:
         standard normal (``l2``) or uniform on ``[-1, 1]`` (``linf``)."""
         draws = {}
         for k, c in self.scale.items():
-            if self.norm_kind == "linf":
+            if self.norm_name == "linf":
                 z = 2 * torch.rand(c.shape, generator=generator, dtype=c.dtype, device=c.device) - 1
             else:
                 z = torch.randn(c.shape, generator=generator, dtype=c.dtype, device=c.device)
@@ -201,140 +174,6 @@ class AdaptiveGeometry:
         if length == 0:
             raise ValueError("every trainable weight is zero: adaptive perturbations cannot move")
         return {k: t * (rho / length) for k, t in draws.items()}
-
-
-# --------------------------------------------------------------------------------------
-# Auto-PGD
-# --------------------------------------------------------------------------------------
-def _checkpoints(n_iter: int) -> set[int]:
-    """Iterations ``w_j = ceil(p_j n_iter)`` with ``p_0 = 0, p_1 = 0.22`` and
-    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` (Croce & Hein 2020)."""
-    p_prev, p = 0.0, 0.22
-    points = set()
-    while p <= 1.0:
-        points.add(math.ceil(p * n_iter))
-        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
-    points.discard(0)
-    return points
-
-
-def _value_and_grad(objective: Callable, xi: Mapping[str, Tensor], need_grad: bool = True
-                    ) -> tuple[float, dict[str, Tensor] | None]:
-    if not need_grad:
-        with torch.no_grad():
-            return float(objective(xi)), None
-    leaves = {k: t.detach().requires_grad_(True) for k, t in xi.items()}
-    with torch.enable_grad():
-        value = objective(leaves)
-        grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
-    grad = {k: torch.zeros_like(t) if g is None else g for (k, t), g in zip(leaves.items(), grads)}
-    return float(value.detach()), grad
-
-
-def _ball_projection(geometry: Any, rho: float) -> Callable:
-    """Projection onto the feasible set for vectors that are already horizontal.
-
-    Auto-PGD only ever projects linear combinations of feasible points and ascent
-    directions, which lie in the (fixed, linear) horizontal space at ``w``. For the
-    Euclidean-type norms of ``QuotientGeometry`` and the l2 ``AdaptiveGeometry`` the
-    projection is then a radial rescaling, which skips the per-step horizontal projection
-    (the costly part, an ``O(h^3)`` solve per head). Other geometries use ``project``.
-    """
-    radial = isinstance(geometry, AdaptiveGeometry) and geometry.norm_kind == "l2"
-    try:  # lazy import: lib.geometry.quotient is optional for adaptive sharpness
-        from .quotient import QuotientGeometry
-        radial = radial or isinstance(geometry, QuotientGeometry)
-    except ImportError:  # pragma: no cover
-        pass
-    if not radial:
-        return lambda xi: geometry.project(xi, rho)
-
-    def shrink(xi: dict[str, Tensor]) -> dict[str, Tensor]:
-        length = float(geometry.norm(xi))
-        if length <= rho:
-            return xi
-        return {k: t * (rho / length) for k, t in xi.items()}
-
-    return shrink
-
-
-def auto_pgd(objective: Callable, geometry: Any, rho: float, *, n_iter: int = 20,
-             momentum: float = APGD_MOMENTUM, seed: int = 0) -> tuple[dict[str, Tensor], float]:
-    """Maximise ``objective(xi)`` over ``{xi : geometry.norm(xi) <= rho}`` by Auto-PGD.
-
-    Algorithm 1 of da Silva et al. (2025) / Croce & Hein (2020). ``objective`` maps a dict of
-    tangent vectors (shapes of ``geometry.params``) to a 0-d tensor, differentiably. Start
-    ``xi_0 = 0`` (invariant under any symmetry, so points on one orbit give the same
-    result); if the gradient vanishes there, ``geometry.random(rho / 2)`` from a generator
-    seeded with ``seed``. Step size ``eta = 2 rho``;
-    ``z = P(xi_k + eta d_k)``, ``xi_{k+1} = P(xi_k + a (z - xi_k) + (1 - a)(xi_k - xi_{k-1}))``
-    with ``a = momentum`` and ``d_k = geometry.ascent_direction(grad f(xi_k))``. At the
-    checkpoints of :func:`_checkpoints` ``eta`` is halved and the iterate reset to the best
-    point if fewer than 75 % of the steps since the last checkpoint increased ``f``
-    (Condition 1) or neither ``eta`` nor the best value changed since then (Condition 2).
-
-    Unlike the listing of Algorithm 1 in the paper, each value is paired with the iterate it
-    was computed at (there ``l(v^(k+1))``, the loss at ``xi^(k)``, is stored with
-    ``xi^(k+1)``), and the restart resets the perturbation ``xi``, not the weights ``w``.
-
-    Costs ``n_iter + 1`` evaluations of ``objective``, ``n_iter`` of them with a gradient
-    (one more of each if the random start is needed). Returns
-    ``(xi_max, f_max)``: the best feasible tangent vector found (detached dict) and its value
-    (float; ``f(0)`` is a candidate, so ``f_max >= objective(0)``).
-    """
-    if not callable(objective):
-        raise TypeError("objective must be callable")
-    rho = _check_rho(rho)
-    n_iter = check_int(n_iter, "n_iter")
-    seed = check_seed(seed)
-    if not 0 <= float(momentum) <= 1:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    zero = {k: torch.zeros_like(w) for k, w in geometry.params.items()}
-    f0, grad = _value_and_grad(objective, zero)
-    direction = geometry.ascent_direction(grad)
-    best_x, best_f, best_dir = zero, f0, direction
-    if all(not bool(d.any()) for d in direction.values()):  # stationary start: move off it
-        device = next(iter(zero.values())).device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        x = geometry.project(geometry.random(rho / 2, generator), rho)
-        f, grad = _value_and_grad(objective, x)
-        direction = geometry.ascent_direction(grad)
-        if f > best_f:
-            best_x, best_f, best_dir = x, f, direction
-    else:
-        x, f = zero, f0
-
-    eta = 2.0 * rho
-    checkpoints = _checkpoints(n_iter)
-    last_eta, last_best, successes, last_checkpoint = eta, best_f, 0, 0
-    x_prev = x
-    into_ball = _ball_projection(geometry, rho)
-    for k in range(n_iter):
-        z = into_ball({n: x[n] + eta * d for n, d in direction.items()})
-        if k == 0:  # no momentum on the first step
-            x_new = z
-        else:
-            x_new = into_ball({n: x[n] + momentum * (z[n] - x[n])
-                               + (1 - momentum) * (x[n] - x_prev[n]) for n in x})
-        last = k == n_iter - 1  # the final iterate needs its value only
-        f_new, grad = _value_and_grad(objective, x_new, need_grad=not last)
-        direction = None if last else geometry.ascent_direction(grad)
-        successes += f_new > f
-        if f_new > best_f:
-            best_x, best_f, best_dir = x_new, f_new, direction
-        x_prev, x, f = x, x_new, f_new
-        step = k + 1
-        if step in checkpoints and step < n_iter:
-            condition1 = successes < APGD_SUCCESS_FRACTION * (step - last_checkpoint)
-            condition2 = last_eta == eta and last_best == best_f
-            last_eta, last_best = eta, best_f
-            if condition1 or condition2:
-                eta /= 2
-                # restart from the best point, without momentum (its direction is stored)
-                x, x_prev, f, direction = best_x, best_x, best_f, best_dir
-            successes, last_checkpoint = 0, step
-    return {k: t.detach() for k, t in best_x.items()}, float(best_f)
-
 
 # --------------------------------------------------------------------------------------
 # Public sharpness measures
@@ -355,31 +194,52 @@ class _EvalMode:
 
 
 def _device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU if it has none)."""
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
 
 
-def _worst_case(model, loss_fn, batches, geometry, rho, n_iter, normalize_logits, seed) -> float:
+def _worst_case(model, loss_fn, batches, geometry, rho, num_steps, normalize_logits, seed) -> float:
+    """Mean over the batches of Auto-PGD's maximum of the loss change."""
     values = []
-    for X, y in batches:
-        objective = perturbation_objective(model, loss_fn, geometry, X, y,
+    for batch in batches:
+        objective = perturbation_objective(model, loss_fn, batch, geometry,
                                            normalize_logits=normalize_logits)
-        values.append(auto_pgd(objective, geometry, rho, n_iter=n_iter, seed=seed)[1])
+        values.append(auto_pgd(objective, geometry, rho, num_steps=num_steps, seed=seed)[1])
+    return float(np.mean(values))
+
+
+def _average_case(model, loss_fn, batches, geometry, rho, num_samples, normalize_logits,
+                  seed) -> float:
+    """Mean over the batches and ``num_samples`` Gaussian draws ``rho * c * N(0, I)`` of the
+    loss change."""
+    generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    values = []
+    with torch.no_grad():
+        for X, y in batches:
+            base = _loss(model, loss_fn, geometry.params, X, y, normalize_logits)
+            for _ in range(num_samples):
+                delta = {k: rho * c * torch.randn(c.shape, generator=generator, dtype=c.dtype,
+                                                  device=c.device)
+                         for k, c in geometry.scale.items()}
+                loss = _loss(model, loss_fn, geometry.perturb(delta), X, y, normalize_logits)
+                values.append(float(loss - base))
     return float(np.mean(values))
 
 
 def adaptive_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float,
-                       kind: str = "average", norm: str = "l2", *, batch_size: int | None = None,
-                       n_iter: int = 20, n_samples: int = 20, normalize_logits: bool = False,
-                       seed: int = 0) -> float:
+                       estimate: str = "average", norm: str = "l2", *,
+                       batch_size: int | None = None, num_steps: int = 20, num_samples: int = 20,
+                       normalize_logits: bool = False, seed: int = 0) -> float:
     """Adaptive sharpness of ``model`` at its current weights ``w`` (Andriushchenko et al. 2023).
 
     With ``c = |w|`` (all trainable parameters) and one batch ``(X, y)``:
 
-    * ``kind="average"``: mean over ``n_samples`` draws ``delta = rho * c * N(0, I)`` of
+    * ``estimate="average"``: mean over ``num_samples`` draws ``delta = rho * c * N(0, I)`` of
       ``L(w + delta) - L(w)`` (``norm`` is validated but not used: the Gaussian is the same);
-    * ``kind="worst"``: ``max L(w + delta) - L(w)`` over ``||delta / c||_p <= rho``
-      (``p`` = ``norm``), found by :func:`auto_pgd` with ``n_iter`` steps.
+    * ``estimate="worst"``: ``max L(w + delta) - L(w)`` over ``||delta / c||_p <= rho``
+      (``p`` = ``norm``), found by :func:`lib.geometry.auto_pgd.auto_pgd` with ``num_steps``
+      steps.
 
     ``data`` is an ``(X, y)`` pair (cut into consecutive batches of ``batch_size``; ``None``:
     one batch) or an iterable of ``(X, y)`` batches; the value is the unweighted mean of the
@@ -389,67 +249,57 @@ def adaptive_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: floa
     model runs in eval mode and its parameters are not modified. Random draws come from a
     generator seeded with ``seed``. Returns a float.
     """
-    _check_model(model)
-    _check_loss_fn(loss_fn)
-    rho = _check_rho(rho)
-    _check_choice(kind, "kind", KINDS)
-    _check_choice(norm, "norm", NORMS)
-    n_iter = check_int(n_iter, "n_iter")
-    n_samples = check_int(n_samples, "n_samples")
+    check_module(model)
+    check_callable(loss_fn, "loss_fn", "loss_fn(outputs, targets)")
+    rho = check_positive(rho, "rho")
+    check_choice(estimate, "estimate", ESTIMATES)
+    check_choice(norm, "norm", NORMS)
+    num_steps = check_int(num_steps, "num_steps")
+    num_samples = check_int(num_samples, "num_samples")
     seed = check_seed(seed)
-    _check_bool(normalize_logits, "normalize_logits")
+    check_bool(normalize_logits, "normalize_logits")
     batches = as_batches(data, batch_size=batch_size, device=_device(model))
     geometry = AdaptiveGeometry(model, norm=norm)
     with _EvalMode(model):
-        if kind == "worst":
-            return _worst_case(model, loss_fn, batches, geometry, rho, n_iter,
+        if estimate == "worst":
+            return _worst_case(model, loss_fn, batches, geometry, rho, num_steps,
                                normalize_logits, seed)
-        generator = torch.Generator(device=_device(model)).manual_seed(seed)
-        values = []
-        with torch.no_grad():
-            for X, y in batches:
-                base = _loss(model, loss_fn, geometry.params, X, y, normalize_logits)
-                for _ in range(n_samples):
-                    delta = {k: rho * c * torch.randn(c.shape, generator=generator, dtype=c.dtype,
-                                                      device=c.device)
-                             for k, c in geometry.scale.items()}
-                    loss = _loss(model, loss_fn, geometry.perturb(delta), X, y, normalize_logits)
-                    values.append(float(loss - base))
-        return float(np.mean(values))
+        return _average_case(model, loss_fn, batches, geometry, rho, num_samples,
+                             normalize_logits, seed)
 
 
 def geodesic_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float,
-                       metric: str = "inv", *, eps: float = 1e-6, symmetries: Any = None,
+                       metric_name: str = "inv", *, eps: float = 1e-6, symmetries: Any = None,
                        geodesic_norm: bool = True, second_order: bool = True,
-                       batch_size: int | None = None, n_iter: int = 20,
+                       batch_size: int | None = None, num_steps: int = 20,
                        normalize_logits: bool = False, seed: int = 0) -> float:
     """Worst-case geodesic sharpness (da Silva et al. 2025): ``max L(exp_w(xi)) - L(w)`` over
-    horizontal ``xi`` with metric norm ``<= rho``, solved by :func:`auto_pgd`.
+    horizontal ``xi`` with metric norm ``<= rho``, solved by
+    :func:`lib.geometry.auto_pgd.auto_pgd`.
 
-    The geometry is ``lib.geometry.quotient.QuotientGeometry(model, metric=metric, eps=eps,
-    symmetries=symmetries, geodesic_norm=geodesic_norm, second_order=second_order)``:
-    ``GL(h)`` blocks of every ``nn.MultiheadAttention`` head (metric ``"inv"``, eq. 15, or
-    ``"mix"``, eq. 34, relaxed by ``eps``), rescale pairs of modules with a
+    The geometry is ``lib.geometry.quotient.QuotientGeometry(model, metric_name=metric_name,
+    eps=eps, symmetries=symmetries, geodesic_norm=geodesic_norm, second_order=second_order)``:
+    ``GL(h)`` blocks of every ``nn.MultiheadAttention`` head (``metric_name`` ``"inv"``, eq. 15,
+    or ``"mix"``, eq. 34, relaxed by ``eps``), rescale pairs of modules with a
     ``rescale_pairs`` attribute (exact geodesics), every other weight adaptive (App. C.1).
     ``geodesic_norm=False`` / ``second_order=False`` are the ablations of Figs. 9-10.
     A model without any such symmetry raises ``ValueError`` (use :func:`adaptive_sharpness`).
-    ``data``, ``batch_size``, ``n_iter``, ``normalize_logits``, ``seed`` as in
+    ``data``, ``batch_size``, ``num_steps``, ``normalize_logits``, ``seed`` as in
     :func:`adaptive_sharpness`. The model's parameters are not modified. Returns a float.
     """
-    _check_model(model)
-    _check_loss_fn(loss_fn)
-    rho = _check_rho(rho)
-    _check_choice(metric, "metric", METRICS)
-    n_iter = check_int(n_iter, "n_iter")
+    check_module(model)
+    check_callable(loss_fn, "loss_fn", "loss_fn(outputs, targets)")
+    rho = check_positive(rho, "rho")
+    check_choice(metric_name, "metric_name", METRIC_NAMES)
+    num_steps = check_int(num_steps, "num_steps")
     seed = check_seed(seed)
-    _check_bool(normalize_logits, "normalize_logits")
+    check_bool(normalize_logits, "normalize_logits")
     batches = as_batches(data, batch_size=batch_size, device=_device(model))
-    from .quotient import QuotientGeometry  # lazy: the quotient module is the heavier import
-
-    geometry = QuotientGeometry(model, metric=metric, eps=eps, symmetries=symmetries,
+    geometry = QuotientGeometry(model, metric_name=metric_name, eps=eps, symmetries=symmetries,
                                 geodesic_norm=geodesic_norm, second_order=second_order)
     with _EvalMode(model):
-        return _worst_case(model, loss_fn, batches, geometry, rho, n_iter, normalize_logits, seed)
+        return _worst_case(model, loss_fn, batches, geometry, rho, num_steps, normalize_logits,
+                           seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -538,7 +388,7 @@ def trust_region_max(a: Tensor, Q: Tensor, radius: float) -> TrustRegionResult:
     if a.ndim != 1 or Q.shape != (a.shape[0], a.shape[0]):
         raise ValueError(f"need a of shape (d,) and Q of shape (d, d), got {tuple(a.shape)} "
                          f"and {tuple(Q.shape)}")
-    radius = _check_rho(radius)
+    radius = check_positive(radius, "radius")
     av = a.detach().cpu().double().numpy()
     Qv = Q.detach().cpu().double().numpy()
     Qv = 0.5 * (Qv + Qv.T)

@@ -1,5 +1,13 @@
 """Layer 3, manifolds: training trajectories as objects of study.
 
-InPCA of a population's predictions (:mod:`.inpca`) and the linear models whose
-trajectories have closed forms (:mod:`.linear`). Built on :mod:`lib.operators`.
+- :mod:`.inpca`: Bhattacharyya distances between product models and their InPCA embedding;
+- :mod:`.trajectories`: geodesics, progress, progress-indexed trajectory distances and
+  ensemble means of product models;
+- :mod:`.linear`: the training manifold of linear least squares (closed-form PCA matrix,
+  simulations, ribbon dimension, phase diagram);
+- :mod:`.linear_variants`: the same for SGD, weight decay, kernel machines and deep linear
+  networks.
+
+Built on :mod:`lib.operators`; the spectral bounds of one source are in
+:mod:`lib.sources.mao2025`.
 """
