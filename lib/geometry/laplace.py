@@ -111,6 +111,28 @@ def _metric_logdets(H, metric) -> tuple[float, float]:
     return logdet_e, float(torch.linalg.slogdet(E.G.to_dense()).logabsdet)
 
 
+def _check_form(form: str, metric) -> None:
+    """ValueError for an unknown ``form`` or a metric given with the naive form."""
+    if form not in LAPLACE_FORMS:
+        raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
+    if form == "naive" and metric is not None:
+        raise ValueError("the naive form ignores the metric (it uses the curvature as is); "
+                         "pass metric=None or use form='invariant'")
+
+
+def _check_flat_point(x, name: str) -> Tensor:
+    """``x`` detached if it is a flat, finite, non-empty floating-point ``(d,)`` tensor, else
+    ValueError naming it."""
+    if not isinstance(x, Tensor) or x.ndim != 1 or not torch.is_floating_point(x):
+        raise ValueError(f"{name} must be a flat floating-point tensor of shape (d,)")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has no entries (d = 0): the Laplace approximation needs at "
+                         "least one parameter")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite entries")
+    return x.detach()
+
+
 def dense_hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Value, gradient and dense Hessian ``(d, d)`` of a scalar ``f`` at a flat ``x``.
 
@@ -168,19 +190,8 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
             not finite, or with no entries); a Hessian (or ``G^-1 H``) that is not positive
             definite (not a strict minimum), whatever the metric.
     """
-    if form not in LAPLACE_FORMS:
-        raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
-    if form == "naive" and metric is not None:
-        raise ValueError("the naive form ignores the metric (it uses the autodiff Hessian as is); "
-                         "pass metric=None or use form='invariant'")
-    if not isinstance(theta_map, Tensor) or theta_map.ndim != 1 or not torch.is_floating_point(theta_map):
-        raise ValueError("theta_map must be a flat floating-point tensor of shape (d,)")
-    if theta_map.numel() == 0:
-        raise ValueError("theta_map has no entries (d = 0): the Laplace approximation needs at "
-                         "least one parameter")
-    if not bool(torch.isfinite(theta_map).all()):
-        raise ValueError("theta_map contains NaN or infinite entries")
-    theta_map = theta_map.detach()
+    _check_form(form, metric)
+    theta_map = _check_flat_point(theta_map, "theta_map")
     if reparam is not None:
         if not isinstance(reparam, Reparametrization):
             raise TypeError(f"reparam must be a Reparametrization, got {type(reparam).__name__}")
@@ -265,17 +276,10 @@ def ggn_log_marginal_likelihood(predict: Callable[[Tensor], Tensor], y: Tensor, 
         ValueError: bad ``form``, ``sigma``, ``prior_precision``, point or shapes; a metric
             with the naive form.
     """
-    if form not in LAPLACE_FORMS:
-        raise ValueError(f"unknown form '{form}'; choose one of {LAPLACE_FORMS}")
-    if form == "naive" and metric is not None:
-        raise ValueError("the naive form ignores the metric; pass metric=None or use form='invariant'")
+    _check_form(form, metric)
     if not sigma > 0 or not prior_precision > 0:
         raise ValueError(f"sigma and prior_precision must be positive, got {sigma} and {prior_precision}")
-    if not isinstance(point, Tensor) or point.ndim != 1 or not torch.is_floating_point(point):
-        raise ValueError("point must be a flat floating-point tensor of shape (d,)")
-    if not bool(torch.isfinite(point).all()):
-        raise ValueError("point contains NaN or infinite entries")
-    point = point.detach()
+    point = _check_flat_point(point, "point")
     y = torch.as_tensor(y).detach().to(point.dtype).reshape(-1)
     prior_map = (lambda t: t) if prior_map is None else prior_map  # noqa: E731
     sigma, prior_precision = float(sigma), float(prior_precision)

@@ -360,6 +360,22 @@ class TrustRegionResult(NamedTuple):
     multiplier: float
 
 
+def _secular_root(alpha: np.ndarray, q: np.ndarray, radius: float, lo: float, tol: float) -> float:
+    """The multiplier ``lam > lo`` with ``||alpha / (2 (lam - q))|| = radius``, by bisection
+    (the norm decreases in ``lam``); returns the upper end of the final bracket."""
+    # phi(hi) <= radius^2 since |alpha| / (2 (hi - q_max)) <= radius
+    hi = lo + np.linalg.norm(alpha) / (2 * radius) + tol
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if np.linalg.norm(alpha / (2 * (mid - q))) > radius:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def trust_region_max(a: Tensor, Q: Tensor, radius: float) -> TrustRegionResult:
     """Global maximum of ``m(B) = a^T B + B^T Q B`` over ``||B||_2 <= radius``.
 
@@ -414,17 +430,7 @@ def trust_region_max(a: Tensor, Q: Tensor, radius: float) -> TrustRegionResult:
             lam, c = lo, coords(lo)
             c[np.argmax(top)] = math.sqrt(max(radius ** 2 - float(c @ c), 0.0))
         else:
-            # phi(hi) <= radius^2 since |alpha| / (2 (hi - q_max)) <= radius
-            hi = lo + np.linalg.norm(alpha) / (2 * radius) + tol
-            for _ in range(200):
-                mid = 0.5 * (lo + hi)
-                if mid in (lo, hi):
-                    break
-                if np.linalg.norm(alpha / (2 * (mid - q))) > radius:
-                    lo = mid
-                else:
-                    hi = mid
-            lam = hi
+            lam = _secular_root(alpha, q, radius, lo, tol)
             c = alpha / (2 * (lam - q))
             c *= radius / max(np.linalg.norm(c), 1e-300)  # land exactly on the sphere
     B = V @ c

@@ -196,28 +196,38 @@ def simulate_trajectories(data: torch.Tensor, y: torch.Tensor, T: int, N: int, s
     sigma_w = check_real(sigma_w, "sigma_w", minimum=0.0)
     lam_wd = check_real(weight_decay, "weight_decay", minimum=0.0)
     g = torch.Generator().manual_seed(check_seed(seed))
-    dev, dt = data.device, data.dtype
     if n == d:
-        K = check_kernel(data)
-        lam, U = eigh_kernel(K)
-        alpha = check_step_size(alpha, float(lam[0]) + lam_wd)
-        y = check_targets(y, n, K)
-        root = (U * lam.sqrt()) @ U.T  # symmetric square root of K
-        z = torch.randn(N, n, generator=g, dtype=dt).to(dev)
-        r = sigma_w * z @ root - y
-        Kd = torch.eye(n, dtype=dt, device=dev) - alpha * (K + lam_wd * torch.eye(n, dtype=dt, device=dev))
-        out = torch.empty(N, T, n, dtype=dt, device=dev)
-        for t in range(T):
-            out[:, t] = r
-            r = r @ Kd - alpha * lam_wd * y  # Kd is symmetric; the shift comes from the decay of X w
-            if batch_size is not None:
-                b = check_int(batch_size, "batch_size")
-                zeta = torch.randn(N, n, generator=g, dtype=dt).to(dev)
-                r = r + alpha / math.sqrt(b) * zeta @ K
-        return out
+        return _simulate_kernel(data, y, T, N, sigma_w, alpha, g, batch_size, lam_wd)
     if batch_size is not None:
         raise ValueError("batch_size (SGD noise) is supported only with the kernel form (pass K)")
-    X = data
+    return _simulate_weights(data, y, T, N, sigma_w, alpha, g, lam_wd)
+
+
+def _simulate_kernel(K, y, T, N, sigma_w, alpha, g, batch_size, lam_wd) -> torch.Tensor:
+    """:func:`simulate_trajectories` from the kernel ``K (n, n)``: ``(N, T, n)`` residuals."""
+    n, dev, dt = K.shape[0], K.device, K.dtype
+    K = check_kernel(K)
+    lam, U = eigh_kernel(K)
+    alpha = check_step_size(alpha, float(lam[0]) + lam_wd)
+    y = check_targets(y, n, K)
+    root = (U * lam.sqrt()) @ U.T  # symmetric square root of K
+    z = torch.randn(N, n, generator=g, dtype=dt).to(dev)
+    r = sigma_w * z @ root - y
+    Kd = torch.eye(n, dtype=dt, device=dev) - alpha * (K + lam_wd * torch.eye(n, dtype=dt, device=dev))
+    out = torch.empty(N, T, n, dtype=dt, device=dev)
+    for t in range(T):
+        out[:, t] = r
+        r = r @ Kd - alpha * lam_wd * y  # Kd is symmetric; the shift comes from the decay of X w
+        if batch_size is not None:
+            b = check_int(batch_size, "batch_size")
+            zeta = torch.randn(N, n, generator=g, dtype=dt).to(dev)
+            r = r + alpha / math.sqrt(b) * zeta @ K
+    return out
+
+
+def _simulate_weights(X, y, T, N, sigma_w, alpha, g, lam_wd) -> torch.Tensor:
+    """:func:`simulate_trajectories` in weight space from inputs ``X (n, d)``: ``(N, T, n)``."""
+    (n, d), dev, dt = X.shape, X.device, X.dtype
     K = X @ X.T / n
     lam, _ = eigh_kernel(K)
     alpha = check_step_size(alpha, float(lam[0]) + lam_wd)
