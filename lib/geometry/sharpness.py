@@ -1,4 +1,4 @@
-"""Adaptive and geodesic sharpness, the Auto-PGD solver behind them, and closed forms.
+"""Adaptive and geodesic sharpness, their rank correlation, and a quadratic's maximum on a ball.
 
 Sharpness measures how much the training loss can rise when the weights ``w`` move a
 little. Plain Euclidean balls are not invariant under the symmetries of a network
@@ -12,10 +12,9 @@ the same function can get very different values. This module implements
 * **geodesic sharpness** (da Silva et al. 2025, ``dasilva2025hideseek``): horizontal
   perturbations ``xi`` of the quotient geometry of :mod:`lib.geometry.quotient`, measured in its
   metric and followed along an (approximate) geodesic, :func:`geodesic_sharpness`;
-* **Auto-PGD** (Croce & Hein 2020, ``croce2020reliable``) for any *geometry* object that
-  implements ``norm / project / ascent_direction / perturb / random``
-  (:class:`AdaptiveGeometry` here, ``QuotientGeometry`` in :mod:`lib.geometry.quotient`),
-  :func:`auto_pgd`;
+* both worst cases are maximised by Auto-PGD (:mod:`lib.geometry.auto_pgd`), for any
+  *geometry* object that implements its protocol (:class:`AdaptiveGeometry` here,
+  ``QuotientGeometry`` in :mod:`lib.geometry.quotient`);
 * :func:`trust_region_max`, the global maximum of a quadratic on a ball (the closed forms of
   :mod:`lib.sources.dasilva2025` reduce to it);
 * :func:`kendall_tau`, the rank correlation used to compare sharpness with generalisation.

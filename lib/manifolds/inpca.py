@@ -1,4 +1,4 @@
-"""Intensive PCA (InPCA) of probabilistic models (chapter 2 of the thesis, eqs. 2.2.2-2.2.9).
+"""Intensive PCA (InPCA) of probabilistic models (chapter 2 of Mao 2025, eqs. 2.2.2-2.2.9).
 
 A classifier with weights ``w`` gives, on ``N`` samples with ``C`` classes, the product
 distribution ``P_w(y) = prod_n p_w^n(y_n)``. Two models are compared by the per-sample

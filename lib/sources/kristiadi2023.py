@@ -1,5 +1,7 @@
-"""Kristiadi, Dangel & Hennig (2023), ``kristiadi2023geometry``: the sine regression of
-section 5.2, Table 1 (experiment A6), with the Laplace tools of :mod:`lib.geometry.laplace`.
+"""Kristiadi, Dangel & Hennig (2023), ``kristiadi2023geometry``: Table 1's sine regression (A6).
+
+The experiment of their section 5.2 (Table 1, experiment A6), computed with the Laplace
+tools of :mod:`lib.geometry.laplace`.
 
 Two protocols of the same experiment:
 
