@@ -133,3 +133,18 @@ def check_shape_like(ref: torch.Tensor, x: Any, name: str) -> torch.Tensor:
     if x.shape != ref.shape:
         raise ValueError(f"{name} must have shape {tuple(ref.shape)}, got {tuple(x.shape)}")
     return x
+
+
+def check_vector(x: Any, name: str, dim: int | None = None, *, owner: str = "") -> torch.Tensor:
+    """Return ``x`` if it is a finite, flat, floating-point ``(d,)`` tensor (with ``d == dim``
+    when given; ``owner`` says what fixes ``dim`` in the message); TypeError if it is not a
+    floating-point tensor, ValueError otherwise."""
+    check_float_tensor(x, name)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be a flat vector of shape (d,), got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[0] != dim:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, but {owner or 'it must have'} "
+                         f"({dim},)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite entries")
+    return x

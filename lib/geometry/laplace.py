@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._checks import check_vector
 from .invariance import check_critical_point, hessian_operator, pullback_metric
 from .reparam import Reparametrization
 
@@ -122,14 +123,11 @@ def _check_form(form: str, metric) -> None:
 
 def _check_flat_point(x, name: str) -> Tensor:
     """``x`` detached if it is a flat, finite, non-empty floating-point ``(d,)`` tensor, else
-    ValueError naming it."""
-    if not isinstance(x, Tensor) or x.ndim != 1 or not torch.is_floating_point(x):
-        raise ValueError(f"{name} must be a flat floating-point tensor of shape (d,)")
+    TypeError/ValueError naming it."""
+    check_vector(x, name)
     if x.numel() == 0:
         raise ValueError(f"{name} has no entries (d = 0): the Laplace approximation needs at "
                          "least one parameter")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite entries")
     return x.detach()
 
 

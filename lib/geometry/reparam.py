@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_square_matrix
+from .._checks import check_square_matrix, check_vector
 
 __all__ = ["Reparametrization", "Scaling", "LinearMap", "Elementwise", "WeightNorm",
            "ELEMENTWISE_FUNCTIONS"]
@@ -37,18 +37,8 @@ ELEMENTWISE_FUNCTIONS = ("softplus", "exp", "log")
 
 
 def _check_point(x: Tensor, name: str, dim: int | None = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be a flat vector of shape (d,), got shape {tuple(x.shape)}")
-    if dim is not None and x.shape[0] != dim:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, but this reparametrization "
-                         f"acts on ({dim},)")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite entries")
-    return x
+    """A finite flat ``(d,)`` floating-point point (``d == dim`` when given)."""
+    return check_vector(x, name, dim, owner="this reparametrization acts on")
 
 
 def _check_vectors(v: Tensor, d: int, name: str) -> Tensor:

@@ -51,7 +51,7 @@ import math
 
 import torch
 
-from .._checks import check_int, check_seed, check_square_matrix
+from .._checks import check_float_tensor, check_int, check_seed, check_square_matrix
 from ..operators.base import LinearOperator
 from ..operators.spectral import top_eigenpairs
 
@@ -68,8 +68,7 @@ __all__ = ["bhattacharyya", "InPCA", "minkowski_sq_distances", "embed_log_probs"
 
 def _check_probs(P, name: str, log: bool) -> torch.Tensor:
     """A floating ``(models, N, C)`` tensor; values are checked block by block later."""
-    if not isinstance(P, torch.Tensor) or not torch.is_floating_point(P):
-        raise TypeError(f"{name} must be a floating-point tensor, got {type(P).__name__}")
+    check_float_tensor(P, name)
     if P.ndim != 3:
         raise ValueError(f"{name} must have shape (models, N, C), got shape {tuple(P.shape)}")
     if min(P.shape) == 0:
@@ -197,8 +196,7 @@ def minkowski_sq_distances(embedding, signs) -> torch.Tensor:
     Returns:
         ``(m, m)`` float64 matrix with an exactly zero diagonal.
     """
-    if not isinstance(embedding, torch.Tensor) or not torch.is_floating_point(embedding):
-        raise TypeError("embedding must be a floating-point tensor")
+    check_float_tensor(embedding, "embedding")
     if not isinstance(signs, torch.Tensor):
         raise TypeError("signs must be a tensor")
     if embedding.ndim != 2:
@@ -362,8 +360,7 @@ class InPCA:
             ``|lambda| <= m * eps * max|lambda|`` (numerically zero) get coordinate 0.
         """
         self._fitted()
-        if not isinstance(D_new, torch.Tensor) or not torch.is_floating_point(D_new):
-            raise TypeError("D_new must be a floating-point tensor")
+        check_float_tensor(D_new, "D_new")
         if D_new.ndim == 1:
             D_new = D_new[None, :]
         if D_new.ndim != 2 or D_new.shape[1] != self.m_:

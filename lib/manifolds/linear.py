@@ -43,7 +43,7 @@ from typing import Sequence
 
 import torch
 
-from .._checks import check_int, check_positive, check_real, check_seed, check_square_matrix
+from .._checks import check_float_tensor, check_int, check_positive, check_real, check_seed, check_square_matrix
 
 DTYPE = torch.float64
 
@@ -369,8 +369,7 @@ def ribbon_dimension(values: torch.Tensor, fraction: float = 0.95, *, matrix: bo
         (...,): the smallest k with ``sum of the k largest >= fraction * total``. A zero
         matrix (no variance at all, e.g. sigma_w = 0 and T = 1) has dimension 0.
     """
-    if not isinstance(values, torch.Tensor) or not torch.is_floating_point(values):
-        raise TypeError("values must be a floating-point tensor")
+    check_float_tensor(values, "values")
     fraction = check_positive(fraction, "fraction")
     if fraction > 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")

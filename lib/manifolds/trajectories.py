@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_float_tensor, check_int
 from .inpca import CHUNK_BYTES, DTYPE, bhattacharyya, sqrt_probabilities
 
 __all__ = ["ignorance", "truth", "geodesic", "geodesic_distance", "progress", "reindex_by_progress",
@@ -62,8 +62,7 @@ def _roots(P, name: str, log: bool, ndims=(2, 3)) -> torch.Tensor:
     The rows of the result are renormalised to unit Euclidean norm (``P`` is only required to
     sum to 1 within ``SUM_TOL``), so that geodesic formulas on the sphere are exact.
     """
-    if not isinstance(P, torch.Tensor) or not torch.is_floating_point(P):
-        raise TypeError(f"{name} must be a floating-point tensor, got {type(P).__name__}")
+    check_float_tensor(P, name)
     if P.ndim not in ndims:
         shapes = " or ".join({2: "(N, C)", 3: "(models, N, C)", 4: "(K, T, N, C)"}[d] for d in ndims)
         raise ValueError(f"{name} must have shape {shapes}, got shape {tuple(P.shape)}")

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_positive
+from .._checks import check_float_tensor, check_positive
 from ..geometry.sharpness import trust_region_max
 
 __all__ = ["scalar_toy_sharpness", "diagonal_net_quadratic_model", "diagonal_net_sharpness"]
 
 
 def _as_float_tensor(value: Any, name: str) -> Tensor:
+    """A real number as a float64 0-d tensor, a floating-point tensor as it is; TypeError else."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=torch.float64)
     if not isinstance(value, Tensor) or not torch.is_floating_point(value):
@@ -68,8 +69,7 @@ def scalar_toy_sharpness(G: Any, H: Any, x: Tensor, y: Tensor, rho: float,
     G = _as_float_tensor(G, "G")
     H = _as_float_tensor(H, "H")
     for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor) or not torch.is_floating_point(t):
-            raise TypeError(f"{name} must be a floating-point tensor")
+        check_float_tensor(t, name)
     if G.numel() != 1 or H.numel() != 1:
         raise ValueError("G and H must be scalars")
     if x.ndim != 1 or x.shape != y.shape or x.numel() == 0:
@@ -108,8 +108,7 @@ def diagonal_net_quadratic_model(u: Tensor, v: Tensor, X: Tensor,
     ``beta* = X^T y / n`` (eq. 12). Returns ``(a (d,), Q (d, d))`` in float64.
     """
     for name, t in (("u", u), ("v", v), ("X", X), ("y", y)):
-        if not isinstance(t, Tensor) or not torch.is_floating_point(t):
-            raise TypeError(f"{name} must be a floating-point tensor")
+        check_float_tensor(t, name)
     if u.ndim != 1 or u.shape != v.shape or X.ndim != 2 or X.shape[1] != u.shape[0]:
         raise ValueError(f"need u, v of shape (d,) and X of shape (n, d), got {tuple(u.shape)}, "
                          f"{tuple(v.shape)}, {tuple(X.shape)}")
