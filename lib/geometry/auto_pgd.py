@@ -104,10 +104,9 @@ def auto_pgd(objective: Callable, geometry: Any, rho: float, *, num_steps: int =
     """Maximise ``objective(xi)`` over ``{xi : geometry.norm(xi) <= rho}`` by Auto-PGD.
 
     Algorithm 1 of da Silva et al. (2025) / Croce & Hein (2020). ``objective`` maps a dict of
-    tangent vectors (shapes of ``geometry.params``) to a 0-d tensor, differentiably. Start
-    ``xi_0 = 0`` (invariant under any symmetry, so points on one orbit give the same
-    result); if the gradient vanishes there, ``geometry.random(rho / 2)`` from a generator
-    seeded with ``seed``. Step size ``eta = 2 rho``;
+    tangent vectors (shapes of ``geometry.params``) to a 0-d tensor, differentiably. Start ``xi_0 = 0``
+    (invariant under any symmetry, so points on one orbit give the same result); if the gradient
+    vanishes there, ``geometry.random(rho / 2)`` seeded with ``seed``. Step size ``eta = 2 rho``;
     ``z = P(xi_k + eta d_k)``, ``xi_{k+1} = P(xi_k + a (z - xi_k) + (1 - a)(xi_k - xi_{k-1}))``
     with ``a = momentum`` and ``d_k = geometry.ascent_direction(grad f(xi_k))``. At the
     checkpoints of :func:`_checkpoints` ``eta`` is halved and the iterate reset to the best
@@ -119,9 +118,9 @@ def auto_pgd(objective: Callable, geometry: Any, rho: float, *, num_steps: int =
     ``xi^(k+1)``), and the restart resets the perturbation ``xi``, not the weights ``w``.
 
     Costs ``num_steps + 1`` evaluations of ``objective``, ``num_steps`` of them with a gradient
-    (one more of each if the random start is needed). Returns
-    ``(xi_max, f_max)``: the best feasible tangent vector found (detached dict) and its value
-    (float; ``f(0)`` is a candidate, so ``f_max >= objective(0)``).
+    (one more of each if the random start is needed). Returns ``(xi_max, f_max)``: the best
+    feasible tangent vector found (detached dict) and its value (float; ``f(0)`` is a
+    candidate, so ``f_max >= objective(0)``).
     """
     check_callable(objective, "objective", "objective(xi)")
     rho = check_positive(rho, "rho")

