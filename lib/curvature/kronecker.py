@@ -48,7 +48,8 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 from ..book.batches import batch_source
-from .products import _check_no_stochastic_layers, _inspect_data, _Loss
+from .inspection import check_no_stochastic_layers, inspect_data
+from .losses import Loss
 from ..operators.base import LinearOperator
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_MODULES", "KroneckerFactors", "KFACOperator",
@@ -147,56 +148,6 @@ def _output_grad_matrix(module: nn.Module, g: Tensor) -> Tensor:
     if isinstance(module, nn.Conv2d):  # (K, B, out, H, W) -> (K, B * H * W, out)
         return g.flatten(3).transpose(2, 3).reshape(g.shape[0], -1, g.shape[2])
     return g.reshape(g.shape[0], -1, g.shape[-1])
-
-
-def _output_columns(loss: _Loss, f: Tensor, y: Tensor, fisher_type: str, mc_samples: int,
-                    generator: torch.Generator) -> Tensor:
-    """Columns ``S`` with ``sum_k S_k S_k^T`` the per-example output curvature; (K, *f.shape).
-
-    Outputs with more than one dimension per example, ``(B, d_1, ..., d_m)``, are read as
-    ``C = d_1 ... d_m`` outputs (MSE only: cross-entropy needs ``(B, C)``, which
-    ``_Loss.check_output`` enforces). The squared error sums over all entries and its
-    output Hessian is ``2 I``, so the columns are those of the Fisher (= GGN) of
-    :mod:`lib.curvature` with that ``C``, and one example through one layer stays exact.
-    curvlinops instead moves the extra dimensions into the batch and backpropagates each
-    of its ``d_m`` type-2 columns through all positions at once: the same matrix where
-    the positions are ones a layer is applied at (weight sharing, K-FAC "expand"), but not
-    the GGN where they mix inside the network (e.g. an ``nn.Unflatten`` of one layer's
-    output); its Monte-Carlo and empirical Fishers agree with these columns in both cases
-    (``tests/test_input_checks.py``).
-
-    * ``"exact"``: the Fisher by definition, ``E_y[g g^T] = sum_c p_c g_c g_c^T``, so the
-      columns are ``sqrt(p_c) g_c`` (cross-entropy) or ``sqrt(2) e_c`` (MSE).
-    * ``"ggn"``: a square root of the loss Hessian ``d^2 l / d f^2``: for cross-entropy
-      ``diag(sqrt p) - p sqrt(p)^T`` (columns ``sqrt(p_c) (e_c - p)``), for MSE
-      ``sqrt(2) I``. For these two losses it equals the exact Fisher; it is written
-      from the Hessian so that the tests can check that theorem.
-    * ``"mc"``: gradients at ``mc_samples`` labels drawn from the model, over ``sqrt(S)``.
-    * ``"empirical"``: the gradient at the true label.
-    """
-    shape = f.shape
-    f = f.reshape(len(f), -1)
-    if loss.name == "mse" and y is not None:
-        y = y.reshape(len(y), -1)
-    S = _flat_output_columns(loss, f, y, fisher_type, mc_samples, generator)
-    return S.reshape(S.shape[0], *shape)
-
-
-def _flat_output_columns(loss, f, y, fisher_type, mc_samples, generator) -> Tensor:
-    """:func:`_output_columns` for outputs ``f`` of shape ``(B, C)``; (K, B, C)."""
-    B, C = f.shape
-    if fisher_type == "mc":
-        return loss.sample_gradients(f, mc_samples, generator) / math.sqrt(mc_samples)
-    if fisher_type == "empirical":
-        return loss.gradient(f, y)[None]
-    eye = torch.eye(C, dtype=f.dtype, device=f.device)
-    if loss.name == "mse":
-        return math.sqrt(2.0) * eye[:, None, :].expand(C, B, C)
-    p = f.softmax(dim=1)
-    sqrt_p = p.sqrt().T[:, :, None]  # (C, B, 1)
-    if fisher_type == "exact":
-        return sqrt_p * (p[None] - eye[:, None, :])
-    return sqrt_p * eye[:, None, :] - p[None] * sqrt_p
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +249,7 @@ def _accumulate_factors(model, layers, loss, batches, fisher_type, mc_samples, s
                 f = model(X)
             loss.check_output(f, y)
             inputs, outputs = recorder.recorded()
-            S = _output_columns(loss, f.detach(), y, fisher_type, mc_samples, generator)
+            S = loss.curvature_columns(f.detach(), y, fisher_type, mc_samples, generator)
             grads = _output_grads(f, outputs, S)
             for (name, module), x, g in zip(layers, inputs, grads):
                 a, T = _input_matrix(module, x, fold_bias)
@@ -320,12 +271,12 @@ def _prepare(model, loss_fn, data, fisher_type, mc_samples, unsupported):
     check_int(mc_samples, "mc_samples")
     if mc_samples != 1 and fisher_type != "mc":
         raise ValueError(f"mc_samples={mc_samples} only applies to fisher_type='mc'")
-    loss = _Loss(loss_fn)
-    _check_no_stochastic_layers(model)
+    loss = Loss(loss_fn)
+    check_no_stochastic_layers(model)
     layers = _supported_layers(model, unsupported)
     batches = batch_source(data)
     weight = layers[0][1].weight
-    num_data, num_outputs = _inspect_data(model, batches, weight.device, weight.dtype)
+    num_data, num_outputs = inspect_data(model, batches, weight.device, weight.dtype)
     device = weight.device
     moved = [(X.to(device), y.to(device)) for X, y in batches if len(X) > 0]
     return loss, layers, moved, num_data, num_outputs
@@ -660,7 +611,7 @@ def ekfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact"
             with torch.enable_grad():
                 f = model(X)
             inputs, outputs = recorder.recorded()
-            S = _output_columns(loss, f.detach(), y, fisher_type, mc_samples, generator)
+            S = loss.curvature_columns(f.detach(), y, fisher_type, mc_samples, generator)
             grads = _output_grads(f, outputs, S)
             for i, ((name, module), x, g) in enumerate(zip(layers, inputs, grads)):
                 _, QA, _, QG = bases[i]
@@ -745,7 +696,7 @@ class KFACOptimizer(torch.optim.Optimizer):
         check_int(curvature_interval, "curvature_interval")
         check_int(inverse_interval, "inverse_interval")
         check_int(mc_samples, "mc_samples")
-        self.model, self.loss = model, _Loss(loss_fn)
+        self.model, self.loss = model, Loss(loss_fn)
         self.layers = _supported_layers(model, "skip")
         self.layer_params = {id(p) for _, m in self.layers for p in m.parameters(recurse=False)}
         params = [p for p in model.parameters() if p.requires_grad]
@@ -787,7 +738,7 @@ class KFACOptimizer(torch.optim.Optimizer):
                              "optimizer.set_targets(y) before the forward pass")
         inputs, outputs = self._recorder.recorded()
         y = self._batch_targets if self.fisher_type == "empirical" else None
-        S = _output_columns(self.loss, f.detach(), y, self.fisher_type, self.mc_samples,
+        S = self.loss.curvature_columns(f.detach(), y, self.fisher_type, self.mc_samples,
                             self.generator)
         # The curvature of the batch's mean loss: c = 1 / B (or 1 / (B C) for MSE).
         scale = self.loss.scale(f.shape[0], f[0].numel())
