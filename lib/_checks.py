@@ -51,3 +51,13 @@ def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
     if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or infinite entries")
     return tensor
+
+
+def check_damping(value: Any, name: str = "damping") -> float:
+    """Return ``value`` as a float if it is a finite number ``>= 0``; TypeError if it is
+    not a number (bools are not), ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return float(value)

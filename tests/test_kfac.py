@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib import curvature
-from lib.curvature.kronecker import EKFACOperator, KFACOperator, KFACOptimizer, ekfac, kfac
+from lib.curvature.kronecker import EKFACOperator, KFACOperator, ekfac, kfac
+from lib.geometry.kfac_optimizer import KFACOptimizer
 
 DT = torch.float64
 
@@ -78,8 +79,8 @@ def test_one_example_linear_networks_are_exact(loss_fn, sizes, fold_bias):
     mse = isinstance(loss_fn, nn.MSELoss)
     X, y = _data(1, (sizes[0],), sizes[-1], 1, mse=mse)
     F = _dense_fisher(model, loss_fn, (X, y))
-    for fisher_type in ["exact", "ggn"]:
-        K = kfac(model, loss_fn, (X, y), fisher_type, fold_bias=fold_bias).to_dense()
+    for kind in ["exact", "ggn"]:
+        K = kfac(model, loss_fn, (X, y), kind, fold_bias=fold_bias).to_dense()
         for w, b in _blocks(kfac(model, loss_fn, (X, y), fold_bias=fold_bias)):
             torch.testing.assert_close(K[w, w], F[w, w], rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(K[b, b], F[b, b], rtol=1e-10, atol=1e-12)
@@ -107,7 +108,7 @@ def test_exact_fisher_equals_ggn_factors_and_mc_converges():
     for fe, fg in zip(exact.factors, ggn.factors):
         torch.testing.assert_close(fe.G, fg.G, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(fe.A, fg.A)
-    mc = kfac(model, loss_fn, (X, y), "mc", mc_samples=4000, seed=5)
+    mc = kfac(model, loss_fn, (X, y), "mc", num_samples=4000, seed=5)
     for fe, fm in zip(exact.factors, mc.factors):
         assert (fm.G - fe.G).norm() / fe.G.norm() < 0.05
 
@@ -241,16 +242,16 @@ def test_ekfac_operator_interface():
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-@pytest.mark.parametrize("fisher_type", ["ggn", "empirical"])
+@pytest.mark.parametrize("kind", ["ggn", "empirical"])
 @pytest.mark.parametrize("net", ["mlp", "cnn"])
-def test_matches_curvlinops(reduction, loss, fisher_type, net):
+def test_matches_curvlinops(reduction, loss, kind, net):
     from curvlinops import KFACLinearOperator
 
     model = _mlp([4, 5, 3], 9) if net == "mlp" else _cnn(9)
     loss_fn = nn.CrossEntropyLoss(reduction=reduction) if loss == "ce" else nn.MSELoss(reduction=reduction)
     data = [_data(5, (4,) if net == "mlp" else (2, 4, 4), 3, s, mse=loss == "mse") for s in (10, 11)]
-    ours = kfac(model, loss_fn, data, fisher_type).to_dense()
-    theirs_type = {"ggn": "type-2", "empirical": "empirical"}[fisher_type]
+    ours = kfac(model, loss_fn, data, kind).to_dense()
+    theirs_type = {"ggn": "type-2", "empirical": "empirical"}[kind]
     params = list(model.parameters())
     theirs = KFACLinearOperator(model, loss_fn, params, data, fisher_type=theirs_type,
                                 check_deterministic=False)
@@ -283,9 +284,9 @@ def test_unsupported_modules_error_or_skip_with_warning():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(fisher_type="hessian"), ValueError, "fisher_type"),
-    (dict(fisher_type="exact", mc_samples=3), ValueError, "mc_samples"),
-    (dict(fisher_type="mc", mc_samples=0), ValueError, "mc_samples"),
+    (dict(kind="hessian"), ValueError, "kind"),
+    (dict(kind="exact", num_samples=3), ValueError, "num_samples"),
+    (dict(kind="mc", num_samples=0), ValueError, "num_samples"),
     (dict(unsupported="ignore"), ValueError, "unsupported"),
 ])
 def test_bad_arguments(kwargs, error, match):
@@ -357,7 +358,7 @@ def _steps_to(optimizer_fn, target, max_steps=500):
 def test_kfac_optimizer_beats_sgd_on_an_ill_conditioned_convex_problem():
     target = 1e-2
     sgd = _steps_to(lambda m, _: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9), target)
-    kfac_steps = _steps_to(lambda m, l: KFACOptimizer(m, l, lr=0.5, damping=1e-4, momentum=0.0,
+    kfac_steps = _steps_to(lambda m, l: KFACOptimizer(m, l, lr=0.5, factor_damping=1e-4, momentum=0.0,
                                                       kl_clip=None, inverse_interval=1), target)
     assert kfac_steps < sgd / 5, (kfac_steps, sgd)
 
@@ -374,7 +375,7 @@ def test_kfac_optimizer_state_dict_round_trip():
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 1))
-    opt = KFACOptimizer(model, loss_fn, lr=0.05, inverse_interval=3, fisher_type="mc", seed=3)
+    opt = KFACOptimizer(model, loss_fn, lr=0.05, inverse_interval=3, kind="mc", seed=3)
     run(model, opt, 4)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     saved_opt = copy.deepcopy(opt.state_dict())  # state_dict() shares the live tensors
@@ -385,7 +386,7 @@ def test_kfac_optimizer_state_dict_round_trip():
     torch.manual_seed(1)
     model2 = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 1))
     model2.load_state_dict(saved_model)
-    opt2 = KFACOptimizer(model2, loss_fn, lr=0.05, inverse_interval=3, fisher_type="mc", seed=3)
+    opt2 = KFACOptimizer(model2, loss_fn, lr=0.05, inverse_interval=3, kind="mc", seed=3)
     opt2.load_state_dict(saved_opt)
     opt2.generator.set_state(gen_state)
     run(model2, opt2, 5)
@@ -409,9 +410,9 @@ def test_kfac_optimizer_trains_with_lib_train_and_batchnorm():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=-1.0), "lr"), (dict(damping=0.0), "damping"), (dict(momentum=1.0), "momentum"),
+    (dict(lr=-1.0), "lr"), (dict(factor_damping=0.0), "factor_damping"), (dict(momentum=1.0), "momentum"),
     (dict(ema_decay=1.0), "ema_decay"), (dict(kl_clip=0.0), "kl_clip"),
-    (dict(fisher_type="exact"), "fisher_type"), (dict(inverse_interval=0), "inverse_interval"),
+    (dict(kind="exact"), "kind"), (dict(inverse_interval=0), "inverse_interval"),
 ])
 def test_kfac_optimizer_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -471,13 +472,13 @@ def test_kfac_metric_in_the_invariant_hessian_operator(kind):
                                     dict(kernel_size=3, dilation=2, padding="same"),
                                     dict(kernel_size=(3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1))])
 def test_patches_match_unfold(kwargs):
-    from lib.curvature.kronecker import _conv_padding, _patches
+    from lib.curvature.factors import conv_padding, patches
 
     conv = nn.Conv2d(3, 4, **kwargs)
     x = torch.randn(2, 3, 9, 8, generator=_gen(0))
     want = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation,
-                                padding=_conv_padding(conv), stride=conv.stride).transpose(1, 2)
-    torch.testing.assert_close(_patches(conv, x), want)
+                                padding=conv_padding(conv), stride=conv.stride).transpose(1, 2)
+    torch.testing.assert_close(patches(conv, x), want)
 
 
 @pytest.mark.parametrize("fold_bias", [True, False])
@@ -487,7 +488,7 @@ def test_kfac_optimizer_on_a_cnn_and_the_empirical_fisher(fold_bias):
     torch.manual_seed(0)
     model = _cnn(15).float()
     loss_fn = nn.CrossEntropyLoss()
-    opt = KFACOptimizer(model, loss_fn, lr=0.05, fisher_type="empirical", fold_bias=fold_bias,
+    opt = KFACOptimizer(model, loss_fn, lr=0.05, kind="empirical", fold_bias=fold_bias,
                         inverse_interval=2)
     with pytest.raises(ValueError, match="set_targets"):
         loss_fn(model(X), y)
