@@ -54,10 +54,10 @@ def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def check_damping(value: Any, name: str = "damping") -> float:
-    """Return ``value`` as a float if it is a finite number ``>= 0``; TypeError if it is
-    not a number (bools are not), ValueError otherwise."""
+    """Return ``value`` as a float if it is a finite number ``>= 0`` (the ``lambda`` of
+    ``A + lambda I``); TypeError if it is not a number (bools are not), ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (np.isfinite(value) and value >= 0):
+    if not value >= 0 or not np.isfinite(value):
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
     return float(value)
