@@ -229,7 +229,7 @@ def test_operator_algebra_and_damped_inverse():
     eye = torch.eye(H.shape[0], dtype=torch.float64)
     assert_close((H + 2.0 * G - G).to_dense(), Hd + Gd)
     assert_close((G @ H).to_dense(), Gd @ Hd)
-    inv = G.damped_inverse(1e-2, tol=1e-12)
+    inv = G.inverse(1e-2, tol=1e-12)
     assert_close((inv @ H).to_dense(), torch.linalg.solve(Gd + 1e-2 * eye, Hd), rtol=1e-5)
 
 

@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from lib import curvature
+from lib.operators import EXACT_QUANTITIES, LinearOperator
 from lib.operators.spectral import lanczos
-from lib.operators.base import DenseOperator, DiagonalOperator, IdentityOperator
+from lib.operators.base import DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator
 
 
 def random_symmetric(d, seed, spectrum=None, dtype=torch.float64):
@@ -58,7 +59,7 @@ def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum():
 def test_lanczos_top_k_matches_eigvalsh(d, k):
     A = random_symmetric(d, d)
     expected = torch.linalg.eigvalsh(A).flip(0)[:k]
-    torch.testing.assert_close(curvature.eigvalsh(DenseOperator(A), k), expected,
+    torch.testing.assert_close(curvature.eigvalsh(DenseOperator(A), k, method="lanczos"), expected,
                                rtol=1e-6, atol=1e-8)
 
 
@@ -139,27 +140,31 @@ def test_spectral_density_moments_match_the_spectrum():
 def test_logdet_matches_dense():
     spectrum = torch.logspace(-2, 1, 200, dtype=torch.float64)
     op = DenseOperator(random_symmetric(200, 8, spectrum))
-    estimate = curvature.logdet(op, num_probes=40, num_steps=30, seed=0)
+    estimate = curvature.logdet(op, num_probes=40, num_steps=30, method="slq", seed=0)
     assert estimate == pytest.approx(float(spectrum.log().sum()), rel=0.05)
 
 
 def test_logdet_rejects_indefinite_operator():
     with pytest.raises(ValueError, match="positive definite"):
-        curvature.logdet(DenseOperator(random_symmetric(20, 9)), num_steps=20)
+        curvature.logdet(DenseOperator(random_symmetric(20, 9)), num_steps=20, method="slq")
+    with pytest.raises(ValueError, match="positive definite"):
+        curvature.logdet(DenseOperator(random_symmetric(20, 9)))  # closed form
 
 
 def test_damped_inverse_matches_scipy_solve():
     A = random_symmetric(30, 10, torch.linspace(0, 4, 30, dtype=torch.float64))
     B = torch.randn(30, 4, dtype=torch.float64)
     expected = scipy.linalg.solve(A.numpy() + 0.1 * np.eye(30), B.numpy(), assume_a="pos")
-    got = DenseOperator(A).damped_inverse(0.1, tol=1e-12) @ B
+    got = DampedInverseOperator(DenseOperator(A), 0.1, tol=1e-12) @ B  # conjugate gradients
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-10)
+    got = DenseOperator(A).inverse(0.1) @ B  # closed form
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-10)
 
 
 def test_damped_inverse_warns_when_cg_stops_early():
     A = random_symmetric(50, 11, torch.logspace(-3, 3, 50, dtype=torch.float64))
     with pytest.warns(RuntimeWarning, match="CG stopped"):
-        DenseOperator(A).damped_inverse(0.0, max_iter=3) @ torch.ones(50, dtype=torch.float64)
+        DampedInverseOperator(DenseOperator(A), 0.0, max_steps=3) @ torch.ones(50, dtype=torch.float64)
 
 
 # -- operator algebra: property tests over random cases ------------------------------------
@@ -213,7 +218,7 @@ def test_estimators_reject_bad_input():
     with pytest.raises(ValueError, match="cannot add"):
         op + DenseOperator(torch.eye(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="damping"):
-        op.damped_inverse(-1.0)
+        op.inverse(-1.0)
     with pytest.raises(ValueError, match="zero"):
         DiagonalOperator(torch.zeros(3)).inverse()
 
@@ -226,3 +231,139 @@ def test_relative_difference_estimates_the_frobenius_distance():
     assert curvature.relative_difference(DenseOperator(A), DenseOperator(A)) == 0.0
     with pytest.raises(ValueError, match="shapes"):
         curvature.relative_difference(DenseOperator(A), DenseOperator(torch.eye(3, dtype=torch.float64)))
+
+
+# -- the operator method set against dense float64 linear algebra ---------------------------
+class MatrixFree(DenseOperator):
+    """A dense matrix seen only through products: every quantity takes the base-class fallback."""
+
+    exact = frozenset()
+    to_dense = LinearOperator.to_dense
+    diagonal = LinearOperator.diagonal
+    trace = LinearOperator.trace
+    logdet = LinearOperator.logdet
+    eigvalsh = LinearOperator.eigvalsh
+    solve = LinearOperator.solve
+    inverse = LinearOperator.inverse
+
+
+def _spd(d, seed):
+    return random_symmetric(d, seed, spectrum=torch.linspace(0.5, 3.0, d, dtype=torch.float64))
+
+
+def _method_set_cases(d=7):
+    A, B = _spd(d, 30), _spd(d, 31)
+    values = torch.linspace(0.5, 2.0, d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64)
+    ident = IdentityOperator(d, torch.float64)
+    return {
+        "dense": (DenseOperator(A), A),
+        "diagonal": (DiagonalOperator(values), torch.diag(values)),
+        "identity": (ident, eye),
+        "scaled": (2.5 * DenseOperator(A), 2.5 * A),
+        "negatively scaled": (-1.5 * DenseOperator(-B), 1.5 * B),
+        "sum": (DenseOperator(A) + 0.3 * ident, A + 0.3 * eye),
+        "damped inverse": (DampedInverseOperator(DenseOperator(A), 0.2, tol=1e-13),
+                           torch.linalg.inv(A + 0.2 * eye)),
+        "damped inverse of products": (DampedInverseOperator(MatrixFree(A), 0.2, tol=1e-13),
+                                       torch.linalg.inv(A + 0.2 * eye)),
+        "products only": (MatrixFree(A), A),
+    }
+
+
+@pytest.mark.parametrize("name", list(_method_set_cases()))
+def test_method_set_matches_dense(name):
+    op, M = _method_set_cases()[name]
+    d = M.shape[0]
+    close = dict(rtol=1e-8, atol=1e-10)
+    evals = torch.linalg.eigvalsh(M)
+    torch.testing.assert_close(op.to_dense(), M, **close)
+    torch.testing.assert_close(op.diagonal(), torch.diagonal(M), **close)
+    assert op.trace() == pytest.approx(float(torch.trace(M)), rel=1e-10)
+    assert op.logdet() == pytest.approx(float(torch.logdet(M)), rel=1e-8)
+    torch.testing.assert_close(op.eigvalsh(), evals, **close)
+    torch.testing.assert_close(op.eigvalsh(3), evals[-3:], **close)
+    g = torch.Generator().manual_seed(0)
+    v, V = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, 3, generator=g, dtype=torch.float64)
+    for damping in (0.0, 0.7):
+        shifted = M + damping * torch.eye(d, dtype=torch.float64)
+        torch.testing.assert_close(op.solve(v, damping), torch.linalg.solve(shifted, v), rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(op.solve(V, damping=damping), torch.linalg.solve(shifted, V),
+                                   rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(op.inverse(damping) @ V, torch.linalg.solve(shifted, V), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(_method_set_cases()))
+def test_estimators_use_the_closed_form_when_there_is_one(name):
+    op, M = _method_set_cases()[name]
+    assert op.exact <= EXACT_QUANTITIES
+    if "trace" in op.exact:
+        assert curvature.trace(op) == op.trace()
+    else:  # Hutch++ by default, bit for bit
+        assert curvature.trace(op) == curvature.trace(op, "hutchpp")
+    if "logdet" in op.exact:
+        assert curvature.logdet(op) == op.logdet()
+    if "eigvalsh" in op.exact:
+        assert torch.equal(curvature.eigvalsh(op, 2), op.eigvalsh(2).flip(0))
+    else:
+        assert torch.equal(curvature.eigvalsh(op, 2), curvature.eigvalsh(op, 2, method="lanczos"))
+    # a named method always runs that method
+    assert curvature.trace(op, "hutchinson", num_probes=4) == pytest.approx(
+        curvature.trace(MatrixFree(op.to_dense()), "hutchinson", num_probes=4), rel=1e-9)
+
+
+def test_fallbacks_above_the_dense_limit_are_iterative():
+    d = 60
+    A = random_symmetric(d, 40, spectrum=torch.linspace(1.0, 3.0, d, dtype=torch.float64))
+    op = MatrixFree(A)
+    op.dense_limit = 10
+    assert op.trace(num_probes=30, seed=3) == curvature.trace(op, "hutchpp", 30, seed=3)
+    assert op.trace(num_probes=300) == pytest.approx(float(torch.trace(A)), rel=0.05)
+    assert op.logdet(num_probes=40) == curvature.logdet(op, 40, method="slq")
+    assert op.logdet(num_probes=40) == pytest.approx(float(torch.logdet(A)), rel=0.05)
+    torch.testing.assert_close(op.eigvalsh(3), torch.linalg.eigvalsh(A)[-3:], rtol=1e-6, atol=1e-8)
+    diag = op.diagonal(num_probes=4000)
+    assert float((diag - torch.diagonal(A)).abs().max()) < 0.15 * float(torch.diagonal(A).abs().max())
+    with pytest.raises(ValueError, match="pass k"):
+        op.eigvalsh()
+
+
+def test_method_set_on_parameter_lists_and_complex_vectors():
+    d, shapes = 7, [torch.Size([2, 3]), torch.Size([1])]
+    A = _spd(d, 41)
+    op = DenseOperator(A, param_shapes=shapes)
+    v = torch.randn(d, dtype=torch.float64)
+    got = op.solve([v[:6].reshape(2, 3), v[6:]], 0.5)
+    assert [t.shape for t in got] == shapes
+    expected = torch.linalg.solve(A + 0.5 * torch.eye(d, dtype=torch.float64), v)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in got]), expected)
+    w = torch.complex(v, 2 * v)
+    torch.testing.assert_close(op.solve(w), torch.complex(torch.linalg.solve(A, v), torch.linalg.solve(A, 2 * v)))
+    torch.testing.assert_close(DiagonalOperator(torch.diagonal(A), shapes).solve([t for t in got])[1],
+                               got[1] / A[6, 6])
+
+
+def test_method_set_rejects_bad_input():
+    A = DenseOperator(random_symmetric(6, 42))
+    with pytest.raises(ValueError, match="positive definite"):
+        A.logdet()
+    with pytest.raises(ValueError, match="k=7 exceeds"):
+        A.eigvalsh(7)
+    with pytest.raises(ValueError, match="symmetric"):
+        DenseOperator(torch.triu(torch.ones(3, 3))).eigvalsh()
+    with pytest.raises(ValueError, match="singular"):
+        DenseOperator(torch.zeros(3, 3)).inverse()
+    with pytest.raises(ValueError, match="singular"):
+        DenseOperator(torch.zeros(3, 3)).solve(torch.ones(3))
+    with pytest.raises(ValueError, match="positive definite"):
+        DiagonalOperator(torch.tensor([1.0, -1.0])).logdet()
+    with pytest.raises(ValueError, match="damping"):
+        IdentityOperator(3).solve(torch.ones(3), damping=-1.0)
+    with pytest.raises(TypeError, match="damping"):
+        DiagonalOperator(torch.ones(3)).inverse(damping="1")
+    with pytest.raises(TypeError, match="solve needs"):
+        A.solve("v")
+    with pytest.raises(ValueError, match="unknown eigvalsh method"):
+        curvature.eigvalsh(A, 1, method="power")
+    with pytest.raises(ValueError, match="unknown logdet method"):
+        curvature.logdet(A, method="exact")

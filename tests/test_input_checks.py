@@ -226,7 +226,7 @@ def _operators():
         "identity": IdentityOperator(d, DT),
         "sum and scaled": G + 0.5 * IdentityOperator(d, DT),
         "product": DenseOperator(M) @ G,
-        "damped inverse (CG)": G.damped_inverse(0.1, tol=1e-12),
+        "damped inverse (CG)": G.inverse(0.1, tol=1e-12),
         "hessian": curvature.hessian(model, nn.MSELoss(), data),
         "ggn": G,
         "fisher mc": curvature.fisher(model, nn.MSELoss(), data, kind="mc"),

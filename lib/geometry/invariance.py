@@ -42,7 +42,7 @@ from torch import Tensor
 from .._checks import check_square_matrix
 from ..operators.spectral import TRACE_METHODS, eigvalsh as _lanczos_eigvalsh, logdet as _slq_logdet
 from ..operators.spectral import trace as _trace
-from ..operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
+from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator,
                               LinearOperator, ProductOperator)
 from .reparam import Reparametrization
 
@@ -399,12 +399,11 @@ class InvariantHessianOperator:
         """``G^-1 H`` as an operator, for the trace: with the metric's own exact inverse if
         it has one (one product per vector, e.g. K-FAC, diagonal), else the whitened
         operator, else CG solves."""
-        inverse = getattr(self.G, "inverse", None)
-        if callable(inverse):
-            return ProductOperator(inverse(), self.H)
+        if "inverse" in self.G.exact and not isinstance(self.G, (IdentityOperator, DenseOperator)):
+            return ProductOperator(self.G.inverse(), self.H)
         if self.whitened is not None:
             return self.whitened  # similar to G^-1 H, same trace
-        return ProductOperator(self.G.damped_inverse(0.0, tol=self.cg_tol), self.H)
+        return ProductOperator(DampedInverseOperator(self.G, 0.0, tol=self.cg_tol), self.H)
 
     def trace(self, method: str = "exact", num_probes: int = 30, *, seed: int = 0) -> float:
         """``tr(G^-1 H)``; ``method`` in ``("exact", "hutchinson", "hutchpp")``.
@@ -438,7 +437,7 @@ class InvariantHessianOperator:
             # G^-1 H is self-adjoint in the G-inner product: Lanczos there needs products
             # with H, G and G^-1 (CG), but no factorization of G.
             return _lanczos_eigvalsh(self.H, k, tol=tol, seed=seed, metric=self.G,
-                                     metric_solve=self.G.damped_inverse(0.0, tol=self.cg_tol))
+                                     metric_solve=DampedInverseOperator(self.G, 0.0, tol=self.cg_tol))
         return _lanczos_eigvalsh(self.whitened, k, tol=tol, seed=seed)
 
     def _dense_eigenvalues(self) -> Tensor:

@@ -1,16 +1,22 @@
 """Layer 1, operators: the :class:`~lib.operators.base.LinearOperator` interface, its generic kinds and the
 spectral estimators that work on any operator.
 
+Every operator has one method set (``@``, ``to_dense``, ``diagonal``, ``trace``, ``logdet``,
+``eigvalsh``, ``solve``, ``inverse``); ``op.exact`` names the quantities it knows in closed
+form, which the estimators then use. :mod:`lib.operators.linalg` holds the tensor-level
+kernels (block conjugate gradients, probes, dense log-determinants).
+
 Nothing here knows about models or losses; every curvature matrix of the book is one of
 these operators, so the estimators (trace, eigenvalues, log-determinant, spectral
 density) serve them all.
 """
 
-from .base import (DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator, LinearOperator,
-                   ProductOperator, ScaledOperator, SumOperator)
-from .spectral import (TRACE_METHODS, SpectralDensity, eigvalsh, lanczos, logdet, relative_difference,
-                       spectral_density, trace)
+from .base import (EXACT_QUANTITIES, DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator,
+                   LinearOperator, ProductOperator, ScaledOperator, SumOperator)
+from .spectral import (EIGVALSH_METHODS, LOGDET_METHODS, TRACE_METHODS, SpectralDensity, eigvalsh, lanczos, logdet,
+                       relative_difference, spectral_density, trace)
 
 __all__ = ["LinearOperator", "DenseOperator", "DiagonalOperator", "IdentityOperator", "SumOperator",
-           "ScaledOperator", "ProductOperator", "DampedInverseOperator", "TRACE_METHODS", "SpectralDensity",
-           "trace", "lanczos", "eigvalsh", "logdet", "spectral_density", "relative_difference"]
+           "ScaledOperator", "ProductOperator", "DampedInverseOperator", "EXACT_QUANTITIES", "TRACE_METHODS",
+           "EIGVALSH_METHODS", "LOGDET_METHODS", "SpectralDensity", "trace", "lanczos", "eigvalsh", "logdet",
+           "spectral_density", "relative_difference"]

@@ -10,6 +10,11 @@ Everything here touches the matrix only through products ``A @ V``:
 
 Lanczos runs its three-term recurrence in float64 whatever the operator's dtype, so
 the Ritz values are limited by the operator's precision, not by the recurrence.
+
+:func:`trace`, :func:`eigvalsh` and :func:`logdet` use an operator's closed form when it
+has one (its name is in ``op.exact``, e.g. dense, diagonal, identity, K-FAC) and no
+``method`` is given; a given ``method`` always runs that method, so estimators can be
+compared with the exact value on the same operator.
 """
 
 from __future__ import annotations
@@ -21,12 +26,20 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from .base import LinearOperator
+from .base import DampedInverseOperator, LinearOperator
+from .linalg import basis_block, rademacher
 
 __all__ = ["trace", "eigvalsh", "relative_difference", "lanczos", "spectral_density", "logdet", "SpectralDensity",
-           "TRACE_METHODS"]
+           "TRACE_METHODS", "EIGVALSH_METHODS", "LOGDET_METHODS"]
 
 TRACE_METHODS = ("exact", "hutchinson", "hutchpp")
+EIGVALSH_METHODS = ("lanczos",)
+LOGDET_METHODS = ("slq",)
+
+
+def _check_method(method, methods: tuple, what: str):
+    if method is not None and method not in methods:
+        raise ValueError(f"unknown {what} method '{method}'; choose one of {methods} or None")
 
 
 def _check_operator(op, need_symmetric: bool = False):
@@ -38,17 +51,17 @@ def _check_operator(op, need_symmetric: bool = False):
 
 
 def _rademacher(d: int, k: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
-    signs = torch.randint(0, 2, (d, k), generator=generator, dtype=torch.int8)
-    return (2 * signs - 1).to(device=op.device, dtype=op.dtype)
+    return rademacher(d, k, generator, op.dtype, op.device)
 
 
-def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
+def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *,
           seed: int = 0, chunk_size: int = 64) -> float:
     """Trace of a square operator.
 
     Args:
         op: operator of shape ``(d, d)``.
-        method: ``"exact"`` (sums ``e_i^T A e_i`` over all ``d`` basis vectors, in chunks),
+        method: ``None`` (default: the operator's closed form ``op.trace()`` if ``"trace"`` is
+            in ``op.exact``, else ``"hutchpp"``), ``"exact"`` (sums ``e_i^T A e_i`` over all ``d`` basis vectors, in chunks),
             ``"hutchinson"`` (mean of ``v^T A v`` over Rademacher ``v``; unbiased, variance
             ``2 ||A||_F^2 - 2 sum A_ii^2`` per probe), or ``"hutchpp"`` (Meyer et al. 2021:
             a third of the products find the dominant subspace exactly, the rest
@@ -68,17 +81,18 @@ def trace(op: LinearOperator, method: str = "hutchpp", num_probes: int = 30, *,
         5050.0
     """
     _check_operator(op)
-    if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace method '{method}'; choose one of {TRACE_METHODS}")
+    _check_method(method, TRACE_METHODS, "trace")
+    if method is None:
+        if "trace" in op.exact:
+            return float(op.trace())
+        method = "hutchpp"
     d = op.shape[0]
     if method == "exact":
         total = 0.0
         for start in range(0, d, chunk_size):
             stop = min(start + chunk_size, d)
-            E = torch.zeros(d, stop - start, dtype=op.dtype, device=op.device)
             idx = torch.arange(start, stop)
-            E[idx, idx - start] = 1.0
-            total += float(op._matmat(E)[idx, idx - start].sum())
+            total += float(op._matmat(basis_block(d, start, stop, op.dtype, op.device))[idx, idx - start].sum())
         return total
     check_int(num_probes, "num_probes")
     generator = torch.Generator().manual_seed(seed)
@@ -137,7 +151,7 @@ def _check_metric(op: LinearOperator, metric, metric_solve):
     if metric.shape != op.shape:
         raise ValueError(f"the operator has shape {op.shape} but the metric has shape {metric.shape}")
     if metric_solve is None:
-        return metric.damped_inverse(0.0, tol=1e-12)
+        return DampedInverseOperator(metric, 0.0, tol=1e-12)
     _check_operator(metric_solve)
     if metric_solve.shape != op.shape:
         raise ValueError(f"metric_solve has shape {metric_solve.shape}, expected {op.shape}")
@@ -218,10 +232,14 @@ def _tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
     return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
 
 
-def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: int | None = None,
-             seed: int = 0, metric: LinearOperator | None = None,
+def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: float = 1e-6,
+             max_steps: int | None = None, seed: int = 0, metric: LinearOperator | None = None,
              metric_solve: LinearOperator | None = None) -> Tensor:
     """The ``k`` largest eigenvalues of a symmetric operator, in descending order.
+
+    Without a ``metric`` and with ``method=None``, an operator with ``"eigvalsh"`` in
+    ``op.exact`` answers in closed form (``op.eigvalsh(k)``, reversed); otherwise, or with
+    ``method="lanczos"``, Lanczos as below.
 
     With a ``metric`` ``M``, the ``k`` largest generalized eigenvalues of ``A v = lambda M v``
     (Lanczos in the ``M``-inner product, see :func:`~lib.operators.spectral.lanczos`); their accuracy is also
@@ -238,6 +256,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
     Args:
         op: symmetric operator of shape ``(d, d)``.
         k: number of eigenvalues, ``1 <= k <= d``.
+        method: ``None`` (closed form if the operator has one, else Lanczos) or ``"lanczos"``.
         tol: relative accuracy of the returned eigenvalues.
         max_steps: cap on the Krylov dimension (default ``d``).
         seed: seed of the random start vector.
@@ -255,11 +274,14 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, tol: float = 1e-6, max_steps: in
         True
     """
     _check_operator(op, need_symmetric=True)
+    _check_method(method, EIGVALSH_METHODS, "eigvalsh")
     metric_solve = _check_metric(op, metric, metric_solve)
     check_int(k, "k")
     d = op.shape[0]
     if k > d:
         raise ValueError(f"k={k} exceeds the operator's dimension {d}")
+    if method is None and metric is None and "eigvalsh" in op.exact:
+        return op.eigvalsh(k).flip(0).to(op.dtype)
     max_steps = d if max_steps is None else min(max_steps, d)
     steps = min(max_steps, max(2 * k + 10, 20))
     while True:
@@ -354,8 +376,10 @@ def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 5
 
 
 def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
-           seed: int = 0) -> float:
-    """Estimate of ``log det A`` for a symmetric positive-definite operator (SLQ).
+           method: str | None = None, seed: int = 0) -> float:
+    """``log det A`` for a symmetric positive-definite operator: its closed form
+    ``op.logdet()`` if ``"logdet"`` is in ``op.exact`` and ``method`` is ``None``, else
+    (or with ``method="slq"``) the stochastic Lanczos quadrature estimate.
 
     ``log det A = tr log A ~ d * mean_v sum_j tau_j log theta_j``. Raises ``ValueError``
     if a quadrature node is not positive, i.e. the operator is not positive definite
@@ -365,8 +389,11 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
         The estimate as a Python float.
     """
     _check_operator(op, need_symmetric=True)
+    _check_method(method, LOGDET_METHODS, "logdet")
     check_int(num_probes, "num_probes")
     check_int(num_steps, "num_steps")
+    if method is None and "logdet" in op.exact:
+        return float(op.logdet())
     nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
     used = weights > 0
     if bool((nodes[used] <= 0).any()):
