@@ -46,7 +46,8 @@ from torch import Tensor, nn
 
 from .._checks import check_damping, check_int
 from ..book.batches import batch_source
-from ..operators.base import LinearOperator
+from ..operators.base import EXACT_QUANTITIES, LinearOperator
+from ..operators.linalg import top_ascending
 from .factors import (SUPPORTED_MODULES, KroneckerFactors, accumulate_factors,
                       recorded_batches, supported_layers, tikhonov_factors)
 from .inspection import check_no_stochastic_layers, inspect_data
@@ -120,7 +121,7 @@ def kfac(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
 
 
 # --------------------------------------------------------------------------------------
-# The operator
+# The operators
 # --------------------------------------------------------------------------------------
 def _eigh(M: Tensor) -> tuple[Tensor, Tensor]:
     evals, evecs = torch.linalg.eigh(0.5 * (M + M.T))
@@ -128,7 +129,16 @@ def _eigh(M: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _BlockOperator(LinearOperator):
-    """A block-diagonal operator over layers; subclasses transform each layer's block."""
+    """A block-diagonal operator over layers; subclasses transform each layer's block.
+
+    Every block is ``Q diag(vec M) Q^T`` in a Kronecker eigenbasis ``Q = Q_G kron Q_A``
+    (:meth:`_layer_spectrum`), so the whole method set is exact and cheap (``exact``):
+    ``trace``, ``logdet`` and ``eigvalsh`` from the ``d`` eigenvalues, ``diagonal`` as
+    ``diag(Q diag(vec M) Q^T) = vec((Q_G * Q_G) M (Q_A * Q_A)^T)``, ``solve`` and ``inverse``
+    in the same basis.
+    """
+
+    exact = EXACT_QUANTITIES
 
     def __init__(self, factors: list[KroneckerFactors], names: list[str], dtype, device):
         shapes = []
@@ -144,9 +154,19 @@ class _BlockOperator(LinearOperator):
         columns ``Mb`` (k, out) (None if folded or absent)."""
         raise NotImplementedError
 
+    def _layer_spectrum(self, index: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(Q_G, Q_A, M, M_b)``: the block of layer ``index`` is ``Q diag(vec M) Q^T``,
+        ``M`` of shape ``(out, in')``; a separate bias block is ``Q_G diag(M_b) Q_G^T``
+        (``M_b`` of shape ``(out,)``, None if the bias is folded or absent)."""
+        raise NotImplementedError
+
     def _eigenvalues(self) -> Tensor:
         """All ``d`` eigenvalues, flat (known in closed form from the blocks)."""
         raise NotImplementedError
+
+    def trace(self) -> float:
+        """The sum of the eigenvalues."""
+        return float(self._eigenvalues().sum())
 
     def logdet(self, damping: float = 0.0) -> float:
         """``log det(self + damping I)`` from the eigenvalues; ``ValueError`` if singular."""
@@ -156,12 +176,42 @@ class _BlockOperator(LinearOperator):
                              "<= 0); pass damping > 0")
         return float(values.log().sum())
 
-    def eigvalsh(self, k: int = 1) -> Tensor:
-        """The ``k`` largest eigenvalues, descending, shape ``(k,)``."""
-        check_int(k, "k")
-        if k > self.shape[0]:
-            raise ValueError(f"k={k} exceeds the operator's dimension {self.shape[0]}")
-        return self._eigenvalues().sort(descending=True).values[:k].to(self.dtype)
+    def eigvalsh(self, k: int | None = None) -> Tensor:
+        """The ``k`` largest eigenvalues in ascending order, shape ``(k,)`` (None: all ``d``)."""
+        return top_ascending(self._eigenvalues().sort().values, self._check_k(k)).to(self.dtype)
+
+    def _layer_diagonal(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """The diagonal of layer ``index``'s block(s): ``(out, in')`` and ``(out,)`` or None."""
+        QG, QA, M, Mb = self._layer_spectrum(index)
+        D = (QG * QG) @ M.to(QG.dtype) @ (QA * QA).T
+        return D, (None if Mb is None else (QG * QG) @ Mb.to(QG.dtype))
+
+    def diagonal(self) -> Tensor:
+        """The diagonal ``(d,)`` in closed form, block by block (no product with ``I``)."""
+        parts = []
+        for index, f in enumerate(self.factors):
+            D, Db = self._layer_diagonal(index)
+            if f.has_bias and f.fold_bias:
+                D, Db = D[:, :-1], D[:, -1]
+            parts.append(D.reshape(-1))
+            if f.has_bias:
+                parts.append(Db)
+        return torch.cat(parts).to(self.dtype)
+
+    def solve(self, v, damping: float = 0.0):
+        """``(self + damping I)^-1 v`` for ``v`` of shape ``(d,)``, ``(d, k)`` or a list of
+        parameter-shaped tensors (returned in the same form), exactly: ``inverse(damping) @ v``."""
+        return self.inverse(damping) @ v
+
+    def _spectral_function(self, kfac: KFACOperator, damping: float, power: float
+                           ) -> EKFACOperator:
+        """``(self + damping I)^power`` as an operator in the same eigenbasis."""
+        damping = check_damping(damping)
+        scalings = [self._layer_spectrum(i)[2:] for i in range(len(self.factors))]
+        values = torch.cat([t.reshape(-1) for pair in scalings for t in pair if t is not None])
+        if bool((values + damping <= 0).any()):
+            raise ValueError(f"the {type(self).__name__} matrix is singular; pass damping > 0")
+        return EKFACOperator(kfac, scalings, damping=damping, power=power)
 
     def _matmat(self, V):
         k, out, start = V.shape[1], [], 0
@@ -186,16 +236,20 @@ class _BlockOperator(LinearOperator):
 
 
 class KFACOperator(_BlockOperator):
-    """Block-diagonal ``G_l kron A_l`` over layers, with the curvature core's interface.
+    """Block-diagonal ``G_l kron A_l`` over layers (plus ``damping * I``).
 
     Beyond ``@``, ``shape``, ``to_dense()`` and the operator algebra of
-    :class:`~lib.operators.base.LinearOperator`, everything spectral comes from the
-    factors' eigendecompositions ``A = Q_A L_A Q_A^T``, ``G = Q_G L_G Q_G^T``: the block's
-    eigenvalues are the products ``l_G,i l_A,j``.
+    :class:`~lib.operators.base.LinearOperator`, every quantity of the method set is exact
+    (``exact``): ``trace`` and ``diagonal`` from the factors
+    (``diag(G kron A) = diag G kron diag A``), and ``logdet``, ``eigvalsh``, ``solve`` and
+    ``inverse`` from the factors' eigendecompositions ``A = Q_A L_A Q_A^T``,
+    ``G = Q_G L_G Q_G^T``: the block's eigenvalues are the products ``l_G,i l_A,j``. So
+    :func:`lib.operators.spectral.trace` of a K-FAC operator is exact.
 
     Attributes:
         factors: one :class:`KroneckerFactors` per layer.
         names: names of the covered parameters, in the order of the flat vector.
+        damping: the ``damping`` of ``+ damping * I`` (see :meth:`add_damping`).
     """
 
     def __init__(self, factors, names, dtype, device, damping: float = 0.0):
@@ -226,14 +280,28 @@ class KFACOperator(_BlockOperator):
             self._eig = [(*_eigh(f.A), *_eigh(f.G)) for f in self.factors]
         return self._eig
 
-    def _block_eigenvalues(self) -> list[Tensor]:
-        """Per layer, all eigenvalues of its block(s) (damping included), flat."""
+    def _separate_bias(self, index: int) -> bool:
+        f = self.factors[index]
+        return f.has_bias and not f.fold_bias
+
+    def _layer_spectrum(self, index):
+        lA, QA, lG, QG = self.eigendecompositions()[index]
+        Mb = lG + self.damping if self._separate_bias(index) else None
+        return QG, QA, torch.outer(lG, lA) + self.damping, Mb
+
+    def _layer_diagonal(self, index):
+        f = self.factors[index]
+        dG, dA = torch.diagonal(f.G), torch.diagonal(f.A)
+        return (torch.outer(dG, dA) + self.damping,
+                dG + self.damping if self._separate_bias(index) else None)
+
+    def _eigenvalues(self) -> Tensor:
         values = []
-        for f, (lA, _, lG, _) in zip(self.factors, self.eigendecompositions()):
+        for index, (lA, _, lG, _) in enumerate(self.eigendecompositions()):
             values.append(torch.outer(lG, lA).reshape(-1) + self.damping)
-            if f.has_bias and not f.fold_bias:
+            if self._separate_bias(index):
                 values.append(lG + self.damping)
-        return values
+        return torch.cat(values)
 
     def trace(self) -> float:
         """``sum_l tr(G_l) tr(A_l)`` (+ ``tr(G_l)`` for a separate bias, + ``damping * d``)."""
@@ -244,36 +312,35 @@ class KFACOperator(_BlockOperator):
                 total += float(torch.trace(f.G))
         return total
 
-    def _eigenvalues(self) -> Tensor:
-        return torch.cat(self._block_eigenvalues())
-
-    def damped_factors(self, damping: float, *, pi: bool = False) -> KFACOperator:
-        """``(G + sqrt(damping) / pi I) kron (A + pi sqrt(damping) I)``: Tikhonov damping on
-        the factors, K-FAC's classical heuristic. With ``pi=True``, ``pi`` balances the
-        factors' average eigenvalues, ``pi = sqrt((tr A / dim A) / (tr G / dim G))``
-        (Martens & Grosse 2015, section 6.3); otherwise ``pi = 1``."""
+    def damped_factors(self, factor_damping: float, *, pi: bool = False) -> KFACOperator:
+        """``(G + sqrt(lambda) / pi I) kron (A + pi sqrt(lambda) I)``, ``lambda =
+        factor_damping``: Tikhonov damping on the factors, K-FAC's classical heuristic
+        (:func:`lib.curvature.factors.tikhonov_factors`). With ``pi=True``, ``pi`` balances
+        the factors' average eigenvalues (Martens & Grosse 2015, section 6.3); otherwise
+        ``pi = 1``."""
         if self.damping:
             raise ValueError("damped_factors() needs an operator without added damping")
-        damping = check_damping(damping)
+        factor_damping = check_damping(factor_damping, "factor_damping")
         damped = []
         for f in self.factors:
-            A, G = tikhonov_factors(f.A, f.G, damping, pi)
+            A, G = tikhonov_factors(f.A, f.G, factor_damping, pi)
             damped.append(KroneckerFactors(f.name, A, G, f.weight_shape, f.has_bias, f.fold_bias))
         return KFACOperator(damped, self.names, self.dtype, self.device)
 
-    def inverse(self, damping: float = 0.0, *, method: str = "exact", pi: bool = False
+    def inverse(self, damping: float = 0.0, *, factor_damping: float = 0.0, pi: bool = False
                 ) -> KFACInverseOperator:
-        """An inverse, applied block by block without forming any ``d x d`` matrix.
+        """``(K + damping I)^-1``, applied block by block without forming any ``d x d`` matrix.
 
-        ``method="exact"``: ``(K + damping I)^-1`` through the eigendecompositions.
-        ``method="factors"``: the inverse of :meth:`damped_factors` ``(damping, pi=pi)``,
-        i.e. ``(G + ...)^-1 kron (A + ...)^-1``, the update K-FAC's optimizer uses.
+        With ``factor_damping > 0``, the inverse of :meth:`damped_factors`
+        ``(factor_damping, pi=pi)`` (plus ``damping I``), i.e. for ``damping = 0``
+        ``(G + ...)^-1 kron (A + ...)^-1``, the update K-FAC's optimizer uses.
         """
-        if method == "exact":
-            return KFACInverseOperator(self, check_damping(damping))
-        if method == "factors":
-            return KFACInverseOperator(self.damped_factors(damping, pi=pi), 0.0)
-        raise ValueError(f"unknown inverse method '{method}'; choose 'exact' or 'factors'")
+        damping = check_damping(damping)
+        if check_damping(factor_damping, "factor_damping") > 0:
+            return KFACInverseOperator(self.damped_factors(factor_damping, pi=pi), damping)
+        if pi:
+            raise ValueError("pi splits factor_damping between the factors; pass factor_damping > 0")
+        return KFACInverseOperator(self, damping)
 
     def inverse_sqrt(self, damping: float = 0.0) -> KFACInverseOperator:
         """The symmetric ``(K + damping I)^-1/2``: with it, ``lib.geometry.invariance`` whitens
@@ -284,7 +351,7 @@ class KFACOperator(_BlockOperator):
 class KFACInverseOperator(_BlockOperator):
     """``(K + damping I)^power`` (``power`` -1 or -1/2) for a :class:`KFACOperator` ``K``,
     block by block in its Kronecker eigenbasis: ``Q (L_G kron L_A + damping)^power Q^T``
-    with ``Q = Q_G kron Q_A``."""
+    with ``Q = Q_G kron Q_A``. Every quantity of the method set is exact."""
 
     def __init__(self, op: KFACOperator, damping: float, power: float = -1.0):
         super().__init__(op.factors, op.names, op.dtype, op.device)
@@ -296,6 +363,12 @@ class KFACInverseOperator(_BlockOperator):
 
     def _eigenvalues(self) -> Tensor:
         return (self.op._eigenvalues() + self.damping) ** self.power
+
+    def _layer_spectrum(self, index):
+        lA, QA, lG, QG = self.op.eigendecompositions()[index]
+        shift = self.damping + self.op.damping
+        Mb = (lG + shift) ** self.power if self.op._separate_bias(index) else None
+        return QG, QA, (torch.outer(lG, lA) + shift) ** self.power, Mb
 
     def _layer_apply(self, index, M, Mb):
         lA, QA, lG, QG = (t.to(M.dtype) for t in self.op.eigendecompositions()[index])
@@ -312,6 +385,13 @@ class KFACInverseOperator(_BlockOperator):
         Rb = None if Mb is None else ((Mb @ QG) * (lG + shift) ** self.power) @ QG.T
         return QG @ inner @ QA.T, Rb
 
+    def inverse(self, damping: float = 0.0) -> _BlockOperator:
+        """``(self + damping I)^-1``: the K-FAC operator ``K + damping' I`` itself for the
+        plain inverse without further damping, else an operator in the same eigenbasis."""
+        if check_damping(damping) == 0 and self.power == -1:
+            return self.op.add_damping(self.damping)
+        return self._spectral_function(self.op, damping, -1)
+
 
 # --------------------------------------------------------------------------------------
 # Eigenvalue-corrected K-FAC
@@ -321,10 +401,10 @@ class EKFACOperator(_BlockOperator):
     ``Q_G kron Q_A`` with the exact second moments of the gradients in that basis as
     eigenvalues, ``S_ij = c sum_{n,k} ((Q_G^T grad_nk Q_A)_ij)^2``.
 
-    Same interface as :class:`KFACOperator` (``trace``, ``logdet``, ``eigvalsh``,
-    ``inverse(damping)``). Attributes: ``kfac`` (the underlying K-FAC operator),
-    ``scalings`` (per layer, ``(out, in')`` and, for a separate bias, ``(out,)`` or None),
-    and ``power`` / ``damping``: the operator applies ``(S + damping)^power`` in the basis.
+    The method set of :class:`KFACOperator`, all exact. Attributes: ``kfac`` (the
+    underlying K-FAC operator), ``scalings`` (per layer, ``(out, in')`` and, for a
+    separate bias, ``(out,)`` or None), and ``power`` / ``damping``: the operator applies
+    ``(S + damping)^power`` in the basis.
     """
 
     def __init__(self, op: KFACOperator, scalings: list[tuple[Tensor, Tensor | None]],
@@ -339,29 +419,23 @@ class EKFACOperator(_BlockOperator):
         Rb = None if Mb is None else ((Mb @ QG) * Sb) @ QG.T
         return QG @ ((QG.T @ M @ QA) * S) @ QA.T, Rb
 
+    def _layer_spectrum(self, index):
+        _, QA, _, QG = self.kfac.eigendecompositions()[index]
+        S, Sb = ((None if t is None else (t + self.damping) ** self.power)
+                 for t in self.scalings[index])
+        return QG, QA, S, Sb
+
     def _eigenvalues(self) -> Tensor:
         values = torch.cat([t.reshape(-1) for pair in self.scalings for t in pair if t is not None])
         return (values + self.damping) ** self.power
 
-    def trace(self) -> float:
-        """Sum of the (corrected) eigenvalues."""
-        return float(self._eigenvalues().sum())
-
-    def _power(self, damping: float, power: float) -> EKFACOperator:
-        if self.power != 1 or self.damping != 0:
-            raise ValueError("inverses apply to the EKFAC operator itself, not to an inverse")
-        damping = check_damping(damping)
-        if bool((self._eigenvalues() + damping <= 0).any()):
-            raise ValueError("the EKFAC matrix is singular; pass damping > 0")
-        return EKFACOperator(self.kfac, self.scalings, damping=damping, power=power)
-
     def inverse(self, damping: float = 0.0) -> EKFACOperator:
         """``(E + damping I)^-1`` in the same eigenbasis."""
-        return self._power(damping, -1)
+        return self._spectral_function(self.kfac, damping, -1)
 
     def inverse_sqrt(self, damping: float = 0.0) -> EKFACOperator:
         """The symmetric ``(E + damping I)^-1/2`` (see :meth:`KFACOperator.inverse_sqrt`)."""
-        return self._power(damping, -0.5)
+        return self._spectral_function(self.kfac, damping, -0.5)
 
 
 def _eigenbasis_moments(module, a, T, g, basis, batch_size, fold_bias, scale):
