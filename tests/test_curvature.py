@@ -284,3 +284,23 @@ def test_products_through_multi_head_attention(mode):
     assert_close(curvature.hessian(model, loss_fn, [(X, y)], mode=mode).to_dense(), H_ref)
     assert_close(curvature.ggn(model, loss_fn, [(X, y)]).to_dense(), G_ref)
     assert torch.backends.mha.get_fastpath_enabled()  # the global setting is restored
+
+
+def test_dense_references_on_a_quadratic_and_a_float32_model():
+    """dense_function_hessian (laplace's signature) is exact on a quadratic; the model
+    references work in float64 whatever the model's dtype."""
+    from lib.curvature.dense import dense_function_hessian
+
+    A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    x = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    value, gradient, H = dense_function_hessian(lambda t: 0.5 * t @ A @ t, x)
+    assert float(value) == 1.5 and torch.equal(gradient, A @ x) and torch.equal(H, A)
+    with pytest.raises(ValueError, match="flat"):
+        dense_function_hessian(lambda t: t.sum(), x[None])
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    as32 = [(Xb.float(), yb) for Xb, yb in data]
+    H64 = dense_hessian(model.float(), loss_fn, as32)
+    assert H64.dtype == torch.float64
+    assert_close(H64, dense_hessian(model.double(), loss_fn, data), 1e-5)
+    with pytest.raises(ValueError, match="no deterministic reference"):
+        dense_fisher(model, loss_fn, data, "mc")

@@ -143,7 +143,10 @@ def dense_fisher(model: nn.Module, loss_fn: nn.Module, data, kind="exact") -> Te
             (the data's labels) or ``"ggn"`` (:func:`dense_ggn`); a Monte-Carlo Fisher has
             no deterministic reference (``ValueError``).
     """
-    kind = fisher_kind(kind, (FisherKind.EXACT, FisherKind.EMPIRICAL, FisherKind.GGN))
+    if fisher_kind(kind) == FisherKind.MC:
+        raise ValueError("kind='mc': a Monte-Carlo Fisher has no deterministic reference; "
+                         "compare it with kind='exact' as the number of samples grows")
+    kind = fisher_kind(kind)
     if kind == "ggn":
         return dense_ggn(model, loss_fn, data)
     model, X, y = _problem64(model, data)
