@@ -12,7 +12,7 @@ backward) measured in the same run:
   plus ``compute_kronecker_factors()``) and NNGeometry's ``PMatKFAC`` (``FIM`` for the
   exact Fisher, ``FIM_MonteCarlo`` for one sample; NNGeometry has no separate-bias mode);
 * one matrix-vector product with the built operator;
-* one ``lib.curvature.kronecker.KFACOptimizer`` step (inverses every 10 steps, so a round is 10 steps;
+* one ``lib.geometry.kfac_optimizer.KFACOptimizer`` step (inverses every 10 steps, so a round is 10 steps;
   factors every step, the default, or every 10 steps) against one ``torch.optim.SGD``
   step with momentum, both including their forward and backward pass.
 
@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from lib.curvature.kronecker import KFACOptimizer, kfac  # noqa: E402
+from lib.curvature.kronecker import kfac  # noqa: E402
+from lib.geometry.kfac_optimizer import KFACOptimizer  # noqa: E402
 from lib.book.models import lenet  # noqa: E402
 
 

@@ -1,9 +1,10 @@
 """Curvature operators against dense float64 references built independently.
 
-The references never use lib's closed forms: Hessians come from ``torch.func.hessian`` of
-the flattened loss, Jacobians from ``torch.func.jacrev``, loss Hessians in output space
-from ``torch.func.hessian`` of the per-sample loss, and Fishers from per-sample parameter
-gradients at every label (exact) or at the data labels (empirical).
+The references (:mod:`lib.curvature.dense`) never use lib's closed forms: Hessians come
+from ``torch.func.hessian`` of the flattened loss, Jacobians from ``torch.func.jacrev``,
+loss Hessians in output space from ``torch.func.hessian`` of the per-sample loss, and
+Fishers from per-sample parameter gradients at every label (exact) or at the data labels
+(empirical). Every operator goes through the shared checker of ``operator_problems``.
 """
 
 import math
@@ -12,147 +13,47 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
-from torch.func import functional_call, hessian as func_hessian, jacrev, vmap, grad as func_grad
 
 from lib import curvature
 from lib.book.models import vit
+from lib.curvature.dense import dense_fisher, dense_ggn, dense_hessian
+from operator_problems import assert_close, compare_with_dense, make_problem, tiny_problem  # noqa: F401
 
 RTOL = 1e-6
 
 
-def _mlp(act):
-    return nn.Sequential(nn.Linear(3, 4), act(), nn.Linear(4, 3))
-
-
-def _cnn():
-    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
-
-
-def _linear():
-    return nn.Sequential(nn.Linear(3, 3))
-
-
-def make_problem(arch: str, loss_name: str, reduction: str, seed: int = 0, n: int = 10):
-    """A tiny float64 model, loss and a dataset split into two uneven batches."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = {"tanh": lambda: _mlp(nn.Tanh), "relu": lambda: _mlp(nn.ReLU), "conv": _cnn,
-             "linear": _linear}[arch]().double()
-    X = torch.randn(n, 1, 5, 5, generator=g, dtype=torch.float64) if arch == "conv" else \
-        torch.randn(n, 3, generator=g, dtype=torch.float64)
-    if loss_name == "ce":
-        y = torch.randint(0, 3, (n,), generator=g)
-        loss_fn = nn.CrossEntropyLoss(reduction=reduction)
-    else:
-        y = torch.randn(n, 3, generator=g, dtype=torch.float64)
-        loss_fn = nn.MSELoss(reduction=reduction)
-    data = [(X[:4], y[:4]), (X[4:], y[4:])]
-    return model, loss_fn, data, X, y
-
-
-def flat_params(model):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def unflatten(flat):
-        out, i = {}, 0
-        for name, shape in zip(names, shapes):
-            k = math.prod(shape)
-            out[name] = flat[i:i + k].reshape(shape)
-            i += k
-        return out
-
-    return theta, unflatten
-
-
-def dense_hessian(model, loss_fn, X, y):
-    theta, unflatten = flat_params(model)
-    return func_hessian(lambda t: loss_fn(functional_call(model, unflatten(t), (X,)), y))(theta)
-
-
-def loss_scale(loss_fn, X, num_outputs):
-    if loss_fn.reduction == "sum":
-        return 1.0
-    return 1.0 / (len(X) * (num_outputs if isinstance(loss_fn, nn.MSELoss) else 1))
-
-
-def per_sample_loss(loss_fn, f, y):
-    """l(f_n, y_n) with the reduction's constant removed (sum-reduced single sample)."""
-    kind = type(loss_fn)(reduction="sum")
-    return kind(f[None], y[None])
-
-
-def dense_ggn(model, loss_fn, X, y):
-    theta, unflatten = flat_params(model)
-    J = jacrev(lambda t: functional_call(model, unflatten(t), (X,)))(theta)  # (N, C, d)
-    out = model(X).detach()
-    H_out = torch.stack([func_hessian(lambda f: per_sample_loss(loss_fn, f, y[n]))(out[n])
-                         for n in range(len(X))])  # (N, C, C)
-    return loss_scale(loss_fn, X, out.shape[1]) * torch.einsum("nci,ncd,ndj->ij", J, H_out, J)
-
-
-def per_sample_grads(model, loss_fn, X, labels):
-    theta, unflatten = flat_params(model)
-
-    def one(x, label):
-        return func_grad(lambda t: per_sample_loss(
-            loss_fn, functional_call(model, unflatten(t), (x[None],))[0], label))(theta)
-
-    return vmap(one)(X, labels)  # (N, d)
-
-
-def dense_fisher_exact_ce(model, loss_fn, X):
-    """c sum_n sum_c p_nc g_nc g_nc^T, enumerating every label."""
-    probs = model(X).detach().softmax(dim=1)
-    F = 0.0
-    for c in range(probs.shape[1]):
-        g = per_sample_grads(model, loss_fn, X, torch.full((len(X),), c))
-        F = F + torch.einsum("n,ni,nj->ij", probs[:, c], g, g)
-    return loss_scale(loss_fn, X, probs.shape[1]) * F
-
-
-def dense_empirical_fisher(model, loss_fn, X, y):
-    g = per_sample_grads(model, loss_fn, X, y)
-    return loss_scale(loss_fn, X, model(X).shape[1]) * g.T @ g
-
-
-def assert_close(actual, expected, rtol=RTOL):
-    scale = expected.abs().max().clamp_min(1e-12)
-    err = (actual - expected).abs().max() / scale
-    assert err < rtol, f"relative error {float(err):.2e}"
-
-
-CASES = [(a, l, r) for a in ("tanh", "relu", "conv") for l in ("ce", "mse") for r in ("mean", "sum")]
-
-
-@pytest.mark.parametrize("arch,loss_name,reduction", CASES)
 @pytest.mark.parametrize("mode", curvature.HESSIAN_MODES)
-def test_hessian_matches_dense(arch, loss_name, reduction, mode):
-    model, loss_fn, data, X, y = make_problem(arch, loss_name, reduction)
+def test_hessian_matches_dense(tiny_problem, mode):
+    model, loss_fn, data, X, y = tiny_problem
     H = curvature.hessian(model, loss_fn, data, mode=mode)
-    assert_close(H.to_dense(), dense_hessian(model, loss_fn, X, y))
+    compare_with_dense(H, dense_hessian(model, loss_fn, data), rtol=RTOL)
 
 
-@pytest.mark.parametrize("arch,loss_name,reduction", CASES)
-def test_ggn_matches_dense(arch, loss_name, reduction):
-    model, loss_fn, data, X, y = make_problem(arch, loss_name, reduction)
-    assert_close(curvature.ggn(model, loss_fn, data).to_dense(), dense_ggn(model, loss_fn, X, y))
+def test_ggn_matches_dense(tiny_problem):
+    model, loss_fn, data, X, y = tiny_problem
+    compare_with_dense(curvature.ggn(model, loss_fn, data), dense_ggn(model, loss_fn, data),
+                       rtol=RTOL)
 
 
 @pytest.mark.parametrize("arch,reduction", [(a, r) for a in ("tanh", "conv") for r in ("mean", "sum")])
 def test_exact_fisher_matches_label_enumeration_and_ggn_for_cross_entropy(arch, reduction):
     model, loss_fn, data, X, y = make_problem(arch, "ce", reduction)
-    F = curvature.fisher(model, loss_fn, data, kind="exact").to_dense()
-    assert_close(F, dense_fisher_exact_ce(model, loss_fn, X))
-    assert_close(F, dense_ggn(model, loss_fn, X, y))
+    F = curvature.fisher(model, loss_fn, data, kind="exact")
+    compare_with_dense(F, dense_fisher(model, loss_fn, data, "exact"), rtol=RTOL)
+    assert_close(F.to_dense(), dense_ggn(model, loss_fn, data), RTOL)
 
 
-@pytest.mark.parametrize("arch,loss_name,reduction", CASES)
-def test_empirical_fisher_matches_per_sample_gradients(arch, loss_name, reduction):
-    model, loss_fn, data, X, y = make_problem(arch, loss_name, reduction)
-    F = curvature.fisher(model, loss_fn, data, kind="empirical").to_dense()
-    assert_close(F, dense_empirical_fisher(model, loss_fn, X, y))
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_exact_fisher_matches_label_enumeration_for_squared_error(reduction):
+    model, loss_fn, data, X, y = make_problem("tanh", "mse", reduction)
+    F = curvature.fisher(model, loss_fn, data, kind=curvature.FisherKind.EXACT)
+    compare_with_dense(F, dense_fisher(model, loss_fn, data, "exact"), rtol=RTOL)
+
+
+def test_empirical_fisher_matches_per_sample_gradients(tiny_problem):
+    model, loss_fn, data, X, y = tiny_problem
+    F = curvature.fisher(model, loss_fn, data, kind="empirical")
+    compare_with_dense(F, dense_fisher(model, loss_fn, data, "empirical"), rtol=RTOL)
 
 
 @pytest.mark.parametrize("loss_name", ["ce", "mse"])
@@ -160,7 +61,18 @@ def test_ggn_equals_hessian_for_a_model_linear_in_its_parameters(loss_name):
     model, loss_fn, data, X, y = make_problem("linear", loss_name, "mean")
     G = curvature.ggn(model, loss_fn, data).to_dense()
     assert_close(G, curvature.hessian(model, loss_fn, data).to_dense())
-    assert_close(G, dense_hessian(model, loss_fn, X, y))
+    assert_close(G, dense_hessian(model, loss_fn, data))
+
+
+def test_fisher_kind_is_a_documented_string_enum():
+    kinds = curvature.FisherKind
+    assert [k.value for k in kinds] == ["exact", "mc", "empirical", "ggn"]
+    assert kinds.MC == "mc" and str(kinds.EMPIRICAL) == "empirical"
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    as_string = curvature.fisher(model, loss_fn, data, "empirical").to_dense()
+    assert torch.equal(curvature.fisher(model, loss_fn, data, kinds.EMPIRICAL).to_dense(), as_string)
+    with pytest.raises(ValueError, match="kind 'ggn'"):  # the GGN has its own entry point
+        curvature.fisher(model, loss_fn, data, "ggn")
 
 
 @pytest.mark.parametrize("loss_name", ["ce", "mse"])
@@ -194,18 +106,6 @@ def test_mc_fisher_is_a_fixed_symmetric_matrix():
     assert torch.allclose(D1, D1.T, atol=1e-14)
     other = curvature.fisher(model, loss_fn, data, kind="mc", num_samples=3, seed=6).to_dense()
     assert not torch.allclose(D1, other)
-
-
-def test_vector_forms_agree():
-    model, loss_fn, data, X, y = make_problem("conv", "ce", "mean")
-    H = curvature.hessian(model, loss_fn, data)
-    D = H.to_dense()
-    V = torch.randn(H.shape[0], 3, dtype=torch.float64)
-    assert_close(H @ V, D @ V)
-    assert_close(H @ V[:, 0], D @ V[:, 0])
-    as_params = H @ H._split(V[:, 0])
-    assert [t.shape for t in as_params] == [p.shape for p in model.parameters()]
-    assert_close(torch.cat([t.reshape(-1) for t in as_params]), D @ V[:, 0])
 
 
 def test_dataset_given_as_single_pair_or_one_shot_iterator():
@@ -340,8 +240,8 @@ def test_random_networks_match_dense_and_obey_the_identities(width, depth, act, 
     data = [(X[:k], y[:k]), (X[k:], y[k:])]  # one of the batches may be empty
     H = curvature.hessian(model, loss_fn, data).to_dense()
     G = curvature.ggn(model, loss_fn, data).to_dense()
-    assert_close(H, dense_hessian(model, loss_fn, X, y))
-    assert_close(G, dense_ggn(model, loss_fn, X, y))
+    assert_close(H, dense_hessian(model, loss_fn, data))
+    assert_close(G, dense_ggn(model, loss_fn, data))
     assert_close(curvature.fisher(model, loss_fn, data, "exact").to_dense(), G)
     torch.testing.assert_close(G, G.T, rtol=0, atol=1e-12)
     assert float(torch.linalg.eigvalsh(G).min()) > -1e-10 * max(1.0, float(G.abs().max()))
@@ -377,12 +277,30 @@ def test_products_through_multi_head_attention(mode):
             # reverse-over-reverse reference: torch.func.hessian (forward-over-reverse on
             # the flat vector) is off by ~30 % on this model in torch 2.14, while finite
             # differences of the gradient agree with this reference to 1e-10.
-            theta, unflatten = flat_params(model)
-            H_ref = jacrev(func_grad(lambda t: loss_fn(
-                functional_call(model, unflatten(t), (X,)), y)))(theta)
-            G_ref = dense_ggn(model, loss_fn, X, y)
+            H_ref = dense_hessian(model, loss_fn, (X, y), mode="reverse-over-reverse")
+            G_ref = dense_ggn(model, loss_fn, (X, y))
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
     assert_close(curvature.hessian(model, loss_fn, [(X, y)], mode=mode).to_dense(), H_ref)
     assert_close(curvature.ggn(model, loss_fn, [(X, y)]).to_dense(), G_ref)
     assert torch.backends.mha.get_fastpath_enabled()  # the global setting is restored
+
+
+def test_dense_references_on_a_quadratic_and_a_float32_model():
+    """dense_function_hessian (laplace's signature) is exact on a quadratic; the model
+    references work in float64 whatever the model's dtype."""
+    from lib.curvature.dense import dense_function_hessian
+
+    A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    x = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    value, gradient, H = dense_function_hessian(lambda t: 0.5 * t @ A @ t, x)
+    assert float(value) == 1.5 and torch.equal(gradient, A @ x) and torch.equal(H, A)
+    with pytest.raises(ValueError, match="flat"):
+        dense_function_hessian(lambda t: t.sum(), x[None])
+    model, loss_fn, data, X, y = make_problem("tanh", "ce", "mean")
+    as32 = [(Xb.float(), yb) for Xb, yb in data]
+    H64 = dense_hessian(model.float(), loss_fn, as32)
+    assert H64.dtype == torch.float64
+    assert_close(H64, dense_hessian(model.double(), loss_fn, data), 1e-5)
+    with pytest.raises(ValueError, match="no deterministic reference"):
+        dense_fisher(model, loss_fn, data, "mc")

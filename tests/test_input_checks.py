@@ -22,7 +22,8 @@ from torch.func import functional_call, jacrev
 
 from lib import curvature
 from lib.geometry.invariance import (dense_metric, diagonal_metric, hessian_operator, pullback_metric)
-from lib.curvature.kronecker import KFACOptimizer, ekfac, kfac
+from lib.curvature.kronecker import ekfac, kfac
+from lib.geometry.kfac_optimizer import KFACOptimizer
 from lib.geometry.laplace import dense_hessian, laplace_log_marginal_likelihood
 from lib.operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
                                  LinearOperator)
@@ -369,17 +370,17 @@ def _curvlinops_kfac(model, loss_fn, data, fisher_type, **kwargs):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("fisher_type, net", [("ggn", "shared"), ("empirical", "shared"),
+@pytest.mark.parametrize("kind, net", [("ggn", "shared"), ("empirical", "shared"),
                                               ("empirical", "unflatten")])
-def test_kfac_with_extra_output_dimensions_matches_curvlinops(reduction, fisher_type, net):
+def test_kfac_with_extra_output_dimensions_matches_curvlinops(reduction, kind, net):
     """curvlinops moves the extra output dimensions into the batch. Where they are
     positions a layer is applied at (weight sharing) its type-2 columns equal ours; its
     empirical Fisher uses one column and agrees for every network."""
     model, data = _extra_dimension_problem(net)
     loss_fn = nn.MSELoss(reduction=reduction)
-    ours = kfac(model, loss_fn, data, fisher_type).to_dense()
+    ours = kfac(model, loss_fn, data, kind).to_dense()
     theirs = _curvlinops_kfac(model, loss_fn, data,
-                              {"ggn": "type-2", "empirical": "empirical"}[fisher_type])
+                              {"ggn": "type-2", "empirical": "empirical"}[kind])
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-12)
 
 

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lib import curvature
-from lib.curvature.kronecker import EKFACOperator, KFACOperator, KFACOptimizer, ekfac, kfac
+from lib.curvature.kronecker import EKFACOperator, ekfac, kfac
+from lib.geometry.kfac_optimizer import KFACOptimizer
+from operator_problems import compare_with_dense
 
 DT = torch.float64
 
@@ -78,8 +80,8 @@ def test_one_example_linear_networks_are_exact(loss_fn, sizes, fold_bias):
     mse = isinstance(loss_fn, nn.MSELoss)
     X, y = _data(1, (sizes[0],), sizes[-1], 1, mse=mse)
     F = _dense_fisher(model, loss_fn, (X, y))
-    for fisher_type in ["exact", "ggn"]:
-        K = kfac(model, loss_fn, (X, y), fisher_type, fold_bias=fold_bias).to_dense()
+    for kind in ["exact", "ggn"]:
+        K = kfac(model, loss_fn, (X, y), kind, fold_bias=fold_bias).to_dense()
         for w, b in _blocks(kfac(model, loss_fn, (X, y), fold_bias=fold_bias)):
             torch.testing.assert_close(K[w, w], F[w, w], rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(K[b, b], F[b, b], rtol=1e-10, atol=1e-12)
@@ -107,7 +109,7 @@ def test_exact_fisher_equals_ggn_factors_and_mc_converges():
     for fe, fg in zip(exact.factors, ggn.factors):
         torch.testing.assert_close(fe.G, fg.G, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(fe.A, fg.A)
-    mc = kfac(model, loss_fn, (X, y), "mc", mc_samples=4000, seed=5)
+    mc = kfac(model, loss_fn, (X, y), "mc", num_samples=4000, seed=5)
     for fe, fm in zip(exact.factors, mc.factors):
         assert (fm.G - fe.G).norm() / fe.G.norm() < 0.05
 
@@ -160,11 +162,12 @@ def _op_and_dense(seed=4, fold_bias=False):
 
 
 @pytest.mark.parametrize("fold_bias", [False, True])
-def test_trace_logdet_eigvalsh_match_dense(fold_bias):
+def test_operator_interface_matches_dense(fold_bias):
+    """Every method in closed form (trace, diagonal, eigenvalues, solve, inverse) against
+    the dense matrix from products; ``spectral.trace`` uses the closed form."""
     op, K = _op_and_dense(fold_bias=fold_bias)
-    evals = torch.linalg.eigvalsh(K)
-    assert abs(op.trace() - float(torch.trace(K))) < 1e-10 * float(torch.trace(K))
-    np.testing.assert_allclose(op.eigvalsh(5).numpy(), evals.flip(0)[:5].numpy(), rtol=1e-9)
+    compare_with_dense(op, K, rtol=1e-10, eig_rtol=1e-9, k=5, solve_rtol=1e-7)
+    assert op.exact >= {"trace", "logdet", "eigvalsh", "diagonal", "solve", "inverse"}
     damping = 1e-2
     want = float(torch.linalg.slogdet(K + damping * torch.eye(len(K), dtype=DT))[1])
     assert abs(op.logdet(damping) - want) < 1e-9 * abs(want)
@@ -179,26 +182,32 @@ def test_inverse_is_the_inverse_of_the_damped_operator(fold_bias):
     damping = 1e-3
     inv = op.inverse(damping)
     torch.testing.assert_close(inv @ (K @ V + damping * V), V, rtol=1e-7, atol=1e-8)
+    eye = torch.eye(len(K), dtype=DT)
+    compare_with_dense(inv, torch.linalg.inv(K + damping * eye), rtol=1e-8, solve_rtol=1e-7)
+    compare_with_dense(op.inverse_sqrt(damping), _inverse_sqrt(K + damping * eye), rtol=1e-8,
+                       solve_rtol=1e-7)
     # factor damping: the inverse of the factor-damped operator, with and without pi
     for pi in (False, True):
         damped = op.damped_factors(damping, pi=pi)
-        torch.testing.assert_close(op.inverse(damping, method="factors", pi=pi) @ (damped @ V), V,
+        torch.testing.assert_close(op.inverse(factor_damping=damping, pi=pi) @ (damped @ V), V,
                                    rtol=1e-7, atol=1e-8)
-    with pytest.raises(ValueError, match="method"):
-        op.inverse(damping, method="cholesky")
+    with pytest.raises(ValueError, match="factor_damping"):
+        op.inverse(damping, pi=True)
     with pytest.raises(ValueError, match="damping"):
         op.inverse(-1.0)
 
 
-def test_operator_algebra_and_vector_shapes():
+def _inverse_sqrt(M):
+    evals, evecs = torch.linalg.eigh(M)
+    return (evecs * evals.rsqrt()) @ evecs.T
+
+
+def test_operator_algebra():
+    """Sums and scalings keep the closed forms (vector shapes: compare_with_dense)."""
     op, K = _op_and_dense()
     v = torch.randn(op.shape[0], generator=_gen(1), dtype=DT)
-    torch.testing.assert_close(op @ v, K @ v)
     torch.testing.assert_close((op + 2.0 * op) @ v, 3 * (K @ v))
-    params = [t.reshape(s) for t, s in zip(v.split([math.prod(s) for s in op.param_shapes]),
-                                           op.param_shapes)]
-    out = op @ params
-    torch.testing.assert_close(torch.cat([o.reshape(-1) for o in out]), K @ v)
+    compare_with_dense(3.0 * op, 3.0 * K, rtol=1e-10, eig_rtol=1e-9, solve_rtol=1e-7)
 
 
 # --------------------------------------------------------------------------------------
@@ -228,10 +237,15 @@ def test_ekfac_operator_interface():
     torch.testing.assert_close(E, E.T)
     evals = torch.linalg.eigvalsh(E)
     assert abs(e.trace() - float(evals.sum())) < 1e-9 * float(evals.sum())
-    np.testing.assert_allclose(e.eigvalsh(4).numpy(), evals.flip(0)[:4].numpy(), rtol=1e-8)
+    compare_with_dense(e, E, rtol=1e-9, eig_rtol=1e-8, k=4, solve_rtol=1e-7)
     damping = 1e-2
     V = torch.randn(e.shape[0], 2, generator=_gen(2), dtype=DT)
     torch.testing.assert_close(e.inverse(damping) @ (E @ V + damping * V), V, rtol=1e-7, atol=1e-8)
+    eye = torch.eye(len(E), dtype=DT)
+    compare_with_dense(e.inverse(damping), torch.linalg.inv(E + damping * eye), rtol=1e-8,
+                       solve_rtol=1e-7)
+    compare_with_dense(e.inverse_sqrt(damping), _inverse_sqrt(E + damping * eye), rtol=1e-8,
+                       solve_rtol=1e-7)
     want = float(torch.linalg.slogdet(E + damping * torch.eye(len(E), dtype=DT))[1])
     assert abs(e.logdet(damping) - want) < 1e-9 * abs(want)
 
@@ -241,16 +255,16 @@ def test_ekfac_operator_interface():
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-@pytest.mark.parametrize("fisher_type", ["ggn", "empirical"])
+@pytest.mark.parametrize("kind", ["ggn", "empirical"])
 @pytest.mark.parametrize("net", ["mlp", "cnn"])
-def test_matches_curvlinops(reduction, loss, fisher_type, net):
+def test_matches_curvlinops(reduction, loss, kind, net):
     from curvlinops import KFACLinearOperator
 
     model = _mlp([4, 5, 3], 9) if net == "mlp" else _cnn(9)
     loss_fn = nn.CrossEntropyLoss(reduction=reduction) if loss == "ce" else nn.MSELoss(reduction=reduction)
     data = [_data(5, (4,) if net == "mlp" else (2, 4, 4), 3, s, mse=loss == "mse") for s in (10, 11)]
-    ours = kfac(model, loss_fn, data, fisher_type).to_dense()
-    theirs_type = {"ggn": "type-2", "empirical": "empirical"}[fisher_type]
+    ours = kfac(model, loss_fn, data, kind).to_dense()
+    theirs_type = {"ggn": "type-2", "empirical": "empirical"}[kind]
     params = list(model.parameters())
     theirs = KFACLinearOperator(model, loss_fn, params, data, fisher_type=theirs_type,
                                 check_deterministic=False)
@@ -283,9 +297,9 @@ def test_unsupported_modules_error_or_skip_with_warning():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(fisher_type="hessian"), ValueError, "fisher_type"),
-    (dict(fisher_type="exact", mc_samples=3), ValueError, "mc_samples"),
-    (dict(fisher_type="mc", mc_samples=0), ValueError, "mc_samples"),
+    (dict(kind="hessian"), ValueError, "kind"),
+    (dict(kind="exact", num_samples=3), ValueError, "num_samples"),
+    (dict(kind="mc", num_samples=0), ValueError, "num_samples"),
     (dict(unsupported="ignore"), ValueError, "unsupported"),
 ])
 def test_bad_arguments(kwargs, error, match):
@@ -357,7 +371,7 @@ def _steps_to(optimizer_fn, target, max_steps=500):
 def test_kfac_optimizer_beats_sgd_on_an_ill_conditioned_convex_problem():
     target = 1e-2
     sgd = _steps_to(lambda m, _: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9), target)
-    kfac_steps = _steps_to(lambda m, l: KFACOptimizer(m, l, lr=0.5, damping=1e-4, momentum=0.0,
+    kfac_steps = _steps_to(lambda m, l: KFACOptimizer(m, l, lr=0.5, factor_damping=1e-4, momentum=0.0,
                                                       kl_clip=None, inverse_interval=1), target)
     assert kfac_steps < sgd / 5, (kfac_steps, sgd)
 
@@ -374,7 +388,7 @@ def test_kfac_optimizer_state_dict_round_trip():
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 1))
-    opt = KFACOptimizer(model, loss_fn, lr=0.05, inverse_interval=3, fisher_type="mc", seed=3)
+    opt = KFACOptimizer(model, loss_fn, lr=0.05, inverse_interval=3, kind="mc", seed=3)
     run(model, opt, 4)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     saved_opt = copy.deepcopy(opt.state_dict())  # state_dict() shares the live tensors
@@ -385,7 +399,7 @@ def test_kfac_optimizer_state_dict_round_trip():
     torch.manual_seed(1)
     model2 = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 1))
     model2.load_state_dict(saved_model)
-    opt2 = KFACOptimizer(model2, loss_fn, lr=0.05, inverse_interval=3, fisher_type="mc", seed=3)
+    opt2 = KFACOptimizer(model2, loss_fn, lr=0.05, inverse_interval=3, kind="mc", seed=3)
     opt2.load_state_dict(saved_opt)
     opt2.generator.set_state(gen_state)
     run(model2, opt2, 5)
@@ -409,9 +423,9 @@ def test_kfac_optimizer_trains_with_lib_train_and_batchnorm():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=-1.0), "lr"), (dict(damping=0.0), "damping"), (dict(momentum=1.0), "momentum"),
+    (dict(lr=-1.0), "lr"), (dict(factor_damping=0.0), "factor_damping"), (dict(momentum=1.0), "momentum"),
     (dict(ema_decay=1.0), "ema_decay"), (dict(kl_clip=0.0), "kl_clip"),
-    (dict(fisher_type="exact"), "fisher_type"), (dict(inverse_interval=0), "inverse_interval"),
+    (dict(kind="exact"), "kind"), (dict(inverse_interval=0), "inverse_interval"),
 ])
 def test_kfac_optimizer_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -428,10 +442,8 @@ def test_add_damping_and_inverse_sqrt(fold_bias):
     Kd = K + damping * torch.eye(len(K), dtype=DT)
     damped = op.add_damping(damping)
     torch.testing.assert_close(damped.to_dense(), Kd)
-    assert abs(damped.trace() - float(torch.trace(Kd))) < 1e-10 * float(torch.trace(Kd))
+    compare_with_dense(damped, Kd, rtol=1e-10, eig_rtol=1e-9, solve_rtol=1e-7)  # logdet too
     assert abs(damped.logdet() - float(torch.linalg.slogdet(Kd)[1])) < 1e-9
-    np.testing.assert_allclose(damped.eigvalsh(3).numpy(), torch.linalg.eigvalsh(Kd).flip(0)[:3].numpy(),
-                               rtol=1e-9)
     V = torch.randn(len(K), 2, generator=_gen(3), dtype=DT)
     torch.testing.assert_close(damped.inverse() @ (Kd @ V), V, rtol=1e-7, atol=1e-8)
     S = damped.inverse_sqrt().to_dense()
@@ -471,13 +483,13 @@ def test_kfac_metric_in_the_invariant_hessian_operator(kind):
                                     dict(kernel_size=3, dilation=2, padding="same"),
                                     dict(kernel_size=(3, 1), stride=(1, 2), padding=(2, 0), dilation=(2, 1))])
 def test_patches_match_unfold(kwargs):
-    from lib.curvature.kronecker import _conv_padding, _patches
+    from lib.curvature.factors import conv_padding, patches
 
     conv = nn.Conv2d(3, 4, **kwargs)
     x = torch.randn(2, 3, 9, 8, generator=_gen(0))
     want = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation,
-                                padding=_conv_padding(conv), stride=conv.stride).transpose(1, 2)
-    torch.testing.assert_close(_patches(conv, x), want)
+                                padding=conv_padding(conv), stride=conv.stride).transpose(1, 2)
+    torch.testing.assert_close(patches(conv, x), want)
 
 
 @pytest.mark.parametrize("fold_bias", [True, False])
@@ -487,7 +499,7 @@ def test_kfac_optimizer_on_a_cnn_and_the_empirical_fisher(fold_bias):
     torch.manual_seed(0)
     model = _cnn(15).float()
     loss_fn = nn.CrossEntropyLoss()
-    opt = KFACOptimizer(model, loss_fn, lr=0.05, fisher_type="empirical", fold_bias=fold_bias,
+    opt = KFACOptimizer(model, loss_fn, lr=0.05, kind="empirical", fold_bias=fold_bias,
                         inverse_interval=2)
     with pytest.raises(ValueError, match="set_targets"):
         loss_fn(model(X), y)

@@ -1,12 +1,17 @@
 """Layer 2, curvature: the curvature of a model's loss over data, as operators.
 
-Hessian, generalized Gauss-Newton and Fisher products (:mod:`.products`), and their
-Kronecker-factored approximations K-FAC and EKFAC (:mod:`.kronecker`). Everything takes the
-same ``(model, loss_fn, data)``; the operators come from :mod:`lib.operators`.
+The loss in output space and the Fisher kinds (:mod:`.losses`), the checks of a model and
+its data (:mod:`.inspection`), Hessian, generalized Gauss-Newton and Fisher products
+(:mod:`.products`), the K-FAC factor loop (:mod:`.factors`) and the Kronecker-factored
+operators K-FAC and EKFAC built on it (:mod:`.kronecker`), and dense float64 references of
+all of them for tests, benchmarks and chapters (:mod:`.dense`). Everything takes the same
+``(model, loss_fn, data)``; the operators come from :mod:`lib.operators`.
 """
 
 from .products import *  # noqa: F401,F403  the public names, listed in products.__all__
 from .products import __all__ as _products_all
+from .losses import FisherKind, Loss
 from .kronecker import EKFACOperator, KFACOperator, KroneckerFactors, ekfac, kfac
 
-__all__ = [*_products_all, "kfac", "ekfac", "KFACOperator", "EKFACOperator", "KroneckerFactors"]
+__all__ = [*_products_all, "FisherKind", "Loss", "kfac", "ekfac", "KFACOperator",
+           "EKFACOperator", "KroneckerFactors"]

@@ -8,7 +8,7 @@ curvature block of ``W`` is a sum of Kronecker products,
     F_W = c * sum_{n, k} (g_nk g_nk^T) kron (a_n a_n^T),
 
 over examples ``n`` and the columns ``k`` of a square root of the loss's output curvature
-(see ``fisher_type``). K-FAC (Martens & Grosse 2015) replaces the sum of products by a
+(see ``kind``). K-FAC (Martens & Grosse 2015) replaces the sum of products by a
 product of sums, ``F_W ~ G kron A``, with
 
     A = (1 / N) sum_n a_n a_n^T,        G = c * sum_{n, k} g_nk g_nk^T,
@@ -33,306 +33,50 @@ Conventions, chosen to agree with curvlinops' ``KFACLinearOperator`` (``tests/``
   (listed in :attr:`KFACOperator.names`).
 
 :func:`kfac` builds a :class:`KFACOperator`, :func:`ekfac` the eigenvalue-corrected
-:class:`EKFACOperator` (George et al. 2018), and :class:`KFACOptimizer` is a natural-gradient
-optimizer with running averages of the factors.
+:class:`EKFACOperator` (George et al. 2018); the factor loop they share (with
+:class:`lib.geometry.kfac_optimizer.KFACOptimizer`) is :mod:`lib.curvature.factors`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_damping, check_int
 from ..book.batches import batch_source
-from .products import _check_no_stochastic_layers, _inspect_data, _Loss
-from ..operators.base import LinearOperator
+from ..operators.base import EXACT_QUANTITIES, LinearOperator
+from ..operators.linalg import top_ascending
+from .factors import (SUPPORTED_MODULES, KroneckerFactors, accumulate_factors,
+                      recorded_batches, supported_layers, tikhonov_factors)
+from .inspection import check_no_stochastic_layers, inspect_data
+from .losses import Loss, fisher_kind
 
-__all__ = ["FISHER_TYPES", "SUPPORTED_MODULES", "KroneckerFactors", "KFACOperator",
-           "KFACInverseOperator", "EKFACOperator", "kfac", "ekfac", "KFACOptimizer"]
-
-FISHER_TYPES = ("exact", "mc", "empirical", "ggn")
-SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)
-_UNSUPPORTED_POLICIES = ("error", "skip")
-
-
-# --------------------------------------------------------------------------------------
-# Layers: which modules, their inputs and output gradients as matrices
-# --------------------------------------------------------------------------------------
-def _check_conv(name: str, module: nn.Conv2d):
-    if module.groups != 1:
-        raise ValueError(f"K-FAC does not support grouped convolutions (module '{name}', "
-                         f"groups={module.groups})")
-    if module.padding_mode != "zeros":
-        raise ValueError(f"K-FAC supports zero padding only (module '{name}', padding_mode="
-                         f"'{module.padding_mode}')")
-    if isinstance(module.padding, str) and module.padding != "valid":
-        if any(k % 2 == 0 for k in module.kernel_size):
-            raise ValueError(f"padding='same' with an even kernel is not supported ('{name}')")
+__all__ = ["SUPPORTED_MODULES", "KroneckerFactors", "KFACOperator", "KFACInverseOperator",
+           "EKFACOperator", "kfac", "ekfac"]
 
 
-def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
-    if module.padding == "valid":
-        return (0, 0)
-    if module.padding == "same":
-        return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
-    return module.padding
-
-
-def _supported_layers(model: nn.Module, unsupported: str) -> list[tuple[str, nn.Module]]:
-    """The Linear/Conv2d layers with trainable parameters; applies the unsupported policy."""
-    if unsupported not in _UNSUPPORTED_POLICIES:
-        raise ValueError(f"unknown unsupported policy '{unsupported}'; choose one of "
-                         f"{_UNSUPPORTED_POLICIES}")
-    layers, others = [], []
-    for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        if isinstance(module, SUPPORTED_MODULES):
-            if isinstance(module, nn.Conv2d):
-                _check_conv(name, module)
-            if not module.weight.requires_grad:
-                raise ValueError(f"module '{name}' has a frozen weight but a trainable bias; "
-                                 "K-FAC needs both trainable or both frozen")
-            layers.append((name, module))
-        else:
-            others.append(f"'{name}' ({type(module).__name__})")
-    if others and unsupported == "error":
-        raise ValueError(f"K-FAC supports nn.Linear and nn.Conv2d only, but these modules have "
-                         f"trainable parameters: {', '.join(others)}; freeze them "
-                         "(requires_grad=False) or pass unsupported='skip' to leave them out")
-    if others:
-        warnings.warn(f"K-FAC leaves out the parameters of {', '.join(others)}", UserWarning,
-                      stacklevel=3)
-    if not layers:
-        raise ValueError("the model has no trainable nn.Linear or nn.Conv2d layer")
-    return layers
-
-
-def _patches(module: nn.Conv2d, x: Tensor) -> Tensor:
-    """The input patches a convolution sees, ``(B, Ho * Wo, C * kh * kw)``.
-
-    The same numbers as ``F.unfold`` (transposed), built from strided views and a single
-    copy: ``im2col`` on the CPU was measured several times slower than the convolution.
-    """
-    (ph, pw), (kh, kw) = _conv_padding(module), module.kernel_size
-    (sh, sw), (dh, dw) = module.stride, module.dilation
-    x = nn.functional.pad(x, (pw, pw, ph, ph))
-    windows = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
-    windows = windows[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
-    B, C, Ho, Wo = windows.shape[:4]
-    return windows.permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, C * kh * kw)
-
-
-def _input_matrix(module: nn.Module, x: Tensor, fold_bias: bool) -> tuple[Tensor, int]:
-    """Rows ``a`` of the layer's input, ``(N * T, in')``, and ``T`` (shared positions)."""
-    if isinstance(module, nn.Conv2d):
-        patches = _patches(module, x)
-        T = patches.shape[1]
-        rows = patches.reshape(-1, patches.shape[2])
-    else:
-        T = x[0].numel() // x.shape[-1]
-        rows = x.reshape(-1, x.shape[-1])
-    if fold_bias and module.bias is not None:
-        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-    return rows, T
-
-
-def _output_grad_matrix(module: nn.Module, g: Tensor) -> Tensor:
-    """Gradients w.r.t. the layer's output, ``(K, B, ...)``, as rows ``(K, B * T, out)``."""
-    if isinstance(module, nn.Conv2d):  # (K, B, out, H, W) -> (K, B * H * W, out)
-        return g.flatten(3).transpose(2, 3).reshape(g.shape[0], -1, g.shape[2])
-    return g.reshape(g.shape[0], -1, g.shape[-1])
-
-
-def _output_columns(loss: _Loss, f: Tensor, y: Tensor, fisher_type: str, mc_samples: int,
-                    generator: torch.Generator) -> Tensor:
-    """Columns ``S`` with ``sum_k S_k S_k^T`` the per-example output curvature; (K, *f.shape).
-
-    Outputs with more than one dimension per example, ``(B, d_1, ..., d_m)``, are read as
-    ``C = d_1 ... d_m`` outputs (MSE only: cross-entropy needs ``(B, C)``, which
-    ``_Loss.check_output`` enforces). The squared error sums over all entries and its
-    output Hessian is ``2 I``, so the columns are those of the Fisher (= GGN) of
-    :mod:`lib.curvature` with that ``C``, and one example through one layer stays exact.
-    curvlinops instead moves the extra dimensions into the batch and backpropagates each
-    of its ``d_m`` type-2 columns through all positions at once: the same matrix where
-    the positions are ones a layer is applied at (weight sharing, K-FAC "expand"), but not
-    the GGN where they mix inside the network (e.g. an ``nn.Unflatten`` of one layer's
-    output); its Monte-Carlo and empirical Fishers agree with these columns in both cases
-    (``tests/test_input_checks.py``).
-
-    * ``"exact"``: the Fisher by definition, ``E_y[g g^T] = sum_c p_c g_c g_c^T``, so the
-      columns are ``sqrt(p_c) g_c`` (cross-entropy) or ``sqrt(2) e_c`` (MSE).
-    * ``"ggn"``: a square root of the loss Hessian ``d^2 l / d f^2``: for cross-entropy
-      ``diag(sqrt p) - p sqrt(p)^T`` (columns ``sqrt(p_c) (e_c - p)``), for MSE
-      ``sqrt(2) I``. For these two losses it equals the exact Fisher; it is written
-      from the Hessian so that the tests can check that theorem.
-    * ``"mc"``: gradients at ``mc_samples`` labels drawn from the model, over ``sqrt(S)``.
-    * ``"empirical"``: the gradient at the true label.
-    """
-    shape = f.shape
-    f = f.reshape(len(f), -1)
-    if loss.name == "mse" and y is not None:
-        y = y.reshape(len(y), -1)
-    S = _flat_output_columns(loss, f, y, fisher_type, mc_samples, generator)
-    return S.reshape(S.shape[0], *shape)
-
-
-def _flat_output_columns(loss, f, y, fisher_type, mc_samples, generator) -> Tensor:
-    """:func:`_output_columns` for outputs ``f`` of shape ``(B, C)``; (K, B, C)."""
-    B, C = f.shape
-    if fisher_type == "mc":
-        return loss.sample_gradients(f, mc_samples, generator) / math.sqrt(mc_samples)
-    if fisher_type == "empirical":
-        return loss.gradient(f, y)[None]
-    eye = torch.eye(C, dtype=f.dtype, device=f.device)
-    if loss.name == "mse":
-        return math.sqrt(2.0) * eye[:, None, :].expand(C, B, C)
-    p = f.softmax(dim=1)
-    sqrt_p = p.sqrt().T[:, :, None]  # (C, B, 1)
-    if fisher_type == "exact":
-        return sqrt_p * (p[None] - eye[:, None, :])
-    return sqrt_p * eye[:, None, :] - p[None] * sqrt_p
-
-
-# --------------------------------------------------------------------------------------
-# Collecting the factors
-# --------------------------------------------------------------------------------------
-@dataclass
-class KroneckerFactors:
-    """The two factors of one layer: its block is ``G kron A`` (plus ``G`` for a separate bias).
-
-    Attributes:
-        name: the module's name in the model.
-        A: input second moment, ``(in', in')`` (``in' = in * kh * kw``, ``+ 1`` if the bias
-            is folded in).
-        G: output-gradient second moment, ``(out, out)``.
-        weight_shape: shape of the layer's weight.
-        has_bias: whether the layer has a (trainable) bias.
-        fold_bias: whether the bias is folded into ``A``.
-    """
-    name: str
-    A: Tensor
-    G: Tensor
-    weight_shape: torch.Size
-    has_bias: bool
-    fold_bias: bool
-
-    @property
-    def num_params(self) -> int:
-        return math.prod(self.weight_shape) + (self.weight_shape[0] if self.has_bias else 0)
-
-
-class _LayerRecorder:
-    """Forward hooks that keep each layer's input and output and count its calls.
-
-    K-FAC needs exactly one input and one output per layer and forward pass: a layer
-    applied twice in one pass (its weight shared across the calls) would silently keep
-    only the last call's statistics, and a layer never called would have none. So the
-    hooks count calls since :meth:`clear` (called before every forward pass), and
-    :meth:`recorded` raises a ``ValueError`` naming any layer not called exactly once.
-    """
-
-    def __init__(self, layers):
-        self.layers = list(layers)
-        self.clear()
-        self.handles = [module.register_forward_hook(self._hook(name))
-                        for name, module in self.layers]
-
-    def _hook(self, name):
-        def hook(module, args, output):
-            self.inputs[name] = args[0].detach()
-            self.outputs[name] = output
-            self.calls[name] = self.calls.get(name, 0) + 1
-        return hook
-
-    def clear(self):
-        """Forget the recorded pass: call before each forward pass."""
-        self.inputs, self.outputs, self.calls = {}, {}, {}
-
-    def recorded(self) -> tuple[list[Tensor], list[Tensor]]:
-        """Inputs and outputs of every layer (in layer order) in the pass since :meth:`clear`."""
-        for name, module in self.layers:
-            calls = self.calls.get(name, 0)
-            if calls == 0:
-                raise ValueError(f"module '{name}' ({type(module).__name__}) was not called in "
-                                 "the forward pass, so K-FAC has no statistics for its "
-                                 "parameters; freeze them (requires_grad=False) or remove it")
-            if calls > 1:
-                raise ValueError(f"module '{name}' ({type(module).__name__}) was called {calls} "
-                                 "times in one forward pass; K-FAC's factors need one input and "
-                                 "one output per layer and pass (a weight shared across calls "
-                                 "is not supported): use a separate module for each call")
-        return ([self.inputs[name] for name, _ in self.layers],
-                [self.outputs[name] for name, _ in self.layers])
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
-def _output_grads(f: Tensor, outputs: list[Tensor], S: Tensor, retain_graph: bool = False):
-    """``J_s^T S_k`` for every layer output ``s`` and column ``k``; each ``(K, *s.shape)``."""
-    if S.shape[0] == 1:
-        grads = torch.autograd.grad(f, outputs, S[0], retain_graph=retain_graph)
-        return [g[None] for g in grads]
-    return torch.autograd.grad(f, outputs, S, retain_graph=retain_graph, is_grads_batched=True)
-
-
-def _accumulate_factors(model, layers, loss, batches, fisher_type, mc_samples, seed,
-                        fold_bias, num_data, num_outputs):
-    """One pass over the data: ``A`` and ``G`` of every layer, in the model's dtype."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    scale = loss.scale(num_data, num_outputs)
-    A = {name: None for name, _ in layers}
-    G = {name: None for name, _ in layers}
-    recorder = _LayerRecorder(layers)
-    try:
-        for X, y in batches:
-            recorder.clear()
-            with torch.enable_grad():
-                f = model(X)
-            loss.check_output(f, y)
-            inputs, outputs = recorder.recorded()
-            S = _output_columns(loss, f.detach(), y, fisher_type, mc_samples, generator)
-            grads = _output_grads(f, outputs, S)
-            for (name, module), x, g in zip(layers, inputs, grads):
-                a, T = _input_matrix(module, x, fold_bias)
-                rows = _output_grad_matrix(module, g).flatten(0, 1)
-                a_cov = (a.T @ a) / (num_data * T)
-                g_cov = scale * (rows.T @ rows)
-                A[name] = a_cov if A[name] is None else A[name] + a_cov
-                G[name] = g_cov if G[name] is None else G[name] + g_cov
-    finally:
-        recorder.remove()
-    return A, G
-
-
-def _prepare(model, loss_fn, data, fisher_type, mc_samples, unsupported):
+def _prepare(model, loss_fn, data, kind, num_samples, unsupported):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if fisher_type not in FISHER_TYPES:
-        raise ValueError(f"unknown fisher_type '{fisher_type}'; choose one of {FISHER_TYPES}")
-    check_int(mc_samples, "mc_samples")
-    if mc_samples != 1 and fisher_type != "mc":
-        raise ValueError(f"mc_samples={mc_samples} only applies to fisher_type='mc'")
-    loss = _Loss(loss_fn)
-    _check_no_stochastic_layers(model)
-    layers = _supported_layers(model, unsupported)
+    kind = fisher_kind(kind)
+    check_int(num_samples, "num_samples")
+    if num_samples != 1 and kind != "mc":
+        raise ValueError(f"num_samples={num_samples} only applies to kind='mc'")
+    loss = Loss(loss_fn)
+    check_no_stochastic_layers(model)
+    layers = supported_layers(model, unsupported)
     batches = batch_source(data)
     weight = layers[0][1].weight
-    num_data, num_outputs = _inspect_data(model, batches, weight.device, weight.dtype)
+    num_data, num_outputs = inspect_data(model, batches, weight.device, weight.dtype)
     device = weight.device
     moved = [(X.to(device), y.to(device)) for X, y in batches if len(X) > 0]
-    return loss, layers, moved, num_data, num_outputs
+    return kind, loss, layers, moved, num_data, num_outputs
 
 
-def kfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
-         mc_samples: int = 1, *, fold_bias: bool = False, unsupported: str = "error",
+def kfac(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
+         num_samples: int = 1, fold_bias: bool = False, unsupported: str = "error",
          seed: int = 0) -> KFACOperator:
     """The K-FAC approximation of the Fisher (or GGN) of ``model`` on ``data``.
 
@@ -342,10 +86,11 @@ def kfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
             forward pass; in eval mode if it has dropout or BatchNorm.
         loss_fn: ``nn.CrossEntropyLoss`` or ``nn.MSELoss``, reduction ``"mean"`` or ``"sum"``.
         data: an ``(X, y)`` pair or a re-iterable of batches; ``"mean"`` spans all of them.
-        fisher_type: ``"exact"`` (expectation over the model's labels, C backward passes),
-            ``"mc"`` (``mc_samples`` sampled labels), ``"empirical"`` (true labels) or
-            ``"ggn"`` (square root of the loss Hessian, C backward passes).
-        mc_samples: labels drawn per example for ``"mc"``.
+        kind: a :class:`~lib.curvature.losses.FisherKind` or its string: ``"exact"``
+            (expectation over the model's labels, C backward passes), ``"mc"``
+            (``num_samples`` sampled labels), ``"empirical"`` (true labels) or ``"ggn"``
+            (square root of the loss Hessian, C backward passes).
+        num_samples: labels drawn per example for ``"mc"``.
         fold_bias: fold each bias into its layer's ``A`` (see the module docstring).
         unsupported: ``"error"`` or ``"skip"`` for trainable parameters of other modules.
         seed: seed of the sampled labels (``"mc"``).
@@ -362,10 +107,10 @@ def kfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
     Outputs may have extra dimensions, ``(B, d_1, ..., d_m)``, under MSE (read as
     ``C = d_1 ... d_m`` outputs, as in :mod:`lib.curvature`); cross-entropy needs ``(B, C)``.
     """
-    loss, layers, batches, num_data, num_outputs = _prepare(model, loss_fn, data, fisher_type,
-                                                            mc_samples, unsupported)
-    A, G = _accumulate_factors(model, layers, loss, batches, fisher_type, mc_samples, seed,
-                               fold_bias, num_data, num_outputs)
+    kind, loss, layers, batches, num_data, num_outputs = _prepare(
+        model, loss_fn, data, kind, num_samples, unsupported)
+    A, G = accumulate_factors(model, layers, loss, batches, kind, num_samples, seed, fold_bias,
+                              num_data, num_outputs)
     factors = [KroneckerFactors(name, A[name], G[name], module.weight.shape,
                                 module.bias is not None and module.bias.requires_grad, fold_bias)
                for name, module in layers]
@@ -376,7 +121,7 @@ def kfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
 
 
 # --------------------------------------------------------------------------------------
-# The operator
+# The operators
 # --------------------------------------------------------------------------------------
 def _eigh(M: Tensor) -> tuple[Tensor, Tensor]:
     evals, evecs = torch.linalg.eigh(0.5 * (M + M.T))
@@ -384,7 +129,16 @@ def _eigh(M: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _BlockOperator(LinearOperator):
-    """A block-diagonal operator over layers; subclasses transform each layer's block."""
+    """A block-diagonal operator over layers; subclasses transform each layer's block.
+
+    Every block is ``Q diag(vec M) Q^T`` in a Kronecker eigenbasis ``Q = Q_G kron Q_A``
+    (:meth:`_layer_spectrum`), so the whole method set is exact and cheap (``exact``):
+    ``trace``, ``logdet`` and ``eigvalsh`` from the ``d`` eigenvalues, ``diagonal`` as
+    ``diag(Q diag(vec M) Q^T) = vec((Q_G * Q_G) M (Q_A * Q_A)^T)``, ``solve`` and ``inverse``
+    in the same basis.
+    """
+
+    exact = EXACT_QUANTITIES
 
     def __init__(self, factors: list[KroneckerFactors], names: list[str], dtype, device):
         shapes = []
@@ -400,24 +154,64 @@ class _BlockOperator(LinearOperator):
         columns ``Mb`` (k, out) (None if folded or absent)."""
         raise NotImplementedError
 
+    def _layer_spectrum(self, index: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(Q_G, Q_A, M, M_b)``: the block of layer ``index`` is ``Q diag(vec M) Q^T``,
+        ``M`` of shape ``(out, in')``; a separate bias block is ``Q_G diag(M_b) Q_G^T``
+        (``M_b`` of shape ``(out,)``, None if the bias is folded or absent)."""
+        raise NotImplementedError
+
     def _eigenvalues(self) -> Tensor:
         """All ``d`` eigenvalues, flat (known in closed form from the blocks)."""
         raise NotImplementedError
 
+    def trace(self) -> float:
+        """The sum of the eigenvalues."""
+        return float(self._eigenvalues().sum())
+
     def logdet(self, damping: float = 0.0) -> float:
         """``log det(self + damping I)`` from the eigenvalues; ``ValueError`` if singular."""
-        values = self._eigenvalues() + _check_damping(damping)
+        values = self._eigenvalues() + check_damping(damping)
         if bool((values <= 0).any()):
             raise ValueError(f"the {type(self).__name__} matrix is singular (an eigenvalue is "
                              "<= 0); pass damping > 0")
         return float(values.log().sum())
 
-    def eigvalsh(self, k: int = 1) -> Tensor:
-        """The ``k`` largest eigenvalues, descending, shape ``(k,)``."""
-        check_int(k, "k")
-        if k > self.shape[0]:
-            raise ValueError(f"k={k} exceeds the operator's dimension {self.shape[0]}")
-        return self._eigenvalues().sort(descending=True).values[:k].to(self.dtype)
+    def eigvalsh(self, k: int | None = None) -> Tensor:
+        """The ``k`` largest eigenvalues in ascending order, shape ``(k,)`` (None: all ``d``)."""
+        return top_ascending(self._eigenvalues().sort().values, self._check_k(k)).to(self.dtype)
+
+    def _layer_diagonal(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """The diagonal of layer ``index``'s block(s): ``(out, in')`` and ``(out,)`` or None."""
+        QG, QA, M, Mb = self._layer_spectrum(index)
+        D = (QG * QG) @ M.to(QG.dtype) @ (QA * QA).T
+        return D, (None if Mb is None else (QG * QG) @ Mb.to(QG.dtype))
+
+    def diagonal(self) -> Tensor:
+        """The diagonal ``(d,)`` in closed form, block by block (no product with ``I``)."""
+        parts = []
+        for index, f in enumerate(self.factors):
+            D, Db = self._layer_diagonal(index)
+            if f.has_bias and f.fold_bias:
+                D, Db = D[:, :-1], D[:, -1]
+            parts.append(D.reshape(-1))
+            if f.has_bias:
+                parts.append(Db)
+        return torch.cat(parts).to(self.dtype)
+
+    def solve(self, v, damping: float = 0.0):
+        """``(self + damping I)^-1 v`` for ``v`` of shape ``(d,)``, ``(d, k)`` or a list of
+        parameter-shaped tensors (returned in the same form), exactly: ``inverse(damping) @ v``."""
+        return self.inverse(damping) @ v
+
+    def _spectral_function(self, kfac: KFACOperator, damping: float, power: float
+                           ) -> EKFACOperator:
+        """``(self + damping I)^power`` as an operator in the same eigenbasis."""
+        damping = check_damping(damping)
+        scalings = [self._layer_spectrum(i)[2:] for i in range(len(self.factors))]
+        values = torch.cat([t.reshape(-1) for pair in scalings for t in pair if t is not None])
+        if bool((values + damping <= 0).any()):
+            raise ValueError(f"the {type(self).__name__} matrix is singular; pass damping > 0")
+        return EKFACOperator(kfac, scalings, damping=damping, power=power)
 
     def _matmat(self, V):
         k, out, start = V.shape[1], [], 0
@@ -442,21 +236,25 @@ class _BlockOperator(LinearOperator):
 
 
 class KFACOperator(_BlockOperator):
-    """Block-diagonal ``G_l kron A_l`` over layers, with the curvature core's interface.
+    """Block-diagonal ``G_l kron A_l`` over layers (plus ``damping * I``).
 
     Beyond ``@``, ``shape``, ``to_dense()`` and the operator algebra of
-    :class:`~lib.operators.base.LinearOperator`, everything spectral comes from the
-    factors' eigendecompositions ``A = Q_A L_A Q_A^T``, ``G = Q_G L_G Q_G^T``: the block's
-    eigenvalues are the products ``l_G,i l_A,j``.
+    :class:`~lib.operators.base.LinearOperator`, every quantity of the method set is exact
+    (``exact``): ``trace`` and ``diagonal`` from the factors
+    (``diag(G kron A) = diag G kron diag A``), and ``logdet``, ``eigvalsh``, ``solve`` and
+    ``inverse`` from the factors' eigendecompositions ``A = Q_A L_A Q_A^T``,
+    ``G = Q_G L_G Q_G^T``: the block's eigenvalues are the products ``l_G,i l_A,j``. So
+    :func:`lib.operators.spectral.trace` of a K-FAC operator is exact.
 
     Attributes:
         factors: one :class:`KroneckerFactors` per layer.
         names: names of the covered parameters, in the order of the flat vector.
+        damping: the ``damping`` of ``+ damping * I`` (see :meth:`add_damping`).
     """
 
     def __init__(self, factors, names, dtype, device, damping: float = 0.0):
         super().__init__(factors, names, dtype, device)
-        self.damping = _check_damping(damping)
+        self.damping = check_damping(damping)
         self._eig = None
 
     def _layer_apply(self, index, M, Mb):
@@ -472,7 +270,7 @@ class KFACOperator(_BlockOperator):
         inverse, inverse square root and log-determinant stay exact and cheap; e.g. a
         positive-definite metric for :func:`lib.geometry.invariance.hessian_operator`."""
         op = KFACOperator(self.factors, self.names, self.dtype, self.device,
-                          self.damping + _check_damping(damping))
+                          self.damping + check_damping(damping))
         op._eig = self._eig
         return op
 
@@ -482,14 +280,28 @@ class KFACOperator(_BlockOperator):
             self._eig = [(*_eigh(f.A), *_eigh(f.G)) for f in self.factors]
         return self._eig
 
-    def _block_eigenvalues(self) -> list[Tensor]:
-        """Per layer, all eigenvalues of its block(s) (damping included), flat."""
+    def _separate_bias(self, index: int) -> bool:
+        f = self.factors[index]
+        return f.has_bias and not f.fold_bias
+
+    def _layer_spectrum(self, index):
+        lA, QA, lG, QG = self.eigendecompositions()[index]
+        Mb = lG + self.damping if self._separate_bias(index) else None
+        return QG, QA, torch.outer(lG, lA) + self.damping, Mb
+
+    def _layer_diagonal(self, index):
+        f = self.factors[index]
+        dG, dA = torch.diagonal(f.G), torch.diagonal(f.A)
+        return (torch.outer(dG, dA) + self.damping,
+                dG + self.damping if self._separate_bias(index) else None)
+
+    def _eigenvalues(self) -> Tensor:
         values = []
-        for f, (lA, _, lG, _) in zip(self.factors, self.eigendecompositions()):
+        for index, (lA, _, lG, _) in enumerate(self.eigendecompositions()):
             values.append(torch.outer(lG, lA).reshape(-1) + self.damping)
-            if f.has_bias and not f.fold_bias:
+            if self._separate_bias(index):
                 values.append(lG + self.damping)
-        return values
+        return torch.cat(values)
 
     def trace(self) -> float:
         """``sum_l tr(G_l) tr(A_l)`` (+ ``tr(G_l)`` for a separate bias, + ``damping * d``)."""
@@ -500,63 +312,46 @@ class KFACOperator(_BlockOperator):
                 total += float(torch.trace(f.G))
         return total
 
-    def _eigenvalues(self) -> Tensor:
-        return torch.cat(self._block_eigenvalues())
-
-    def damped_factors(self, damping: float, *, pi: bool = False) -> KFACOperator:
-        """``(G + sqrt(damping) / pi I) kron (A + pi sqrt(damping) I)``: Tikhonov damping on
-        the factors, K-FAC's classical heuristic. With ``pi=True``, ``pi`` balances the
-        factors' average eigenvalues, ``pi = sqrt((tr A / dim A) / (tr G / dim G))``
-        (Martens & Grosse 2015, section 6.3); otherwise ``pi = 1``."""
+    def damped_factors(self, factor_damping: float, *, pi: bool = False) -> KFACOperator:
+        """``(G + sqrt(lambda) / pi I) kron (A + pi sqrt(lambda) I)``, ``lambda =
+        factor_damping``: Tikhonov damping on the factors, K-FAC's classical heuristic
+        (:func:`lib.curvature.factors.tikhonov_factors`). With ``pi=True``, ``pi`` balances
+        the factors' average eigenvalues (Martens & Grosse 2015, section 6.3); otherwise
+        ``pi = 1``."""
         if self.damping:
             raise ValueError("damped_factors() needs an operator without added damping")
-        root = math.sqrt(_check_damping(damping))
+        factor_damping = check_damping(factor_damping, "factor_damping")
         damped = []
         for f in self.factors:
-            p = _pi(f) if pi else 1.0
-            eye_A = torch.eye(f.A.shape[0], dtype=f.A.dtype, device=f.A.device)
-            eye_G = torch.eye(f.G.shape[0], dtype=f.G.dtype, device=f.G.device)
-            damped.append(KroneckerFactors(f.name, f.A + p * root * eye_A, f.G + root / p * eye_G,
-                                           f.weight_shape, f.has_bias, f.fold_bias))
+            A, G = tikhonov_factors(f.A, f.G, factor_damping, pi)
+            damped.append(KroneckerFactors(f.name, A, G, f.weight_shape, f.has_bias, f.fold_bias))
         return KFACOperator(damped, self.names, self.dtype, self.device)
 
-    def inverse(self, damping: float = 0.0, *, method: str = "exact", pi: bool = False
+    def inverse(self, damping: float = 0.0, *, factor_damping: float = 0.0, pi: bool = False
                 ) -> KFACInverseOperator:
-        """An inverse, applied block by block without forming any ``d x d`` matrix.
+        """``(K + damping I)^-1``, applied block by block without forming any ``d x d`` matrix.
 
-        ``method="exact"``: ``(K + damping I)^-1`` through the eigendecompositions.
-        ``method="factors"``: the inverse of :meth:`damped_factors` ``(damping, pi=pi)``,
-        i.e. ``(G + ...)^-1 kron (A + ...)^-1``, the update K-FAC's optimizer uses.
+        With ``factor_damping > 0``, the inverse of :meth:`damped_factors`
+        ``(factor_damping, pi=pi)`` (plus ``damping I``), i.e. for ``damping = 0``
+        ``(G + ...)^-1 kron (A + ...)^-1``, the update K-FAC's optimizer uses.
         """
-        if method == "exact":
-            return KFACInverseOperator(self, _check_damping(damping))
-        if method == "factors":
-            return KFACInverseOperator(self.damped_factors(damping, pi=pi), 0.0)
-        raise ValueError(f"unknown inverse method '{method}'; choose 'exact' or 'factors'")
+        damping = check_damping(damping)
+        if check_damping(factor_damping, "factor_damping") > 0:
+            return KFACInverseOperator(self.damped_factors(factor_damping, pi=pi), damping)
+        if pi:
+            raise ValueError("pi splits factor_damping between the factors; pass factor_damping > 0")
+        return KFACInverseOperator(self, damping)
 
     def inverse_sqrt(self, damping: float = 0.0) -> KFACInverseOperator:
         """The symmetric ``(K + damping I)^-1/2``: with it, ``lib.geometry.invariance`` whitens
         ``G^-1 H`` for a K-FAC metric exactly, so Lanczos runs without CG solves."""
-        return KFACInverseOperator(self, _check_damping(damping), power=-0.5)
-
-
-def _pi(f: KroneckerFactors) -> float:
-    ratio = (torch.trace(f.A) / f.A.shape[0]) / (torch.trace(f.G) / f.G.shape[0])
-    return float(ratio.clamp_min(1e-30).sqrt())
-
-
-def _check_damping(damping) -> float:
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)):
-        raise TypeError(f"damping must be a number, got {type(damping).__name__}")
-    if not (math.isfinite(damping) and damping >= 0):
-        raise ValueError(f"damping must be finite and >= 0, got {damping}")
-    return float(damping)
+        return KFACInverseOperator(self, check_damping(damping), power=-0.5)
 
 
 class KFACInverseOperator(_BlockOperator):
     """``(K + damping I)^power`` (``power`` -1 or -1/2) for a :class:`KFACOperator` ``K``,
     block by block in its Kronecker eigenbasis: ``Q (L_G kron L_A + damping)^power Q^T``
-    with ``Q = Q_G kron Q_A``."""
+    with ``Q = Q_G kron Q_A``. Every quantity of the method set is exact."""
 
     def __init__(self, op: KFACOperator, damping: float, power: float = -1.0):
         super().__init__(op.factors, op.names, op.dtype, op.device)
@@ -568,6 +363,12 @@ class KFACInverseOperator(_BlockOperator):
 
     def _eigenvalues(self) -> Tensor:
         return (self.op._eigenvalues() + self.damping) ** self.power
+
+    def _layer_spectrum(self, index):
+        lA, QA, lG, QG = self.op.eigendecompositions()[index]
+        shift = self.damping + self.op.damping
+        Mb = (lG + shift) ** self.power if self.op._separate_bias(index) else None
+        return QG, QA, (torch.outer(lG, lA) + shift) ** self.power, Mb
 
     def _layer_apply(self, index, M, Mb):
         lA, QA, lG, QG = (t.to(M.dtype) for t in self.op.eigendecompositions()[index])
@@ -584,6 +385,13 @@ class KFACInverseOperator(_BlockOperator):
         Rb = None if Mb is None else ((Mb @ QG) * (lG + shift) ** self.power) @ QG.T
         return QG @ inner @ QA.T, Rb
 
+    def inverse(self, damping: float = 0.0) -> _BlockOperator:
+        """``(self + damping I)^-1``: the K-FAC operator ``K + damping' I`` itself for the
+        plain inverse without further damping, else an operator in the same eigenbasis."""
+        if check_damping(damping) == 0 and self.power == -1:
+            return self.op.add_damping(self.damping)
+        return self._spectral_function(self.op, damping, -1)
+
 
 # --------------------------------------------------------------------------------------
 # Eigenvalue-corrected K-FAC
@@ -593,10 +401,10 @@ class EKFACOperator(_BlockOperator):
     ``Q_G kron Q_A`` with the exact second moments of the gradients in that basis as
     eigenvalues, ``S_ij = c sum_{n,k} ((Q_G^T grad_nk Q_A)_ij)^2``.
 
-    Same interface as :class:`KFACOperator` (``trace``, ``logdet``, ``eigvalsh``,
-    ``inverse(damping)``). Attributes: ``kfac`` (the underlying K-FAC operator),
-    ``scalings`` (per layer, ``(out, in')`` and, for a separate bias, ``(out,)`` or None),
-    and ``power`` / ``damping``: the operator applies ``(S + damping)^power`` in the basis.
+    The method set of :class:`KFACOperator`, all exact. Attributes: ``kfac`` (the
+    underlying K-FAC operator), ``scalings`` (per layer, ``(out, in')`` and, for a
+    separate bias, ``(out,)`` or None), and ``power`` / ``damping``: the operator applies
+    ``(S + damping)^power`` in the basis.
     """
 
     def __init__(self, op: KFACOperator, scalings: list[tuple[Tensor, Tensor | None]],
@@ -611,33 +419,44 @@ class EKFACOperator(_BlockOperator):
         Rb = None if Mb is None else ((Mb @ QG) * Sb) @ QG.T
         return QG @ ((QG.T @ M @ QA) * S) @ QA.T, Rb
 
+    def _layer_spectrum(self, index):
+        _, QA, _, QG = self.kfac.eigendecompositions()[index]
+        S, Sb = ((None if t is None else (t + self.damping) ** self.power)
+                 for t in self.scalings[index])
+        return QG, QA, S, Sb
+
     def _eigenvalues(self) -> Tensor:
         values = torch.cat([t.reshape(-1) for pair in self.scalings for t in pair if t is not None])
         return (values + self.damping) ** self.power
 
-    def trace(self) -> float:
-        """Sum of the (corrected) eigenvalues."""
-        return float(self._eigenvalues().sum())
-
-    def _power(self, damping: float, power: float) -> EKFACOperator:
-        if self.power != 1 or self.damping != 0:
-            raise ValueError("inverses apply to the EKFAC operator itself, not to an inverse")
-        damping = _check_damping(damping)
-        if bool((self._eigenvalues() + damping <= 0).any()):
-            raise ValueError("the EKFAC matrix is singular; pass damping > 0")
-        return EKFACOperator(self.kfac, self.scalings, damping=damping, power=power)
-
     def inverse(self, damping: float = 0.0) -> EKFACOperator:
         """``(E + damping I)^-1`` in the same eigenbasis."""
-        return self._power(damping, -1)
+        return self._spectral_function(self.kfac, damping, -1)
 
     def inverse_sqrt(self, damping: float = 0.0) -> EKFACOperator:
         """The symmetric ``(E + damping I)^-1/2`` (see :meth:`KFACOperator.inverse_sqrt`)."""
-        return self._power(damping, -0.5)
+        return self._spectral_function(self.kfac, damping, -0.5)
 
 
-def ekfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact",
-          mc_samples: int = 1, *, fold_bias: bool = False, unsupported: str = "error",
+def _eigenbasis_moments(module, a, T, g, basis, batch_size, fold_bias, scale):
+    """A batch's share of a layer's EKFAC scalings: ``c sum (Q_G^T grad Q_A)^2`` over
+    examples and columns, ``(out, in')``, and for a separate bias ``(out,)`` (else None).
+    ``a``, ``T``, ``g`` as from :func:`lib.curvature.factors.layer_rows`."""
+    _, QA, _, QG = basis
+    K, B = g.shape[0], batch_size
+    a = (a @ QA.to(a.dtype)).reshape(B, T, -1)                     # (B, T, in')
+    rows = g.reshape(K, B, T, -1) @ QG.to(a.dtype)
+    # per-example gradient in the eigenbasis: sum_t g_t a_t^T, (K, B, out, in')
+    proj = torch.einsum("kbto,bti->kboi", rows, a)
+    moment = scale * (proj ** 2).sum(dim=(0, 1))
+    bias = None
+    if module.bias is not None and module.bias.requires_grad and not fold_bias:
+        bias = scale * (rows.sum(dim=2) ** 2).sum(dim=(0, 1))
+    return moment, bias
+
+
+def ekfac(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
+          num_samples: int = 1, fold_bias: bool = False, unsupported: str = "error",
           seed: int = 0) -> EKFACOperator:
     """Eigenvalue-corrected K-FAC; arguments as in :func:`kfac`.
 
@@ -645,258 +464,19 @@ def ekfac(model: nn.Module, loss_fn: nn.Module, data, fisher_type: str = "exact"
     second the second moments of the per-example gradients in that basis (with the same
     sampled labels for ``"mc"``).
     """
-    op = kfac(model, loss_fn, data, fisher_type, mc_samples, fold_bias=fold_bias,
+    op = kfac(model, loss_fn, data, kind, num_samples=num_samples, fold_bias=fold_bias,
               unsupported=unsupported, seed=seed)
-    loss, layers, batches, num_data, num_outputs = _prepare(model, loss_fn, data, fisher_type,
-                                                            mc_samples, unsupported)
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    kind, loss, layers, batches, num_data, num_outputs = _prepare(
+        model, loss_fn, data, kind, num_samples, unsupported)
     scale = loss.scale(num_data, num_outputs)
     bases = op.eigendecompositions()
     sums = [[None, None] for _ in layers]
-    recorder = _LayerRecorder(layers)
-    try:
-        for X, y in batches:
-            recorder.clear()
-            with torch.enable_grad():
-                f = model(X)
-            inputs, outputs = recorder.recorded()
-            S = _output_columns(loss, f.detach(), y, fisher_type, mc_samples, generator)
-            grads = _output_grads(f, outputs, S)
-            for i, ((name, module), x, g) in enumerate(zip(layers, inputs, grads)):
-                _, QA, _, QG = bases[i]
-                a, T = _input_matrix(module, x, fold_bias)
-                K, B = g.shape[0], X.shape[0]
-                a = (a @ QA.to(a.dtype)).reshape(B, T, -1)                     # (B, T, in')
-                rows = _output_grad_matrix(module, g).reshape(K, B, T, -1) @ QG.to(a.dtype)
-                # per-example gradient in the eigenbasis: sum_t g_t a_t^T, (K, B, out, in')
-                proj = torch.einsum("kbto,bti->kboi", rows, a)
-                moment = scale * (proj ** 2).sum(dim=(0, 1))
-                bias = None
-                if module.bias is not None and module.bias.requires_grad and not fold_bias:
-                    bias = scale * (rows.sum(dim=2) ** 2).sum(dim=(0, 1))
-                old = sums[i]
-                sums[i] = [moment if old[0] is None else old[0] + moment,
-                           bias if old[1] is None else old[1] + bias]
-    finally:
-        recorder.remove()
+    for X, rows in recorded_batches(model, layers, loss, batches, kind, num_samples, seed,
+                                    fold_bias):
+        for i, (module, a, T, g) in enumerate(rows):
+            moment, bias = _eigenbasis_moments(module, a, T, g, bases[i], len(X), fold_bias,
+                                               scale)
+            old = sums[i]
+            sums[i] = [moment if old[0] is None else old[0] + moment,
+                       bias if old[1] is None else old[1] + bias]
     return EKFACOperator(op, [tuple(pair) for pair in sums])
-
-
-# --------------------------------------------------------------------------------------
-# The optimizer
-# --------------------------------------------------------------------------------------
-class KFACOptimizer(torch.optim.Optimizer):
-    """Natural-gradient descent with K-FAC (Martens & Grosse 2015), as a torch optimizer.
-
-    Every ``curvature_interval`` steps the factors ``A_l`` and ``G_l`` of the current
-    mini-batch enter exponential moving averages (decay ``ema_decay``); ``G_l`` uses
-    ``mc_samples`` labels drawn from the model (``fisher_type="mc"``) or the true labels
-    (``"empirical"``), obtained from an extra backward pass to the layer outputs only,
-    right after the forward pass, so no second forward pass is needed. Every
-    ``inverse_interval`` steps the damped factors are inverted (Cholesky). A step
-    preconditions each layer's gradient, ``Delta_l = (G_l + sqrt(lambda)/pi I)^-1 grad_l
-    (A_l + pi sqrt(lambda) I)^-1``, rescales all of them by
-    ``nu = min(1, sqrt(kl_clip / (lr^2 sum_l <Delta_l, grad_l>)))`` (KL clipping, Ba et al.
-    2017), and applies SGD with momentum to the result. Parameters of other modules
-    (e.g. BatchNorm) get the plain gradient, with a warning naming them.
-
-    Usage is that of any optimizer: ``loss.backward(); optimizer.step()`` or
-    ``optimizer.step(closure)`` (e.g. :func:`lib.book.train.train`). The model must be in
-    training mode with gradients enabled for its forward passes to be recorded.
-
-    Args:
-        model: the network (its ``Linear``/``Conv2d`` layers are preconditioned).
-        loss_fn: ``nn.CrossEntropyLoss`` or ``nn.MSELoss`` (defines the likelihood).
-        lr, momentum, weight_decay: as in SGD.
-        damping: Tikhonov damping ``lambda`` of the factors.
-        pi_damping: split the damping between the factors by ``pi`` (see
-            :meth:`KFACOperator.damped_factors`).
-        ema_decay: weight of the old factors in the moving averages.
-        curvature_interval, inverse_interval: steps between factor updates / inversions.
-        kl_clip: bound on the squared step length in the Fisher metric (None: off).
-        fisher_type: ``"mc"`` or ``"empirical"``.
-        mc_samples: labels drawn per example for ``"mc"``.
-        fold_bias: fold biases into ``A`` (default) or precondition them by ``G`` alone.
-        seed: seed of the sampled labels.
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, lr: float = 0.01, *,
-                 momentum: float = 0.9, weight_decay: float = 0.0, damping: float = 1e-3,
-                 pi_damping: bool = True, ema_decay: float = 0.95, curvature_interval: int = 1,
-                 inverse_interval: int = 10, kl_clip: float | None = 1e-3,
-                 fisher_type: str = "mc", mc_samples: int = 1, fold_bias: bool = True,
-                 seed: int = 0):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        for name, value, low in [("lr", lr, 0.0), ("weight_decay", weight_decay, 0.0)]:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
-                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-        if _check_damping(damping) <= 0:
-            raise ValueError("damping must be > 0: K-FAC's factors can be singular")
-        if kl_clip is not None and not (isinstance(kl_clip, (int, float)) and kl_clip > 0):
-            raise ValueError(f"kl_clip must be a positive number or None, got {kl_clip!r}")
-        if fisher_type not in ("mc", "empirical"):
-            raise ValueError(f"the optimizer supports fisher_type 'mc' or 'empirical', got "
-                             f"'{fisher_type}'")
-        check_int(curvature_interval, "curvature_interval")
-        check_int(inverse_interval, "inverse_interval")
-        check_int(mc_samples, "mc_samples")
-        self.model, self.loss = model, _Loss(loss_fn)
-        self.layers = _supported_layers(model, "skip")
-        self.layer_params = {id(p) for _, m in self.layers for p in m.parameters(recurse=False)}
-        params = [p for p in model.parameters() if p.requires_grad]
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping)
-        super().__init__(params, defaults)
-        self.pi_damping, self.ema_decay, self.kl_clip = pi_damping, ema_decay, kl_clip
-        self.curvature_interval, self.inverse_interval = curvature_interval, inverse_interval
-        self.fisher_type, self.mc_samples, self.fold_bias = fisher_type, mc_samples, fold_bias
-        self.generator = torch.Generator(device=params[0].device).manual_seed(seed)
-        self._recorder = _LayerRecorder(self.layers)
-        self._batch_targets = None
-        self._pre_handle = model.register_forward_pre_hook(self._before_forward)
-        self._handle = model.register_forward_hook(self._after_forward)
-
-    # -- statistics ---------------------------------------------------------------------
-    def _layer_state(self, module: nn.Module) -> dict:
-        return self.state[module.weight]
-
-    def _steps(self) -> int:
-        state = self._layer_state(self.layers[0][1])
-        return int(state["step"]) if "step" in state else 0
-
-    def set_targets(self, y: Tensor) -> None:
-        """Give the true labels of the next forward pass (only ``fisher_type="empirical"``)."""
-        self._batch_targets = y
-
-    def _before_forward(self, model, args):
-        """Before the model's forward pass: forget the layers' previous calls."""
-        self._recorder.clear()
-
-    def _after_forward(self, model, args, f):
-        """After the model's forward pass: the factors of this mini-batch (on stats steps)."""
-        if not (model.training and torch.is_grad_enabled() and f.requires_grad):
-            return
-        if self._steps() % self.curvature_interval != 0:
-            return
-        if self.fisher_type == "empirical" and self._batch_targets is None:
-            raise ValueError("fisher_type='empirical' needs the labels: call "
-                             "optimizer.set_targets(y) before the forward pass")
-        inputs, outputs = self._recorder.recorded()
-        y = self._batch_targets if self.fisher_type == "empirical" else None
-        S = _output_columns(self.loss, f.detach(), y, self.fisher_type, self.mc_samples,
-                            self.generator)
-        # The curvature of the batch's mean loss: c = 1 / B (or 1 / (B C) for MSE).
-        scale = self.loss.scale(f.shape[0], f[0].numel())
-        grads = _output_grads(f, outputs, S, retain_graph=True)
-        with torch.no_grad():
-            for (name, module), x, g in zip(self.layers, inputs, grads):
-                a, T = _input_matrix(module, x, self.fold_bias)
-                rows = _output_grad_matrix(module, g).flatten(0, 1)
-                self._update_average(module, "A", (a.T @ a) / (f.shape[0] * T))
-                self._update_average(module, "G", scale * (rows.T @ rows))
-
-    def _update_average(self, module, key: str, value: Tensor):
-        state = self._layer_state(module)
-        if key not in state:
-            state[key] = value.clone()
-        else:
-            state[key].mul_(self.ema_decay).add_(value, alpha=1 - self.ema_decay)
-
-    def _invert(self, module, damping: float):
-        state = self._layer_state(module)
-        A, G = state["A"], state["G"]
-        pi = _pi(KroneckerFactors("", A, G, module.weight.shape, False, False)) \
-            if self.pi_damping else 1.0
-        root = math.sqrt(damping)
-        eye_A = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-        eye_G = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
-        state["A_inv"] = torch.cholesky_inverse(torch.linalg.cholesky(A + pi * root * eye_A))
-        state["G_inv"] = torch.cholesky_inverse(torch.linalg.cholesky(G + root / pi * eye_G))
-
-    # -- the step -----------------------------------------------------------------------
-    def _gradient_matrix(self, module, weight_decay: float) -> Tensor:
-        w = module.weight
-        grad = w.grad.reshape(w.shape[0], -1) + weight_decay * w.detach().reshape(w.shape[0], -1)
-        bias = module.bias
-        if bias is not None and bias.requires_grad:
-            gb = (bias.grad + weight_decay * bias.detach())[:, None]
-            grad = torch.cat([grad, gb], dim=1) if self.fold_bias else grad
-        return grad
-
-    def _precondition(self, module, grad: Tensor) -> tuple[Tensor, Tensor | None]:
-        state = self._layer_state(module)
-        step = state["G_inv"] @ grad @ state["A_inv"]
-        bias = module.bias
-        step_b = None
-        if bias is not None and bias.requires_grad and not self.fold_bias:
-            step_b = state["G_inv"] @ bias.grad
-        return step, step_b
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One natural-gradient step; ``closure`` as for any torch optimizer."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        group = self.param_groups[0]
-        lr, damping, wd = group["lr"], group["damping"], group["weight_decay"]
-        steps = self._steps()
-        updates, inner = {}, 0.0
-        for name, module in self.layers:
-            state = self._layer_state(module)
-            if module.weight.grad is None:
-                continue
-            if "A" not in state:
-                raise RuntimeError(f"no curvature statistics for layer '{name}': the forward "
-                                   "pass must run in training mode with gradients enabled")
-            if steps % self.inverse_interval == 0 or "A_inv" not in state:
-                self._invert(module, damping)
-            grad = self._gradient_matrix(module, wd)
-            step, step_b = self._precondition(module, grad)
-            inner += float((step * grad).sum())
-            if step_b is not None:
-                inner += float((step_b * (module.bias.grad + wd * module.bias)).sum())
-            updates[name] = (step, step_b)
-        nu = 1.0
-        if self.kl_clip is not None and inner > 0:
-            nu = min(1.0, math.sqrt(self.kl_clip / (lr ** 2 * inner)))
-        for name, module in self.layers:
-            if name not in updates:
-                continue
-            step, step_b = updates[name]
-            w = module.weight
-            if module.bias is not None and module.bias.requires_grad and self.fold_bias:
-                self._apply(w, nu * step[:, :-1].reshape(w.shape), group)
-                self._apply(module.bias, nu * step[:, -1], group)
-            else:
-                self._apply(w, nu * step.reshape(w.shape), group)
-                if step_b is not None:
-                    self._apply(module.bias, nu * step_b, group)
-        for p in group["params"]:  # other modules: momentum SGD on the plain gradient
-            if id(p) not in self.layer_params and p.grad is not None:
-                self._apply(p, p.grad + wd * p, group)
-        for _, module in self.layers:
-            state = self._layer_state(module)
-            state["step"] = torch.tensor(float(steps + 1))
-        return loss
-
-    def _apply(self, p: Tensor, direction: Tensor, group: dict):
-        if group["momentum"] > 0:
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = direction.clone()
-            else:
-                state["momentum_buffer"].mul_(group["momentum"]).add_(direction)
-            direction = state["momentum_buffer"]
-        p.add_(direction, alpha=-group["lr"])
-
-    def remove_hooks(self) -> None:
-        """Detach the optimizer from the model's forward passes."""
-        self._recorder.remove()
-        self._pre_handle.remove()
-        self._handle.remove()

@@ -39,8 +39,10 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._checks import check_finite, check_int
-from ..book.batches import batch_source, check_batch
+from .._checks import check_int
+from ..book.batches import batch_source
+from .inspection import check_no_stochastic_layers, inspect_data
+from .losses import FisherKind, Loss, fisher_kind
 from ..operators.spectral import eigvalsh, logdet, relative_difference, spectral_density, trace
 from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                               IdentityOperator, LinearOperator, ProductOperator,
@@ -50,10 +52,10 @@ __all__ = [
     "hessian", "ggn", "fisher", "gradient", "CurvatureOperator", "HessianOperator",
     "GGNOperator", "trace", "eigvalsh", "relative_difference", "spectral_density", "logdet", "LinearOperator",
     "DenseOperator", "DiagonalOperator", "IdentityOperator", "SumOperator", "ScaledOperator",
-    "ProductOperator", "DampedInverseOperator", "FISHER_KINDS", "HESSIAN_MODES",
+    "ProductOperator", "DampedInverseOperator", "HESSIAN_MODES",
 ]
 
-FISHER_KINDS = ("exact", "mc", "empirical")
+_FISHER_KINDS = (FisherKind.EXACT, FisherKind.MC, FisherKind.EMPIRICAL)
 HESSIAN_MODES = ("reverse-over-reverse", "forward-over-reverse")
 
 
@@ -92,182 +94,8 @@ def _differentiable_attention():
 
 
 # --------------------------------------------------------------------------------------
-# Losses: what the operators need to know about l(f, y) in output space
-# --------------------------------------------------------------------------------------
-class _Loss:
-    """Output-space view of a supported loss, for a batch of outputs ``f`` of shape (B, C).
-
-    ``per_sample`` is the unreduced term ``l(f_n, y_n)`` that the reduction sums or
-    averages; for MSE we take ``l = sum_c (f_c - y_c)^2`` so that ``mean`` divides by
-    ``N C``, exactly as ``nn.MSELoss`` does.
-    """
-
-    def __init__(self, loss_fn: nn.Module):
-        if isinstance(loss_fn, nn.CrossEntropyLoss):
-            if loss_fn.weight is not None or loss_fn.label_smoothing != 0.0:
-                raise ValueError("cross-entropy with class weights or label smoothing is not "
-                                 "supported: the Fisher/GGN identities assume the plain loss")
-            self.name = "cross_entropy"
-        elif isinstance(loss_fn, nn.MSELoss):
-            self.name = "mse"
-        else:
-            raise ValueError(f"unsupported loss {type(loss_fn).__name__}: use "
-                             "nn.CrossEntropyLoss or nn.MSELoss")
-        if loss_fn.reduction not in ("mean", "sum"):
-            raise ValueError(f"loss reduction must be 'mean' or 'sum', got "
-                             f"'{loss_fn.reduction}'")
-        self.loss_fn = loss_fn
-        self.reduction = loss_fn.reduction
-
-    def check_output(self, f: Tensor, y: Tensor):
-        if self.name == "cross_entropy" and f.ndim != 2:
-            raise ValueError(f"model output must have shape (batch, outputs), got {tuple(f.shape)}")
-        if self.name == "cross_entropy" and (y.ndim != 1 or y.dtype not in (torch.int64, torch.int32)):
-            raise ValueError("cross-entropy targets must be class indices of shape (batch,)")
-        if self.name == "mse" and y.shape != f.shape:
-            raise ValueError(f"MSE targets have shape {tuple(y.shape)}, outputs {tuple(f.shape)}")
-
-    def scale(self, num_data: int, num_outputs: int) -> float:
-        """The constant c in L = c * sum_n l_n."""
-        if self.reduction == "sum":
-            return 1.0
-        return 1.0 / (num_data * num_outputs if self.name == "mse" else num_data)
-
-    def summed(self, f: Tensor, y: Tensor) -> Tensor:
-        """sum_n l(f_n, y_n) over a batch; a scalar.
-
-        Written with elementary ops rather than ``nn.MSELoss`` because the latter's
-        derivative formulas break under forward-over-reverse differentiation.
-        """
-        if self.name == "mse":
-            return ((f - y) ** 2).sum()
-        return nn.functional.cross_entropy(f, y, reduction="sum")
-
-    def hessian_product(self, f: Tensor, u: Tensor) -> Tensor:
-        """(d^2 l / d f^2) u per sample; f, u: (B, C) -> (B, C)."""
-        if self.name == "mse":
-            return 2.0 * u
-        p = f.softmax(dim=1)
-        return p * u - p * (p * u).sum(dim=1, keepdim=True)
-
-    def gradient(self, f: Tensor, y: Tensor) -> Tensor:
-        """d l(f_n, y_n) / d f_n per sample; (B, C)."""
-        if self.name == "mse":
-            return 2.0 * (f - y)
-        return f.softmax(dim=1) - nn.functional.one_hot(y.long(), f.shape[1]).to(f.dtype)
-
-    def sample_gradients(self, f: Tensor, num_samples: int, generator: torch.Generator) -> Tensor:
-        """Gradients d l / d f at labels drawn from the model's likelihood; (S, B, C).
-
-        Cross-entropy: y ~ Categorical(softmax f). MSE: l = ||f - y||^2 is the negative
-        log-likelihood of N(f, I/2) up to a constant, so y = f + xi / sqrt(2) and
-        g = 2 (f - y) = -sqrt(2) xi.
-        """
-        B, C = f.shape
-        if self.name == "mse":
-            xi = torch.randn(num_samples, B, C, generator=generator, dtype=f.dtype,
-                             device=f.device)
-            return -(2.0 ** 0.5) * xi
-        p = f.softmax(dim=1)
-        labels = torch.multinomial(p, num_samples, replacement=True, generator=generator)
-        onehot = nn.functional.one_hot(labels.T, C).to(f.dtype)  # (S, B, C)
-        return p[None] - onehot
-
-    def fisher_product(self, f: Tensor, u: Tensor) -> Tensor:
-        """E_y[g g^T] u per sample, by its definition as an expectation; (B, C).
-
-        For cross-entropy the expectation is a sum over the C labels weighted by p;
-        for MSE it is 2 I in closed form. That both equal ``hessian_product`` is a
-        theorem the tests check, not an assumption of this code.
-        """
-        if self.name == "mse":
-            return 2.0 * u
-        p = f.softmax(dim=1)
-        # g_c = p - e_c for label c; sum_c p_c g_c (g_c . u)
-        g = p[:, None, :] - torch.eye(f.shape[1], dtype=f.dtype, device=f.device)[None]
-        return torch.einsum("bc,bck,bc->bk", p, g, torch.einsum("bck,bk->bc", g, u))
-
-
-# --------------------------------------------------------------------------------------
 # Operators tied to a model and a dataset
 # --------------------------------------------------------------------------------------
-def _inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
-    """Validate the batches once, when an operator is built; return ``N`` and ``C``.
-
-    The one place where the data are inspected, for every operator of this module and of
-    :mod:`lib.curvature.kronecker`, so that bad data fail here with an error that names the problem
-    instead of deep inside a product:
-
-    * every batch is an ``(X, y)`` pair of equal lengths; floating-point inputs ``X``
-      have the model's dtype (``TypeError``); ``X`` and floating-point targets ``y`` are
-      finite (``ValueError``). This rides on the counting pass over the batches that
-      builds ``N`` anyway, one reduction per tensor, never a pass per product;
-    * the first non-empty batch is evaluated twice (without gradients) and the outputs
-      compared: a forward pass that draws random numbers (dropout through
-      ``F.dropout`` in a custom module, noise injection) would make every product a
-      different matrix, and no module type reveals it (curvlinops probes the same way).
-      The module types that do reveal it are checked first, by
-      :func:`_check_no_stochastic_layers`.
-
-    Returns:
-        The number of data points ``N`` and of outputs per point ``C``.
-    """
-    num_data, first = 0, None
-    for index, batch in enumerate(batches):
-        X, y = check_batch(batch, index)
-        if torch.is_floating_point(X) and X.dtype != dtype:
-            raise TypeError(f"the input X of batch {index} has dtype {X.dtype} but the model's "
-                            f"parameters have dtype {dtype}; convert one of them (e.g. "
-                            f"X.to({dtype}) or model.to({dtype}))")
-        check_finite(X, f"the input X of batch {index}")
-        if torch.is_floating_point(y):
-            check_finite(y, f"the target y of batch {index}")
-        num_data += len(X)
-        if first is None and len(X) > 0:
-            first = X
-    if num_data == 0:
-        raise ValueError("data is empty: the loss of zero data points has no curvature")
-    return num_data, _check_deterministic_forward(model, first.to(device))
-
-
-def _check_deterministic_forward(model: nn.Module, X: Tensor) -> int:
-    """Evaluate ``model`` twice on the batch ``X``; ``ValueError`` if the outputs differ.
-
-    Returns the number of outputs per data point, ``C``.
-    """
-    with torch.no_grad():
-        first, second = model(X), model(X)
-    if torch.equal(first, second):  # the usual case, one cheap comparison
-        return first[0].numel()
-    # Not bitwise equal: NaN entries, or kernels that sum in a varying order (some GPU
-    # ones); accept round-off relative to the largest finite output.
-    if first.shape != second.shape:
-        what = f"outputs of shapes {tuple(first.shape)} and {tuple(second.shape)}"
-    else:
-        finite = first[torch.isfinite(first)]
-        atol = 1e-6 * float(finite.abs().max()) if finite.numel() else 0.0
-        if torch.allclose(first, second, rtol=1e-5, atol=atol, equal_nan=True):
-            return first[0].numel()
-        what = f"outputs that differ by up to {float((first - second).abs().max()):.3g}"
-    raise ValueError(f"the model's forward pass is not deterministic: two evaluations of the "
-                     f"first batch give {what}, so every curvature product would be a "
-                     "different matrix. A random operation in training mode (e.g. F.dropout "
-                     "in a custom module) does this; call model.eval() first or remove the "
-                     "randomness")
-
-
-def _check_no_stochastic_layers(model: nn.Module):
-    """``ValueError`` naming the first module whose training mode makes the loss depend
-    on the batch (BatchNorm) or on chance (every dropout: ``_DropoutNd`` is the base of
-    ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout``)."""
-    stochastic_types = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-    for name, module in model.named_modules():
-        if isinstance(module, stochastic_types) and module.training:
-            raise ValueError(f"module '{name or type(module).__name__}' "
-                             f"({type(module).__name__}) is in training mode, which makes the "
-                             "loss depend on the batch or on chance; call model.eval() first")
-
-
 class CurvatureOperator(LinearOperator):
     """Base class of the curvature operators of ``model`` under ``loss_fn`` on ``data``.
 
@@ -278,7 +106,8 @@ class CurvatureOperator(LinearOperator):
         data: an ``(X, y)`` pair or a re-iterable of ``(X, y)`` batches (a list, a
             ``DataLoader``); ``"mean"`` averages over all points of all batches.
 
-    The data are checked once, when the operator is built (``_inspect_data``).
+    The data are checked once, when the operator is built
+    (:func:`lib.curvature.inspection.inspect_data`).
 
     Raises:
         TypeError: floating-point inputs of another dtype than the model's parameters.
@@ -289,8 +118,8 @@ class CurvatureOperator(LinearOperator):
     def __init__(self, model: nn.Module, loss_fn: nn.Module, data):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.loss = _Loss(loss_fn)
-        _check_no_stochastic_layers(model)
+        self.loss = Loss(loss_fn)
+        check_no_stochastic_layers(model)
         self.model = model
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -303,7 +132,7 @@ class CurvatureOperator(LinearOperator):
                          True, [p.shape for p in self.params])
 
     def _inspect_data(self) -> tuple[int, int]:
-        return _inspect_data(self.model, self.data, self.params[0].device, self.params[0].dtype)
+        return inspect_data(self.model, self.data, self.params[0].device, self.params[0].dtype)
 
     def _batches(self):
         for X, y in self.data:
@@ -412,7 +241,7 @@ class HessianOperator(CurvatureOperator):
 class GGNOperator(CurvatureOperator):
     """Operators of the form ``c sum_n J_n^T M_n J_n``: the GGN and the Fishers.
 
-    ``kind`` selects ``M_n``: ``"ggn"`` the loss Hessian in output space, ``"exact"`` the
+    ``kind`` (a :class:`~lib.curvature.losses.FisherKind`) selects ``M_n``: ``"ggn"`` the loss Hessian in output space, ``"exact"`` the
     expected outer product of output gradients under the model, ``"mc"`` its average
     over ``num_samples`` sampled labels (drawn afresh from ``seed`` in every product, so
     the operator is one fixed matrix), ``"empirical"`` the outer product at the true labels.
@@ -420,8 +249,7 @@ class GGNOperator(CurvatureOperator):
 
     def __init__(self, model, loss_fn, data, kind: str = "ggn", num_samples: int = 1,
                  seed: int = 0):
-        if kind not in ("ggn",) + FISHER_KINDS:
-            raise ValueError(f"unknown Fisher kind '{kind}'; choose one of {FISHER_KINDS}")
+        kind = fisher_kind(kind)
         check_int(num_samples, "num_samples")
         super().__init__(model, loss_fn, data)
         self.kind, self.num_samples, self.seed = kind, num_samples, seed
@@ -537,7 +365,8 @@ def fisher(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
 
     The loss is read as a negative log-likelihood: cross-entropy as a categorical model,
     ``sum_c (f_c - y_c)^2`` as a Gaussian with covariance ``I / 2``. With ``g_n`` the
-    gradient of ``l`` with respect to the parameters at a label ``y``:
+    gradient of ``l`` with respect to the parameters at a label ``y``, ``kind`` (a
+    :class:`~lib.curvature.losses.FisherKind` or its string) is
 
     * ``"exact"``: ``c sum_n E_{y ~ p(y|x_n)}[g_n g_n^T]`` (equals the GGN for both losses);
     * ``"mc"``: the expectation replaced by the mean over ``num_samples`` drawn labels;
@@ -545,8 +374,7 @@ def fisher(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
 
     ``c`` is the reduction's constant (module docstring), so all kinds share the GGN's scale.
     """
-    if kind not in FISHER_KINDS:
-        raise ValueError(f"unknown Fisher kind '{kind}'; choose one of {FISHER_KINDS}")
+    kind = fisher_kind(kind, _FISHER_KINDS)
     return GGNOperator(model, loss_fn, data, kind=kind, num_samples=num_samples, seed=seed)
 
 
