@@ -24,7 +24,8 @@ from lib import curvature
 from lib.geometry.invariance import (dense_metric, diagonal_metric, hessian_operator, pullback_metric)
 from lib.curvature.kronecker import ekfac, kfac
 from lib.geometry.kfac_optimizer import KFACOptimizer
-from lib.geometry.laplace import dense_hessian, laplace_log_marginal_likelihood
+from lib.curvature.dense import dense_function_hessian
+from lib.geometry.laplace import laplace_log_marginal_likelihood
 from lib.operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
                                  LinearOperator)
 from lib.geometry.reparam import Elementwise
@@ -479,7 +480,7 @@ def test_laplace_and_dense_hessian_with_zero_parameters_raise():
     with pytest.raises(ValueError, match="no entries"):
         laplace_log_marginal_likelihood(lambda t: (t * t).sum(), empty)
     with pytest.raises(ValueError, match="no entries"):
-        dense_hessian(lambda t: (t * t).sum(), empty)
+        dense_function_hessian(lambda t: (t * t).sum(), empty)
 
 
 def test_the_checks_leave_good_input_alone():

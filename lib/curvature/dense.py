@@ -165,7 +165,7 @@ def dense_function_hessian(f: Callable[[Tensor], Tensor], x: Tensor
                            ) -> tuple[Tensor, Tensor, Tensor]:
     """Value, gradient and dense Hessian ``(d, d)`` of a scalar ``f`` at a flat ``x``.
 
-    The signature of :func:`lib.geometry.laplace.dense_hessian`, for functions of a flat
+    For functions of a flat
     vector rather than a model's loss. Plain reverse-over-reverse autograd (one backward
     pass per row), so ``f`` may contain Python-side checks; meant for ``d`` up to a few
     hundred. The Hessian is symmetrized. Raises ``ValueError`` if ``x`` is not a flat

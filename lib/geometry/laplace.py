@@ -51,10 +51,11 @@ import torch
 from torch import Tensor
 
 from .._checks import check_vector
+from ..curvature.dense import dense_function_hessian
 from .invariance import check_critical_point, hessian_operator, pullback_metric
 from .reparam import Reparametrization
 
-__all__ = ["LaplaceResult", "dense_hessian", "laplace_log_marginal_likelihood",
+__all__ = ["LaplaceResult", "laplace_log_marginal_likelihood",
            "ggn_log_marginal_likelihood", "gaussian_log_density", "fit_map", "LAPLACE_FORMS"]
 
 LAPLACE_FORMS = ("invariant", "naive")
@@ -131,32 +132,6 @@ def _check_flat_point(x, name: str) -> Tensor:
     return x.detach()
 
 
-def dense_hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Value, gradient and dense Hessian ``(d, d)`` of a scalar ``f`` at a flat ``x``.
-
-    Plain reverse-over-reverse autograd (one backward pass per row), so ``f`` may contain
-    Python-side checks; meant for ``d`` up to a few hundred. The Hessian is symmetrized.
-    Raises ``ValueError`` if ``x`` is not a flat floating-point tensor with ``d >= 1``.
-    """
-    if not isinstance(x, Tensor) or x.ndim != 1 or not torch.is_floating_point(x):
-        raise ValueError("x must be a flat floating-point tensor of shape (d,)")
-    if x.numel() == 0:
-        raise ValueError("x has no entries (d = 0): a function of no parameters has no Hessian")
-    x = x.detach().clone().requires_grad_(True)
-    value = f(x)
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        raise ValueError("the function must return a scalar tensor")
-    value = value.reshape(())
-    (grad,) = torch.autograd.grad(value, x, create_graph=True)
-    d = x.shape[0]
-    rows = []
-    for i in range(d):
-        (row,) = torch.autograd.grad(grad[i], x, retain_graph=i < d - 1, allow_unused=True)
-        rows.append(torch.zeros_like(x) if row is None else row)
-    H = torch.stack(rows).detach()
-    return value.detach(), grad.detach(), 0.5 * (H + H.T)
-
-
 def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], theta_map: Tensor,
                                     *, log_prior: Callable[[Tensor], Tensor] | None = None,
                                     metric=None, reparam: Reparametrization | None = None,
@@ -200,7 +175,7 @@ def laplace_log_marginal_likelihood(neg_log_joint: Callable[[Tensor], Tensor], t
     else:
         point, f, prior = theta_map, neg_log_joint, log_prior
 
-    value, grad, H = dense_hessian(f, point)
+    value, grad, H = dense_function_hessian(f, point)
     d = point.shape[0]
     grad_norm = float(grad.norm())
     if check_critical:
@@ -344,7 +319,7 @@ def fit_map(neg_log_joint: Callable[[Tensor], Tensor], theta0: Tensor, *, adam_s
         lbfgs.step(closure)
     # polish with damped Newton steps (dense Hessian; small d), accepted only if they descend
     x = theta.detach()
-    value, grad, H = dense_hessian(neg_log_joint, x)
+    value, grad, H = dense_function_hessian(neg_log_joint, x)
     damping = 0.0
     for _ in range(max_newton_steps):
         if float(grad.norm()) < grad_tol:
@@ -355,7 +330,7 @@ def fit_map(neg_log_joint: Callable[[Tensor], Tensor], theta0: Tensor, *, adam_s
         cand_value = neg_log_joint(cand).detach()
         if torch.isfinite(cand_value) and float(cand_value) <= float(value) + 1e-12 * abs(float(value)):
             x, damping = cand, damping / 10
-            value, grad, H = dense_hessian(neg_log_joint, x)
+            value, grad, H = dense_function_hessian(neg_log_joint, x)
         else:
             damping = max(10 * damping, 1e-6 * float(H.diagonal().abs().max()))
     grad_norm = float(grad.norm())

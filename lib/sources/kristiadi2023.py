@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..book.data import make_sine
 from ..geometry.invariance import pullback_metric
-from ..geometry.laplace import (LaplaceResult, dense_hessian, fit_map, gaussian_log_density,
+from ..curvature.dense import dense_function_hessian
+from ..geometry.laplace import (LaplaceResult, fit_map, gaussian_log_density,
                                 ggn_log_marginal_likelihood, laplace_log_marginal_likelihood)
 from ..geometry.reparam import WeightNorm
 
@@ -270,7 +271,7 @@ def sine_laplace_protocol_run(seed: int, *, data: tuple[Tensor, Tensor] | None =
             metric=pullback_metric(None, wn, theta), **kw)
     min_eig = None
     if hessian:
-        _, _, H = dense_hessian(prob.neg_log_joint, theta)
+        _, _, H = dense_function_hessian(prob.neg_log_joint, theta)
         min_eig = float(torch.linalg.eigvalsh(H)[0])
     return SineProtocolRun(theta=theta, results=results, grad_norm=results["cartesian"].grad_norm,
                            hessian_min_eigenvalue=min_eig)
