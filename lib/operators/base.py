@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_damping, check_finite, check_int
+from .krylov import check_symmetric, exact_trace, hutchpp_trace, lanczos_top, slq_logdet
 from .linalg import basis_block, conjugate_gradients, dense_logdet, rademacher, top_ascending
 
 __all__ = [
@@ -231,10 +232,9 @@ class LinearOperator:
     def trace(self, *, num_probes: int = 30, seed: int = 0) -> float:
         """``tr A``: exact (``d`` products) if ``d <= dense_limit``, else Hutch++ with
         ``num_probes`` products (see :func:`lib.operators.spectral.trace`)."""
-        from .spectral import trace
         if self.shape[0] <= self.dense_limit:
-            return trace(self, "exact")
-        return trace(self, "hutchpp", num_probes, seed=seed)
+            return exact_trace(self)
+        return hutchpp_trace(self, num_probes, seed)
 
     def logdet(self, *, num_probes: int = 10, num_steps: int = 30, seed: int = 0) -> float:
         """``log det A`` of a positive-definite operator: dense if ``d <= dense_limit``, else
@@ -242,8 +242,8 @@ class LinearOperator:
         ``ValueError`` if the operator is not positive definite."""
         if self.shape[0] <= self.dense_limit:
             return dense_logdet(self.to_dense(), self.symmetric)
-        from .spectral import logdet
-        return logdet(self, num_probes, num_steps, method="slq", seed=seed)
+        check_symmetric(self)
+        return slq_logdet(self, check_int(num_probes, "num_probes"), check_int(num_steps, "num_steps"), seed)
 
     def eigvalsh(self, k: int | None = None, *, tol: float = 1e-6, seed: int = 0) -> Tensor:
         """The ``k`` largest eigenvalues ``(k,)`` in ascending order (``None``: all ``d``) of a
@@ -256,8 +256,7 @@ class LinearOperator:
         if k is None:
             raise ValueError(f"all {self.shape[0]} eigenvalues of an operator with d > dense_limit="
                              f"{self.dense_limit} need to_dense(); pass k")
-        from .spectral import eigvalsh
-        return eigvalsh(self, k, method="lanczos", tol=tol, seed=seed).flip(0)
+        return lanczos_top(self, k, tol, self.shape[0], seed).flip(0)
 
     def solve(self, v, damping: float = 0.0, *, tol: float = 1e-8, max_steps: int | None = None):
         """``(A + damping I)^-1 v`` for ``v`` of shape ``(d,)``, ``(d, k)`` or a list of
