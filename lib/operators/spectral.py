@@ -78,7 +78,7 @@ def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *
     Example:
         >>> import torch
         >>> from lib.operators import spectral as estimators
-        >>> from lib.operators.base import DiagonalOperator
+        >>> from lib.operators import DiagonalOperator
         >>> A = DiagonalOperator(torch.arange(1.0, 101.0))
         >>> estimators.trace(A, "exact")
         5050.0
@@ -209,7 +209,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: 
     Example:
         >>> import torch
         >>> from lib.operators import spectral as estimators
-        >>> from lib.operators.base import DiagonalOperator
+        >>> from lib.operators import DiagonalOperator
         >>> top = estimators.eigvalsh(DiagonalOperator(torch.arange(1.0, 101.0)), 2)
         >>> torch.allclose(top, torch.tensor([100.0, 99.0]))
         True
