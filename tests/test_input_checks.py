@@ -24,8 +24,8 @@ from lib import curvature
 from lib.geometry.invariance import (dense_metric, diagonal_metric, hessian_operator, pullback_metric)
 from lib.curvature.kronecker import KFACOptimizer, ekfac, kfac
 from lib.geometry.laplace import dense_hessian, laplace_log_marginal_likelihood
-from lib.operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
-                                 LinearOperator)
+from lib.operators import (DenseOperator, DiagonalOperator, IdentityOperator,
+                           LinearOperator)
 from lib.geometry.reparam import Elementwise
 
 DT = torch.float64

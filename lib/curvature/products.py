@@ -42,9 +42,9 @@ from torch.func import functional_call
 from .._checks import check_finite, check_int
 from ..book.batches import batch_source, check_batch
 from ..operators.spectral import eigvalsh, logdet, relative_difference, spectral_density, trace
-from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator,
-                              IdentityOperator, LinearOperator, ProductOperator,
-                              ScaledOperator, SumOperator)
+from ..operators import (DampedInverseOperator, DenseOperator, DiagonalOperator,
+                         IdentityOperator, LinearOperator, ProductOperator,
+                         ScaledOperator, SumOperator)
 
 __all__ = [
     "hessian", "ggn", "fisher", "gradient", "CurvatureOperator", "HessianOperator",
