@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from lib import curvature
 from lib.operators import EXACT_QUANTITIES, LinearOperator
 from lib.operators.spectral import lanczos, top_eigenpairs
-from lib.operators.base import DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator
+from lib.operators import DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator
 
 
 def random_symmetric(d, seed, spectrum=None, dtype=torch.float64):

@@ -175,7 +175,7 @@ def test_bad_points_and_types():
 
 def test_metric_fields_may_return_operators():
     """Dense and diagonal operators follow the tensor path bit for bit; other operators use solve."""
-    from lib.operators.base import DenseOperator, DiagonalOperator, IdentityOperator
+    from lib.operators import DenseOperator, DiagonalOperator, IdentityOperator
 
     def matrix_free(M):  # a sum has no closed-form solve: conjugate gradients
         return DenseOperator(M) + 0.0 * IdentityOperator(M.shape[0], DT)

@@ -26,8 +26,7 @@ from lib.curvature.kronecker import ekfac, kfac
 from lib.geometry.kfac_optimizer import KFACOptimizer
 from lib.curvature.dense import dense_function_hessian
 from lib.geometry.laplace import laplace_log_marginal_likelihood
-from lib.operators.base import (DenseOperator, DiagonalOperator, IdentityOperator,
-                                 LinearOperator)
+from lib.operators import DenseOperator, DiagonalOperator, IdentityOperator, LinearOperator
 from lib.geometry.reparam import Elementwise
 
 DT = torch.float64

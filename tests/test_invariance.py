@@ -24,7 +24,7 @@ from lib.geometry.invariance import (check_critical_point, dense_metric, diagona
                             transform_covector, transform_density_lebesgue,
                             transform_density_riemannian, transform_hessian_at_critical_point,
                             transform_vector)
-from lib.operators.base import DenseOperator, IdentityOperator, LinearOperator
+from lib.operators import DenseOperator, IdentityOperator, LinearOperator
 from lib.geometry.reparam import Elementwise, LinearMap, Scaling
 
 DT = torch.float64

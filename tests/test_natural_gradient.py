@@ -23,7 +23,7 @@ from lib.geometry.natural_gradient import (classifier_kl, condition_number, fish
                                   logistic_fisher,
                                   logistic_loss)
 from lib.geometry.reparam import LinearMap
-from lib.operators.base import DenseOperator, DiagonalOperator
+from lib.operators import DenseOperator, DiagonalOperator
 
 DT = torch.float64
 

@@ -44,9 +44,9 @@ from ..book.batches import batch_source
 from .inspection import check_no_stochastic_layers, inspect_data
 from .losses import FisherKind, Loss, fisher_kind
 from ..operators.spectral import eigvalsh, logdet, relative_difference, spectral_density, trace
-from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator,
-                              IdentityOperator, LinearOperator, ProductOperator,
-                              ScaledOperator, SumOperator)
+from ..operators import (DampedInverseOperator, DenseOperator, DiagonalOperator,
+                         IdentityOperator, LinearOperator, ProductOperator,
+                         ScaledOperator, SumOperator)
 
 __all__ = [
     "hessian", "ggn", "fisher", "gradient", "CurvatureOperator", "HessianOperator",

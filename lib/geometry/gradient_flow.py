@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from ..operators.base import DenseOperator, DiagonalOperator, LinearOperator
+from ..operators import DenseOperator, DiagonalOperator, LinearOperator
 from .reparam import Reparametrization
 
 __all__ = ["gradient_descent", "reparametrized_loss", "pulled_back_metric_field", "map_trajectory",
@@ -226,7 +226,7 @@ def pulled_back_metric_field(metric_field: MetricField | None,
 
     Returns:
         A metric field ``psi (d,) ->`` symmetric positive-definite
-        :class:`~lib.operators.base.DenseOperator` ``(d, d)``.
+        :class:`~lib.operators.explicit.DenseOperator` ``(d, d)``.
     """
     if not isinstance(reparam, Reparametrization):
         raise TypeError(f"reparam must be a Reparametrization, got {type(reparam).__name__}")

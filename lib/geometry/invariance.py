@@ -42,8 +42,8 @@ from torch import Tensor
 from .._checks import check_damping, check_square_matrix
 from ..operators.spectral import TRACE_METHODS, eigvalsh as _lanczos_eigvalsh, logdet as _slq_logdet
 from ..operators.spectral import trace as _trace
-from ..operators.base import (DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator,
-                              LinearOperator, ProductOperator)
+from ..operators import (DampedInverseOperator, DenseOperator, DiagonalOperator, IdentityOperator,
+                         LinearOperator, ProductOperator)
 from ..operators.linalg import top_ascending
 from .reparam import Reparametrization
 
@@ -102,7 +102,7 @@ def adam_metric(optimizer: torch.optim.Optimizer, params=None) -> DiagonalOperat
             ``lib.curvature`` operators of that model).
 
     Returns:
-        A :class:`~lib.operators.base.DiagonalOperator` of shape ``(d, d)``.
+        A :class:`~lib.operators.explicit.DiagonalOperator` of shape ``(d, d)``.
     """
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise TypeError(f"expected torch.optim.Adam or AdamW, got {type(optimizer).__name__}")

@@ -3,14 +3,14 @@
 * :func:`logistic_loss` and :func:`logistic_fisher`: binary logistic regression, whose
   Fisher information has the closed form ``X^T diag(p (1 - p)) X / N`` (equal to the
   Hessian of the mean log-loss, the canonical link), a
-  :class:`~lib.operators.base.DenseOperator`. Used with
+  :class:`~lib.operators.explicit.DenseOperator`. Used with
   :func:`lib.geometry.gradient_flow.gradient_descent` as its ``metric_field``, this is
   natural-gradient descent.
 * :func:`fisher_diagonal`: the diagonal of the Fisher of a softmax classifier under the
   cross-entropy ``loss_fn`` over ``data``, from per-example Jacobians (``torch.func``), on the
   scale of ``lib.curvature.fisher(model, loss_fn, data)``, as a
-  :class:`~lib.operators.base.DiagonalOperator`.
-* :func:`fisher_matrix`: the same Fisher as a :class:`~lib.operators.base.DenseOperator`,
+  :class:`~lib.operators.explicit.DiagonalOperator`.
+* :func:`fisher_matrix`: the same Fisher as a :class:`~lib.operators.explicit.DenseOperator`,
   for small networks.
 * :func:`classifier_kl`: the mean KL divergence ``KL(p_theta || p_{theta + delta})`` of the
   predictive distributions over a set of inputs, for a flat parameter step ``delta``.
@@ -28,7 +28,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from .._checks import check_int
 from ..book.batches import as_batches, is_pair
-from ..operators.base import DenseOperator, DiagonalOperator, LinearOperator
+from ..operators import DenseOperator, DiagonalOperator, LinearOperator
 
 __all__ = ["logistic_loss", "logistic_fisher", "fisher_diagonal", "fisher_matrix", "classifier_kl",
            "condition_number", "FISHER_DIAGONAL_KINDS"]
@@ -86,7 +86,7 @@ def logistic_fisher(theta: Tensor, X: Tensor) -> DenseOperator:
         X: inputs, shape ``(N, d)``.
 
     Returns:
-        A symmetric PSD :class:`~lib.operators.base.DenseOperator` of shape ``(d, d)``, dtype
+        A symmetric PSD :class:`~lib.operators.explicit.DenseOperator` of shape ``(d, d)``, dtype
         of ``X`` (``.to_dense()`` is the matrix).
     """
     X = _check_matrix(X, "X")
@@ -192,7 +192,7 @@ def fisher_diagonal(model: nn.Module, loss_fn: nn.Module, data, *, kind: str = "
             ``batch_size * C * d``); None: all. An iterable's batches are the chunks.
 
     Returns:
-        A :class:`~lib.operators.base.DiagonalOperator` ``(d, d)`` (``.diagonal()``: the
+        A :class:`~lib.operators.explicit.DiagonalOperator` ``(d, d)`` (``.diagonal()``: the
         non-negative ``(d,)`` values) in ``model.parameters()`` order (trainable ones).
     """
     total, n, shapes = _fisher_sum(model, loss_fn, data, kind, batch_size,
@@ -211,7 +211,7 @@ def fisher_matrix(model: nn.Module, loss_fn: nn.Module, data, *, kind: str = "ex
     operator products. Arguments as in :func:`fisher_diagonal`.
 
     Returns:
-        A symmetric PSD :class:`~lib.operators.base.DenseOperator` (``.to_dense()``: the
+        A symmetric PSD :class:`~lib.operators.explicit.DenseOperator` (``.to_dense()``: the
         matrix; memory ``d^2`` plus ``batch_size * C * d``).
     """
     total, n, shapes = _fisher_sum(model, loss_fn, data, kind, batch_size,

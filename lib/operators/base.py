@@ -20,6 +20,12 @@ computes them from products (dense for ``d <= dense_limit``, else Hutchinson, st
 Lanczos quadrature, Lanczos; conjugate gradients for solves); a subclass that knows a
 quantity in closed form overrides the method and lists its name in ``exact``, and the
 estimators of :mod:`lib.operators.spectral` then use that closed form.
+
+Here: :class:`LinearOperator`, the identity and the operators its algebra builds
+(:class:`SumOperator`, :class:`ScaledOperator`, :class:`ProductOperator`,
+:class:`DampedInverseOperator`); operators held as explicit tensors (``DenseOperator``,
+``DiagonalOperator``) are in :mod:`lib.operators.explicit`, the fallbacks' algorithms in
+:mod:`lib.operators.krylov`.
 """
 
 from __future__ import annotations
@@ -31,12 +37,11 @@ import torch
 from torch import Tensor
 
 from .._checks import check_damping, check_finite, check_int
+from .krylov import check_symmetric, exact_trace, hutchpp_trace, lanczos_top, slq_logdet
 from .linalg import basis_block, conjugate_gradients, dense_logdet, rademacher, top_ascending
 
 __all__ = [
     "LinearOperator",
-    "DenseOperator",
-    "DiagonalOperator",
     "IdentityOperator",
     "SumOperator",
     "ScaledOperator",
@@ -231,10 +236,9 @@ class LinearOperator:
     def trace(self, *, num_probes: int = 30, seed: int = 0) -> float:
         """``tr A``: exact (``d`` products) if ``d <= dense_limit``, else Hutch++ with
         ``num_probes`` products (see :func:`lib.operators.spectral.trace`)."""
-        from .spectral import trace
         if self.shape[0] <= self.dense_limit:
-            return trace(self, "exact")
-        return trace(self, "hutchpp", num_probes, seed=seed)
+            return exact_trace(self)
+        return hutchpp_trace(self, num_probes, seed)
 
     def logdet(self, *, num_probes: int = 10, num_steps: int = 30, seed: int = 0) -> float:
         """``log det A`` of a positive-definite operator: dense if ``d <= dense_limit``, else
@@ -242,8 +246,8 @@ class LinearOperator:
         ``ValueError`` if the operator is not positive definite."""
         if self.shape[0] <= self.dense_limit:
             return dense_logdet(self.to_dense(), self.symmetric)
-        from .spectral import logdet
-        return logdet(self, num_probes, num_steps, method="slq", seed=seed)
+        check_symmetric(self)
+        return slq_logdet(self, check_int(num_probes, "num_probes"), check_int(num_steps, "num_steps"), seed)
 
     def eigvalsh(self, k: int | None = None, *, tol: float = 1e-6, seed: int = 0) -> Tensor:
         """The ``k`` largest eigenvalues ``(k,)`` in ascending order (``None``: all ``d``) of a
@@ -256,8 +260,7 @@ class LinearOperator:
         if k is None:
             raise ValueError(f"all {self.shape[0]} eigenvalues of an operator with d > dense_limit="
                              f"{self.dense_limit} need to_dense(); pass k")
-        from .spectral import eigvalsh
-        return eigvalsh(self, k, method="lanczos", tol=tol, seed=seed).flip(0)
+        return lanczos_top(self, k, tol, self.shape[0], seed).flip(0)
 
     def solve(self, v, damping: float = 0.0, *, tol: float = 1e-8, max_steps: int | None = None):
         """``(A + damping I)^-1 v`` for ``v`` of shape ``(d,)``, ``(d, k)`` or a list of
@@ -299,114 +302,6 @@ def _check_same_shape(a: LinearOperator, b: LinearOperator, what: str):
 def _scale(x, c: float):
     """``c * x`` for a tensor or a list of tensors."""
     return [c * t for t in x] if isinstance(x, list) else c * x
-
-
-class DenseOperator(LinearOperator):
-    """Wraps an explicit ``(d, d)`` matrix as an operator; every quantity is exact
-    (``torch.linalg``: ``eigvalsh``, ``solve_ex``, ``inv_ex``)."""
-
-    exact = EXACT_QUANTITIES
-
-    def __init__(self, matrix: Tensor, symmetric: bool | None = None, param_shapes=None):
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"matrix must be square, got shape {tuple(matrix.shape)}")
-        if symmetric is None:
-            symmetric = bool(torch.allclose(matrix, matrix.T))
-        super().__init__(matrix.shape[0], matrix.dtype, matrix.device, symmetric, param_shapes)
-        self.matrix = matrix
-
-    def _matmat(self, V):
-        return self.matrix @ V
-
-    def to_dense(self, chunk_size: int = 256):
-        return self.matrix.clone()
-
-    def diagonal(self) -> Tensor:
-        return torch.diagonal(self.matrix).clone()
-
-    def trace(self) -> float:
-        return float(torch.trace(self.matrix))
-
-    def logdet(self) -> float:
-        return dense_logdet(self.matrix, self.symmetric)
-
-    def eigvalsh(self, k: int | None = None) -> Tensor:
-        self._require_symmetric("eigvalsh")
-        return top_ascending(torch.linalg.eigvalsh(self.matrix), self._check_k(k))
-
-    def _damped(self, damping) -> Tensor:
-        damping = check_damping(damping)
-        if damping == 0:
-            return self.matrix
-        return self.matrix + damping * torch.eye(self.shape[0], dtype=self.dtype, device=self.device)
-
-    def solve(self, v, damping: float = 0.0):
-        M = self._damped(damping)
-
-        def solve_block(V):
-            X, info = torch.linalg.solve_ex(M, V)
-            if bool(info.any()):
-                raise ValueError("the matrix plus damping is singular; increase the damping")
-            return X
-        return self._map(v, solve_block, "solve needs a tensor or a list of parameter-shaped tensors")
-
-    def inverse(self, damping: float = 0.0) -> "DenseOperator":
-        inv, info = torch.linalg.inv_ex(self._damped(damping))
-        if bool(info.any()):
-            raise ValueError("the matrix plus damping is singular; increase the damping")
-        if self.symmetric:
-            inv = (inv + inv.T) / 2
-        return DenseOperator(inv, self.symmetric, self.param_shapes)
-
-
-class DiagonalOperator(LinearOperator):
-    """``diag(values)`` for a vector ``values`` of shape ``(d,)``; every quantity is exact."""
-
-    exact = EXACT_QUANTITIES
-
-    def __init__(self, values: Tensor, param_shapes=None):
-        if values.ndim != 1:
-            raise ValueError(f"diagonal must be a vector, got shape {tuple(values.shape)}")
-        super().__init__(values.shape[0], values.dtype, values.device, True, param_shapes)
-        self.values = values
-
-    def _matmat(self, V):
-        return self.values[:, None] * V
-
-    def _shifted(self, damping) -> Tensor:
-        """``values + damping``; ``ValueError`` if an entry is zero (not invertible)."""
-        damping = check_damping(damping)
-        shifted = self.values if damping == 0 else self.values + damping
-        if (shifted == 0).any():
-            raise ValueError("diagonal" + (" plus damping" if damping else "")
-                             + " has zero entries and is not invertible")
-        return shifted
-
-    def inverse(self, damping: float = 0.0) -> "DiagonalOperator":
-        """The exact inverse of ``diag(values) + damping I``; ``ValueError`` if an entry is zero."""
-        return DiagonalOperator(1.0 / self._shifted(damping), self.param_shapes)
-
-    def solve(self, v, damping: float = 0.0):
-        shifted = self._shifted(damping)[:, None]
-        return self._map(v, lambda V: V / shifted, "solve needs a tensor or a list of parameter-shaped tensors")
-
-    def to_dense(self, chunk_size: int = 256):
-        return torch.diag(self.values)
-
-    def diagonal(self) -> Tensor:
-        return self.values.clone()
-
-    def trace(self) -> float:
-        return float(self.values.sum())
-
-    def logdet(self) -> float:
-        if bool((self.values <= 0).any()):
-            raise ValueError(f"operator is not positive definite (a diagonal entry is "
-                             f"{float(self.values.min()):.3g}); add damping before logdet")
-        return float(self.values.log().sum())
-
-    def eigvalsh(self, k: int | None = None) -> Tensor:
-        return top_ascending(torch.sort(self.values).values, self._check_k(k))
 
 
 class IdentityOperator(LinearOperator):

@@ -2,7 +2,8 @@
 log-determinants, block conjugate gradients.
 
 They act on tensors and block maps ``(d, k) -> (d, k)``, not on operators, so that
-:mod:`lib.operators.base` and :mod:`lib.operators.spectral` share one implementation of each.
+:mod:`lib.operators.base`, :mod:`lib.operators.krylov` and :mod:`lib.operators.spectral` share one
+implementation of each.
 """
 
 from __future__ import annotations

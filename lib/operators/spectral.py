@@ -17,12 +17,15 @@ the Ritz values are limited by the operator's precision, not by the recurrence.
 has one (its name is in ``op.exact``, e.g. dense, diagonal, identity, K-FAC) and no
 ``method`` is given; a given ``method`` always runs that method, so estimators can be
 compared with the exact value on the same operator.
+
+The functions here check their arguments and dispatch to closed forms; the algorithms
+themselves live in :mod:`lib.operators.krylov`, which the fallbacks of
+:class:`~lib.operators.base.LinearOperator` call too.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +33,8 @@ from torch import Tensor
 
 from .._checks import check_int
 from .base import DampedInverseOperator, LinearOperator
-from .linalg import basis_block, rademacher
+from .krylov import (check_symmetric, eigenpairs, exact_trace, hutchinson_trace, hutchpp_trace, lanczos_steps,
+                     lanczos_top, slq_logdet, slq_nodes)
 
 __all__ = ["trace", "eigvalsh", "relative_difference", "lanczos", "spectral_density", "logdet", "SpectralDensity",
            "TRACE_METHODS", "EIGVALSH_METHODS", "LOGDET_METHODS", "top_eigenpairs"]
@@ -48,13 +52,8 @@ def _check_method(method, methods: tuple, what: str):
 def _check_operator(op, need_symmetric: bool = False):
     if not isinstance(op, LinearOperator):
         raise TypeError(f"expected a LinearOperator, got {type(op).__name__}")
-    if need_symmetric and not op.symmetric:
-        raise ValueError("this estimator needs a symmetric operator; for G^-1 H use the "
-                         "similar symmetric G^-1/2 H G^-1/2")
-
-
-def _rademacher(d: int, k: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
-    return rademacher(d, k, generator, op.dtype, op.device)
+    if need_symmetric:
+        check_symmetric(op)
 
 
 def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *,
@@ -79,7 +78,7 @@ def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *
     Example:
         >>> import torch
         >>> from lib.operators import spectral as estimators
-        >>> from lib.operators.base import DiagonalOperator
+        >>> from lib.operators import DiagonalOperator
         >>> A = DiagonalOperator(torch.arange(1.0, 101.0))
         >>> estimators.trace(A, "exact")
         5050.0
@@ -90,28 +89,11 @@ def trace(op: LinearOperator, method: str | None = None, num_probes: int = 30, *
         if "trace" in op.exact:
             return float(op.trace())
         method = "hutchpp"
-    d = op.shape[0]
     if method == "exact":
-        total = 0.0
-        for start in range(0, d, chunk_size):
-            stop = min(start + chunk_size, d)
-            idx = torch.arange(start, stop)
-            block = op._matmat(basis_block(d, start, stop, op.dtype, op.device))
-            total += float(block[idx, idx - start].sum())
-        return total
-    check_int(num_probes, "num_probes")
-    generator = torch.Generator().manual_seed(seed)
+        return exact_trace(op, chunk_size)
     if method == "hutchinson":
-        V = _rademacher(d, num_probes, op, generator)
-        return float((V * op._matmat(V)).sum() / num_probes)
-    if num_probes < 3:
-        raise ValueError(f"hutchpp needs num_probes >= 3, got {num_probes}")
-    k = num_probes // 3
-    S = _rademacher(d, k, op, generator)
-    G = _rademacher(d, k, op, generator)
-    Q, _ = torch.linalg.qr(op._matmat(S))
-    G_perp = G - Q @ (Q.T @ G)
-    return float((Q * op._matmat(Q)).sum() + (G_perp * op._matmat(G_perp)).sum() / k)
+        return hutchinson_trace(op, num_probes, seed)
+    return hutchpp_trace(op, num_probes, seed)
 
 
 def relative_difference(a: LinearOperator, b: LinearOperator, num_probes: int = 30, *,
@@ -140,11 +122,6 @@ def relative_difference(a: LinearOperator, b: LinearOperator, num_probes: int = 
     return float(diff.norm() / bs.norm())
 
 
-def _apply64(op: LinearOperator, v: Tensor) -> Tensor:
-    """``op @ v`` for a float64 vector ``v``, computed in the operator's dtype."""
-    return op._matmat(v[:, None].to(op.dtype))[:, 0].to(torch.float64)
-
-
 def _check_metric(op: LinearOperator, metric, metric_solve):
     if metric is None:
         if metric_solve is not None:
@@ -165,7 +142,7 @@ def _check_metric(op: LinearOperator, metric, metric_solve):
 
 def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, seed: int = 0,
             metric: LinearOperator | None = None, metric_solve: LinearOperator | None = None,
-            return_basis: bool = False, _return_residual: bool = False):
+            return_basis: bool = False):
     """Lanczos tridiagonalization with full re-orthogonalization.
 
     With a ``metric`` ``M`` (symmetric positive definite), runs Lanczos on ``M^-1 A`` in
@@ -189,52 +166,9 @@ def lanczos(op: LinearOperator, num_steps: int, v0: Tensor | None = None, *, see
     """
     _check_operator(op, need_symmetric=True)
     solve = _check_metric(op, metric, metric_solve)
-    d = op.shape[0]
     check_int(num_steps, "num_steps")
-    num_steps = min(num_steps, d)
-    if v0 is None:
-        generator = torch.Generator().manual_seed(seed)
-        v0 = torch.randn(d, generator=generator, dtype=torch.float64)
-    v0 = v0.to(device=op.device, dtype=torch.float64)
-    Q = torch.zeros(d, num_steps, dtype=torch.float64, device=op.device)
-    # MQ = M Q (= Q without a metric): the M-inner products of the re-orthogonalization.
-    MQ = Q if solve is None else torch.zeros_like(Q)
-
-    def normalize(w: Tensor, j: int) -> Tensor:
-        Mw = w if solve is None else _apply64(metric, w)
-        norm = torch.dot(w, Mw).clamp_min(0).sqrt()
-        if j < num_steps:
-            Q[:, j] = w / norm
-            if solve is not None:
-                MQ[:, j] = Mw / norm
-        return norm
-
-    normalize(v0, 0)
-    alphas, betas = [], []
-    residual = torch.zeros((), dtype=torch.float64)
-    for j in range(num_steps):
-        w = _apply64(op, Q[:, j])
-        alphas.append(torch.dot(Q[:, j], w))
-        if solve is not None:
-            w = _apply64(solve, w)
-        # Full re-orthogonalization, twice ("twice is enough"), against all earlier vectors.
-        for _ in range(2):
-            w = w - Q[:, :j + 1] @ (MQ[:, :j + 1].T @ w)
-        beta = normalize(w, j + 1)
-        if j + 1 == num_steps or beta <= 1e-10 * max(1.0, float(alphas[0].abs())):
-            # last step, or an invariant subspace (T's eigenvalues are then exact)
-            residual = beta
-            break
-        betas.append(beta)
-    m = len(alphas)
-    alpha = torch.stack(alphas).cpu()
-    beta = torch.stack(betas).cpu() if betas else torch.zeros(0, dtype=torch.float64)
-    out = (alpha, beta) + ((Q[:, :m],) if return_basis else ())
-    return out + ((float(residual),) if _return_residual else ())
-
-
-def _tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
-    return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
+    alpha, beta, Q, _ = lanczos_steps(op, num_steps, v0, seed=seed, metric=metric, solve=solve)
+    return (alpha, beta, Q) if return_basis else (alpha, beta)
 
 
 def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: float = 1e-6,
@@ -275,7 +209,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: 
     Example:
         >>> import torch
         >>> from lib.operators import spectral as estimators
-        >>> from lib.operators.base import DiagonalOperator
+        >>> from lib.operators import DiagonalOperator
         >>> top = estimators.eigvalsh(DiagonalOperator(torch.arange(1.0, 101.0)), 2)
         >>> torch.allclose(top, torch.tensor([100.0, 99.0]))
         True
@@ -295,31 +229,7 @@ def eigvalsh(op: LinearOperator, k: int = 1, *, method: str | None = None, tol: 
         if metric is not None:
             raise ValueError("method='block' does not take a metric; use method='lanczos'")
         return top_eigenpairs(op, k, which="largest", seed=seed, tol=tol)[0].to(op.dtype)
-    return _lanczos_top(op, k, tol, d if max_steps is None else min(max_steps, d), seed, metric, metric_solve)
-
-
-def _lanczos_top(op, k, tol, max_steps, seed, metric, metric_solve) -> Tensor:
-    """:func:`eigvalsh`'s Lanczos: grow the Krylov space until the top ``k`` Ritz values converge."""
-    d = op.shape[0]
-    steps = min(max_steps, max(2 * k + 10, 20))
-    while True:
-        alpha, beta, residual = lanczos(op, steps, seed=seed, metric=metric,
-                                        metric_solve=metric_solve, _return_residual=True)
-        m = len(alpha)
-        evals, evecs = torch.linalg.eigh(_tridiagonal(alpha, beta))
-        exhausted = m < steps or m == d  # invariant subspace or full space
-        if exhausted or steps >= max_steps:
-            break
-        residuals = (residual * evecs[-1, -k:]).abs() if m >= k else None
-        scale = float(evals.abs().max())
-        if residuals is not None and bool((residuals <= tol * max(scale, 1e-30)).all()):
-            break
-        steps = min(max_steps, 2 * steps)
-    if len(evals) < k:
-        raise ValueError(f"the Krylov space of this start vector has dimension {len(evals)} < "
-                         f"k={k} (an operator of low rank with repeated eigenvalues); use "
-                         "op.to_dense() and torch.linalg.eigvalsh")
-    return evals.flip(0)[:k].to(op.dtype)
+    return lanczos_top(op, k, tol, d if max_steps is None else min(max_steps, d), seed, metric, metric_solve)
 
 
 @dataclass
@@ -338,20 +248,6 @@ class SpectralDensity:
     grid: Tensor
     density: Tensor
     sigma: float
-
-
-def _slq_nodes(op, num_probes, num_steps, seed):
-    generator = torch.Generator().manual_seed(seed)
-    nodes, weights = [], []
-    for _ in range(num_probes):
-        v0 = torch.randn(op.shape[0], generator=generator, dtype=torch.float64)
-        alpha, beta = lanczos(op, num_steps, v0)
-        theta, S = torch.linalg.eigh(_tridiagonal(alpha, beta))
-        tau = S[0] ** 2
-        pad = num_steps - len(theta)  # early stop: pad with zero-weight nodes
-        nodes.append(torch.cat([theta, theta[-1:].expand(pad)]))
-        weights.append(torch.cat([tau, torch.zeros(pad, dtype=tau.dtype)]))
-    return torch.stack(nodes), torch.stack(weights)
 
 
 def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 50, *,
@@ -378,7 +274,7 @@ def spectral_density(op: LinearOperator, num_probes: int = 5, num_steps: int = 5
     _check_operator(op, need_symmetric=True)
     check_int(num_probes, "num_probes")
     check_int(num_steps, "num_steps")
-    nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
+    nodes, weights = slq_nodes(op, num_probes, num_steps, seed)
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
         sigma = max(hi - lo, 1e-12) / 100
@@ -413,41 +309,7 @@ def logdet(op: LinearOperator, num_probes: int = 10, num_steps: int = 30, *,
     check_int(num_steps, "num_steps")
     if closed:
         return float(op.logdet())
-    nodes, weights = _slq_nodes(op, num_probes, num_steps, seed)
-    used = weights > 0
-    if bool((nodes[used] <= 0).any()):
-        raise ValueError(f"operator is not positive definite (a Ritz value is "
-                         f"{float(nodes[used].min()):.3g}); add damping before logdet")
-    logs = torch.where(used, nodes.clamp_min(1e-300).log(), torch.zeros_like(nodes))
-    return float(op.shape[0] * (weights * logs).sum(dim=1).mean())
-
-
-def _order(lam: Tensor, U: Tensor, n: int, which: str):
-    """The first ``n`` pairs by descending ``|lam|`` (``"magnitude"``) or ``lam`` (``"largest"``)."""
-    key = lam.abs() if which == "magnitude" else lam
-    idx = torch.argsort(key, descending=True, stable=True)[:n]
-    return lam[idx], U[:, idx]
-
-
-def _orth_against(Q: Tensor | None, Y: Tensor, randn) -> Tensor:
-    """Orthonormalise ``Y``'s columns against ``Q`` and each other; breakdowns get random columns."""
-    norms = torch.linalg.vector_norm(Y, dim=0).clamp(min=1e-300)
-    for _ in range(2):
-        if Q is not None:
-            Y = Y - Q @ (Q.T @ Y)
-    bad = torch.linalg.vector_norm(Y, dim=0) < 1e-10 * norms
-    if bool(bad.any()):
-        Z = randn(int(bad.sum()))
-        for _ in range(2):
-            if Q is not None:
-                Z = Z - Q @ (Q.T @ Z)
-        Y = Y.clone()
-        Y[:, bad] = Z
-    Y, _ = torch.linalg.qr(Y)
-    if Q is not None:                      # QR mixes columns: one more cleaning pass
-        Y = Y - Q @ (Q.T @ Y)
-        Y, _ = torch.linalg.qr(Y)
-    return Y
+    return slq_logdet(op, num_probes, num_steps, seed)
 
 
 def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed: int = 0,
@@ -477,45 +339,7 @@ def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed
     _check_operator(op, need_symmetric=True)
     if which not in ("magnitude", "largest"):
         raise ValueError(f"which must be 'magnitude' or 'largest', got {which!r}")
-    m, dev = op.shape[0], op.device
     k = check_int(k, "k")
-    if k > m:
-        raise ValueError(f"k={k} exceeds the operator's dimension {m}")
-    p = min(m, k + max(10, k))
-    if m <= 8 * p:
-        W = op._matmat(torch.eye(m, dtype=op.dtype, device=dev))
-        lam, U = torch.linalg.eigh(0.5 * (W + W.T))
-        return _order(lam, U, k, which)
-    return _block_krylov(op, k, p, which, seed, tol, max_steps)
-
-
-def _block_krylov(op: LinearOperator, k: int, p: int, which: str, seed: int, tol: float,
-                  max_steps: int) -> tuple[Tensor, Tensor]:
-    """:func:`top_eigenpairs`' restarted block Krylov iteration with blocks of ``p`` columns."""
-    m, dev, matvec = op.shape[0], op.device, op._matmat
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(cols):
-        return torch.randn(m, cols, generator=gen, dtype=op.dtype).to(dev)
-
-    q = max(1, min(6, m // p - 1))             # blocks A X, ..., A^q X after X
-    X = _orth_against(None, randn(p), randn)
-    for _ in range(max_steps):
-        blocks, images = [X], []
-        for _ in range(q):
-            Y = matvec(blocks[-1])
-            images.append(Y)
-            blocks.append(_orth_against(torch.cat(blocks, 1), Y, randn))
-        images.append(matvec(blocks[-1]))
-        Q, WQ = torch.cat(blocks, 1), torch.cat(images, 1)      # A Q from the products already made
-        H = Q.T @ WQ
-        theta, S = torch.linalg.eigh(0.5 * (H + H.T))
-        theta, S = _order(theta, S, p, which)
-        X, WX = Q @ S, WQ @ S
-        res = torch.linalg.vector_norm(WX[:, :k] - X[:, :k] * theta[:k], dim=0)
-        if float(res.max()) <= tol * max(float(theta[0].abs()), 1e-300):
-            return theta[:k], X[:, :k]
-        X = _orth_against(None, X, randn)
-    warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_steps} restarts "
-                  f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
-    return theta[:k], X[:, :k]
+    if k > op.shape[0]:
+        raise ValueError(f"k={k} exceeds the operator's dimension {op.shape[0]}")
+    return eigenpairs(op, k, which, seed, tol, max_steps)
