@@ -124,3 +124,15 @@ def test_long_functions_say_why(module):
                 too_long.append(f"{node.name} ({length} lines)")
     assert not too_long, (f"{module}: {', '.join(too_long)} exceed {MAX_FUNCTION_LINES} lines; "
                           f"split them or say why in a '{LONG_REASON} ...' comment")
+
+
+def test_the_library_pages_example_runs():
+    """The 'Adding a curvature matrix' example of chapters/library.md works as printed."""
+    page = (LIB.parent / "chapters" / "library.md").read_text("utf8")
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "library.md", "exec"), namespace)
+    G, J = namespace["G"], namespace["G"].J
+    dense = J.T @ J
+    assert abs(G.trace() - float(dense.trace())) < 1e-9 * float(dense.trace())
+    assert (G.eigvalsh(3) - dense.eigvalsh()[-3:]).abs().max() < 1e-9 * float(dense.norm())
