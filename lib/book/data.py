@@ -45,6 +45,7 @@ __all__ = [
     "load_torchvision",
     "TORCHVISION_DATASETS",
     "DATASETS",
+    "IMAGE_SHAPES",
     "load",
     "make_sine",
     "make_regression",
@@ -385,6 +386,10 @@ def load_torchvision(name: str, *, root: str | os.PathLike | None = None, downlo
 # --------------------------------------------------------------------------- #
 #: The names :func:`load` accepts.
 DATASETS = ("digits", "mnist1d", *TORCHVISION_DATASETS)
+# (channels, image side, classes) of the image data sets: load(name, image=True) gives
+# X of shape (N, channels, side, side) and labels in range(classes)
+IMAGE_SHAPES = {"digits": (1, 8, 10), "mnist": (1, 28, 10), "fashionmnist": (1, 28, 10),
+                "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
 
 
 def load(name: str, *, image: bool = False, download: bool = False,
