@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lib.book.checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from lib.book.data import make_regression, make_teacher_classification
+from lib.book.synthetic import make_regression, make_teacher_classification
 from lib.book.paths import data_root
 from lib.book.models import mlp
 from lib.book.train import train

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from lib.book.data import IMAGE_SHAPES
+from ..data import IMAGE_SHAPES
 
 # the lib.book.models.vit arguments a checkpoint's architecture may set
 VIT_ARGS = {"dim", "depth", "heads", "patch_size", "mlp_ratio", "in_channels", "num_classes", "image_size"}

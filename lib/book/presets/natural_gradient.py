@@ -1,6 +1,6 @@
 """Presets of chapters/natural_gradient.ipynb (see lib.book.presets)."""
 
-from lib.book.data import DATASETS
+from ..data import DATASETS
 
 KNOBS = {
     "ng_lr": "B1: step size of the natural-gradient and GD paths",

@@ -1,6 +1,6 @@
 """Presets of chapters/reparametrization.ipynb (see lib.book.presets)."""
 
-from lib.book.data import DATASETS
+from ..data import DATASETS
 
 KNOBS = {
     "max_dim": "A1: the worked example up to this dimension",
