@@ -12,7 +12,8 @@ from lib.book.data import Split
 from lib.book.synthetic import make_regression, make_teacher_classification
 from lib.book.models import mlp
 from lib.book.progress import progress, progress_enabled
-from lib.book.train import History, accuracy, evaluate, train
+from lib.book.runs import History
+from lib.book.train import accuracy, evaluate, train
 
 
 @pytest.fixture
