@@ -6,5 +6,5 @@ top (its modules import only each other and :mod:`lib._checks`).
 """
 
 # Loaded with the package, so that a chapter can write lib.book.data.load(...) after `import lib`.
-from . import (batches, checkpoint, config, data, models, paths, plotting, population, progress,  # noqa: F401
-               report, rules, split, synthetic, train)
+from . import (batches, checkpoint, config, data, experiments, models, paths, plotting, population,  # noqa: F401
+               progress, report, rules, runs, split, synthetic, train)
