@@ -116,9 +116,7 @@ def make_teacher_classification(num_points: int = 1000, n_features: int = 10, n_
     """
     num_points = check_int(num_points, "num_points")
     n_features = check_int(n_features, "n_features")
-    n_classes = check_int(n_classes, "n_classes")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    n_classes = check_int(n_classes, "n_classes", 2)
     hidden = check_int(hidden, "hidden")
     generator = torch.Generator().manual_seed(check_seed(seed))
     check_float_dtype(dtype)
