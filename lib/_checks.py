@@ -148,3 +148,20 @@ def check_vector(x: Any, name: str, dim: int | None = None, *, owner: str = "") 
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite entries")
     return x
+
+
+def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """Return ``dtype`` if it is a floating ``torch.dtype``, else raise TypeError naming it."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    return dtype
+
+
+def check_non_negative(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a real number >= 0; TypeError if it is not a
+    number (bools are not), ValueError if it is negative or NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)

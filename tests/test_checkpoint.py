@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lib.book.checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from lib.book.data import make_regression, make_teacher_classification
+from lib.book.synthetic import make_regression, make_teacher_classification
 from lib.book.paths import data_root
 from lib.book.models import mlp
 from lib.book.train import train
@@ -266,10 +266,10 @@ def test_diverged_run_is_not_continued(tmp_path):
 
 
 def test_relative_checkpoint_is_taken_from_repo_root(problem, monkeypatch, tmp_path):
-    import lib.book.train
+    import lib.book.runs
 
     seen = []
-    monkeypatch.setattr(lib.book.train, "load_checkpoint", lambda path, **kw: seen.append(path))
+    monkeypatch.setattr(lib.book.runs, "load_checkpoint", lambda path, **kw: seen.append(path))
     _fit(problem, None, epochs=0)
     _fit(problem, "checkpoints/never-written.pt", epochs=0)
     assert seen == [data_root() / "checkpoints" / "never-written.pt"]

@@ -142,3 +142,16 @@ def test_the_chapter_has_a_notation_box_near_its_top(path):
     cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
     assert any("```{admonition} Notation in this chapter" in c.source for c in cells[:4]), (
         "no 'Notation in this chapter' admonition among the first four markdown cells")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_the_set_up_cell_is_folded_and_short(path):
+    # Readers see the computation first: the set-up cell (imports, lib.setup) is folded in the
+    # HTML (its output, the settings table, stays visible), and with the parameters cell it
+    # stays short because the presets are data (lib/book/presets/<chapter>.py).
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    parameters, setup = code[0], code[2]
+    assert "hide-input" in setup.metadata.get("tags", []), "the set-up cell is not tagged hide-input"
+    assert f'lib.setup(preset, "{path.stem}"' in setup.source
+    lines = len(parameters.source.splitlines()) + len(setup.source.splitlines())
+    assert lines <= 40, f"parameters and set-up cells have {lines} lines"

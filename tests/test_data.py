@@ -1,4 +1,4 @@
-"""Tests for lib.book.data: loaders, caching, batching and synthetic data."""
+"""Tests for lib.book.data (loaders, caching), lib.book.split and lib.book.synthetic (generators)."""
 
 import random
 import sys
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.book import data
+from lib.book import data, synthetic
 from lib.book.batches import batches
 from lib.book.data import Split, load_digits, load_mnist1d, load_torchvision
 
@@ -269,40 +269,40 @@ def test_batches_bad_input(args, kwargs, error):
 # Synthetic data
 # --------------------------------------------------------------------------- #
 def test_make_sine():
-    X, y = data.make_sine(500, seed=1)
+    X, y = synthetic.make_sine(500, seed=1)
     assert X.shape == (500, 1) and y.shape == (500, 1)
     assert X.min() >= 0 and X.max() <= 8
     residual = y - torch.sin(X)
     assert abs(residual.std().item() - 0.3) < 0.05
-    assert torch.equal(data.make_sine(500, seed=1)[1], y)
-    assert not torch.equal(data.make_sine(500, seed=2)[1], y)
-    X0, y0 = data.make_sine(10, noise=0.0)
+    assert torch.equal(synthetic.make_sine(500, seed=1)[1], y)
+    assert not torch.equal(synthetic.make_sine(500, seed=2)[1], y)
+    X0, y0 = synthetic.make_sine(10, noise=0.0)
     assert torch.allclose(y0, torch.sin(X0))
 
 
 def test_make_regression():
-    X, y, w = data.make_regression(200, 4, noise=0.0, seed=0, return_coef=True)
+    X, y, w = synthetic.make_regression(200, 4, noise=0.0, seed=0, return_coef=True)
     assert X.shape == (200, 4) and y.shape == (200, 1) and w.shape == (4, 1)
     assert torch.allclose(X @ w, y, atol=1e-5)
-    assert len(data.make_regression(10, 2)) == 2
+    assert len(synthetic.make_regression(10, 2)) == 2
 
 
 def test_make_teacher_classification():
-    X, y = data.make_teacher_classification(300, 5, 4, seed=0)
+    X, y = synthetic.make_teacher_classification(300, 5, 4, seed=0)
     assert X.shape == (300, 5) and y.shape == (300,) and y.dtype == torch.long
     assert y.min() >= 0 and y.max() < 4 and len(set(y.tolist())) > 1
-    assert torch.equal(data.make_teacher_classification(300, 5, 4, seed=0)[1], y)
+    assert torch.equal(synthetic.make_teacher_classification(300, 5, 4, seed=0)[1], y)
 
 
 @pytest.mark.parametrize("call, error", [
-    (lambda: data.make_sine(0), ValueError),
-    (lambda: data.make_sine(10, noise=-1), ValueError),
-    (lambda: data.make_sine(10, low=2, high=1), ValueError),
-    (lambda: data.make_sine(10, dtype=torch.int32), TypeError),
-    (lambda: data.make_regression(10, 0), ValueError),
-    (lambda: data.make_regression("10"), TypeError),
-    (lambda: data.make_teacher_classification(10, 2, 1), ValueError),
-    (lambda: data.make_teacher_classification(10, 2, 3, hidden=0), ValueError),
+    (lambda: synthetic.make_sine(0), ValueError),
+    (lambda: synthetic.make_sine(10, noise=-1), ValueError),
+    (lambda: synthetic.make_sine(10, low=2, high=1), ValueError),
+    (lambda: synthetic.make_sine(10, dtype=torch.int32), TypeError),
+    (lambda: synthetic.make_regression(10, 0), ValueError),
+    (lambda: synthetic.make_regression("10"), TypeError),
+    (lambda: synthetic.make_teacher_classification(10, 2, 1), ValueError),
+    (lambda: synthetic.make_teacher_classification(10, 2, 3, hidden=0), ValueError),
 ])
 def test_synthetic_bad_input(call, error):
     with pytest.raises(error):
@@ -335,18 +335,18 @@ def test_load_by_name_bad_input(name, error):
 # Sloppy Gaussian with a teacher
 # --------------------------------------------------------------------------- #
 def test_sloppy_eigenvalues_formula():
-    lam = data.sloppy_eigenvalues(4, 0.5)
+    lam = synthetic.sloppy_eigenvalues(4, 0.5)
     expected = torch.tensor([50 * 0.5 * np.exp(-0.5 * i) for i in range(1, 5)], dtype=torch.float64)
     torch.testing.assert_close(lam, expected)
 
 
 def test_make_sloppy_gaussian_shapes_and_labels():
-    split = data.make_sloppy_gaussian(300, 100, d=20, seed=1)
+    split = synthetic.make_sloppy_gaussian(300, 100, d=20, seed=1)
     assert split.X_train.shape == (300, 20) and split.X_test.shape == (100, 20)
     assert split.y_train.dtype == torch.long and split.X_train.dtype == torch.float32
     assert split.n_classes == 5
     for c in (0.001, 0.5):
-        split = data.make_sloppy_gaussian(2000, 500, c=c, seed=0)
+        split = synthetic.make_sloppy_gaussian(2000, 500, c=c, seed=0)
         counts = torch.bincount(split.y_train, minlength=5)
         # No class empty or dominant: the teacher's scaling keeps labels balanced.
         assert counts.min() > 0.05 * 2000 and counts.max() < 0.6 * 2000, counts
@@ -355,9 +355,9 @@ def test_make_sloppy_gaussian_shapes_and_labels():
 
 @pytest.mark.parametrize("c", [0.001, 0.5])
 def test_make_sloppy_gaussian_covariance(c):
-    split = data.make_sloppy_gaussian(20000, 10, d=10, c=c, seed=2, dtype=torch.float64)
+    split = synthetic.make_sloppy_gaussian(20000, 10, d=10, c=c, seed=2, dtype=torch.float64)
     X = split.X_train
-    lam = data.sloppy_eigenvalues(10, c)
+    lam = synthetic.sloppy_eigenvalues(10, c)
     # Not standardized: the sample covariance is diag(lambda) up to sampling error.
     covariance = X.T @ X / X.shape[0]
     torch.testing.assert_close(covariance.diagonal(), lam, rtol=0.05, atol=0)
@@ -367,8 +367,8 @@ def test_make_sloppy_gaussian_covariance(c):
 
 
 def test_make_sloppy_gaussian_seeded():
-    a, b = data.make_sloppy_gaussian(50, 20, seed=3), data.make_sloppy_gaussian(50, 20, seed=3)
-    c = data.make_sloppy_gaussian(50, 20, seed=4)
+    a, b = synthetic.make_sloppy_gaussian(50, 20, seed=3), synthetic.make_sloppy_gaussian(50, 20, seed=3)
+    c = synthetic.make_sloppy_gaussian(50, 20, seed=4)
     assert torch.equal(a.X_train, b.X_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.X_train, c.X_train)
 
@@ -382,14 +382,14 @@ def test_make_sloppy_gaussian_seeded():
 ])
 def test_make_sloppy_gaussian_bad_input(kwargs, error):
     with pytest.raises(error):
-        data.make_sloppy_gaussian(**kwargs)
+        synthetic.make_sloppy_gaussian(**kwargs)
 
 
 # --------------------------------------------------------------------------- #
 # Sparse regression (diagonal networks)
 # --------------------------------------------------------------------------- #
 def test_make_sparse_regression_shapes_sparsity_and_labels():
-    split, beta = data.make_sparse_regression(30, 40, 200, sparsity=0.9, seed=1,
+    split, beta = synthetic.make_sparse_regression(30, 40, 200, sparsity=0.9, seed=1,
                                               dtype=torch.float64, return_coef=True)
     assert isinstance(split, Split) and split.n_classes is None
     assert split.X_train.shape == (30, 200) and split.y_train.shape == (30,)
@@ -399,22 +399,22 @@ def test_make_sparse_regression_shapes_sparsity_and_labels():
     torch.testing.assert_close(split.X_train @ beta, split.y_train)
     torch.testing.assert_close(split.X_test @ beta, split.y_test)
     assert split.X_train.dtype == torch.float64
-    assert data.make_sparse_regression(5, 5, 10).X_train.dtype == torch.float32
+    assert synthetic.make_sparse_regression(5, 5, 10).X_train.dtype == torch.float32
 
 
 def test_make_sparse_regression_noise_and_seeding():
-    a = data.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=3,
+    a = synthetic.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=3,
                                     dtype=torch.float64, return_coef=True)
     split, beta = a
     residual = split.y_train - split.X_train @ beta
     assert abs(residual.std().item() - 0.5) < 0.05
-    b = data.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=3,
+    b = synthetic.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=3,
                                     dtype=torch.float64)
     assert torch.equal(b.X_train, split.X_train) and torch.equal(b.y_test, split.y_test)
-    c = data.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=4,
+    c = synthetic.make_sparse_regression(2000, 10, 5, sparsity=0.0, noise=0.5, seed=4,
                                     dtype=torch.float64)
     assert not torch.equal(c.X_train, split.X_train)
-    all_zero = data.make_sparse_regression(4, 4, 6, sparsity=1.0)
+    all_zero = synthetic.make_sparse_regression(4, 4, 6, sparsity=1.0)
     assert torch.equal(all_zero.y_train, torch.zeros(4))
 
 
@@ -430,4 +430,21 @@ def test_make_sparse_regression_noise_and_seeding():
 def test_make_sparse_regression_bad_input(kwargs, error):
     arguments = {"n_train": 10, "n_test": 5, "d": 20, **kwargs}
     with pytest.raises(error):
-        data.make_sparse_regression(**arguments)
+        synthetic.make_sparse_regression(**arguments)
+
+
+def test_generators_take_num_points():
+    assert synthetic.make_sine(num_points=7)[0].shape == (7, 1)
+    assert synthetic.make_regression(num_points=6, n_features=2)[0].shape == (6, 2)
+    assert synthetic.make_teacher_classification(num_points=5)[1].shape == (5,)
+    with pytest.raises(ValueError, match="num_points"):
+        synthetic.make_sine(0)
+    with pytest.raises(TypeError, match="num_points"):
+        synthetic.make_regression("10")
+
+
+def test_split_from_arrays_casts_inputs_and_labels():
+    split = Split.from_arrays(np.zeros((4, 2)), [0, 1, 2, 1], np.ones((2, 2)), [1, 0], torch.float32)
+    assert split.X_train.dtype == torch.float32 and split.y_test.dtype == torch.long
+    assert split.n_classes == 3
+    assert data.IMAGE_SHAPES["cifar100"] == (3, 32, 100)

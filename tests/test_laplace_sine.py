@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lib.book.data import make_sine
+from lib.book.synthetic import make_sine
 from lib.geometry.invariance import pullback_metric
 from lib.geometry.laplace import ggn_log_marginal_likelihood
 from lib.sources.kristiadi2023 import (LAPLACE_TORCH_DATA_SEED, SineMLPProblem, fit_mse_adam,

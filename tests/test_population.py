@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib.book import population as pop
-from lib.book.data import make_sloppy_gaussian
+from lib.book.synthetic import make_sloppy_gaussian
 from lib.book.population import Config, Population, checkpoint_steps, train_population, train_trajectory
 
 

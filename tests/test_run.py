@@ -15,10 +15,23 @@ from lib.book import run
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_knobs_come_from_the_parameters_cell():
-    knobs = run.chapter_parameters(run.chapter_path("linear_models"))
-    assert list(knobs)[:3] == ["preset", "device", "seed"]
-    assert knobs["preset"] == "small" and knobs["n_samples"] is None
+def test_knobs_come_from_the_parameters_cell_and_the_presets():
+    path = run.chapter_path("linear_models")
+    cell = run.chapter_parameters(path)
+    assert list(cell) == ["preset", "device", "seed", "knobs"]
+    assert cell["preset"] == "small" and cell["knobs"] == {}
+    knobs = run.chapter_knobs(path)
+    assert knobs["n_samples"] == 50 and list(knobs)[-1] == "deep_width"  # the small preset's values
+    assert run.chapter_knobs(Path("elsewhere/not_a_chapter.ipynb")) == {}
+
+
+def test_knobs_of_the_presets_travel_in_the_knobs_parameter():
+    knobs = {"epochs": 15, "lr": 0.01}
+    assert run._pack_knobs({"preset": "tiny"}, knobs) == {"preset": "tiny"}
+    assert run._pack_knobs({"preset": "tiny", "epochs": 3, "knobs": {"lr": 0.1}}, knobs) == {
+        "preset": "tiny", "knobs": {"lr": 0.1, "epochs": 3}}
+    with pytest.raises(ValueError, match="knobs must be a dict"):
+        run._pack_knobs({"epochs": 3, "knobs": "lr=0.1"}, knobs)
 
 
 @pytest.mark.parametrize("text, value", [("0.1", 0.1), ("3", 3), ("[16, 16]", [16, 16]),
@@ -47,6 +60,7 @@ def test_list_prints_the_knobs(capsys):
     assert run.main(["linear_models", "--list"]) == 0
     out = capsys.readouterr().out
     assert "preset" in out and "'small'" in out and "deep_width" in out
+    assert "what it sets" in out and "hidden width of the two-layer linear nets" in out
 
 
 def test_paper_preset_without_gpu_warns(monkeypatch):
@@ -67,4 +81,4 @@ def test_a_run_with_a_list_value(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     notebook = nbformat.read(output, as_version=4)
     injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert "fig1_times = [1, 10]" in injected[0].source
+    assert "knobs = " in injected[0].source and '"fig1_times": [1, 10]' in injected[0].source

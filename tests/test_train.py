@@ -8,10 +8,12 @@ from torch import nn
 
 from lib.book.checkpoint import load_checkpoint, save_atomic
 from lib.book.batches import batches
-from lib.book.data import Split, make_regression, make_teacher_classification
+from lib.book.data import Split
+from lib.book.synthetic import make_regression, make_teacher_classification
 from lib.book.models import mlp
 from lib.book.progress import progress, progress_enabled
-from lib.book.train import History, accuracy, evaluate, train
+from lib.book.runs import History
+from lib.book.train import accuracy, evaluate, train
 
 
 @pytest.fixture

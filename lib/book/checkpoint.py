@@ -34,7 +34,7 @@ import torch
 
 from .paths import resolve_root, write_atomically
 
-__all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "cached", "CHECKPOINT_SUFFIX"]
+__all__ = ["save_atomic", "load_checkpoint", "checkpoint_path", "cached", "ResultCache", "CHECKPOINT_SUFFIX"]
 
 CHECKPOINT_SUFFIX = ".pt"
 
@@ -178,3 +178,37 @@ def cached(path: str | os.PathLike | None, key: dict[str, Any], compute: Callabl
     result = compute()
     save_atomic({"key": key, "result": result}, path)
     return result
+
+
+class ResultCache:
+    """A chapter's cache of finished results, one file per result under ``checkpoints/<folder>/``.
+
+    ``cache(name, key, compute)`` is :func:`cached` at ``checkpoint_path(f"{folder}/{name}",
+    key=full_key)``, where ``full_key`` is ``key`` with the ``base`` entries (seed, version,
+    ...) that every result of the chapter depends on; a disabled cache always computes.
+
+    Example:
+        >>> cache = ResultCache("demo", enabled=False, seed=0)
+        >>> cache("square", {"x": 3}, lambda: 3 ** 2)
+        9
+    """
+
+    def __init__(self, folder: str, *, enabled: bool = True, **base: Any):
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be True or False, got {type(enabled).__name__}")
+        checkpoint_path(folder)  # checks the folder name
+        self.folder, self.enabled, self.base = folder, enabled, dict(base)
+
+    def key(self, key: dict[str, Any]) -> dict[str, Any]:
+        """``key`` with the cache's base entries (those of ``key`` win)."""
+        if not isinstance(key, dict):
+            raise TypeError(f"key must be a dict of plain data, got {type(key).__name__}")
+        return {**self.base, **key}
+
+    def path(self, name: str, key: dict[str, Any]) -> Path | None:
+        """The file of result ``name`` under ``key``, or None when the cache is disabled."""
+        return checkpoint_path(f"{self.folder}/{name}", key=self.key(key)) if self.enabled else None
+
+    def __call__(self, name: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """The cached result ``name`` under ``key``, or ``compute()`` (saved when enabled)."""
+        return cached(self.path(name, key), self.key(key), compute)

@@ -1,17 +1,21 @@
 """Run settings for a chapter: presets, overrides, device and seeds.
 
-A chapter declares a few named *presets* (for example a fast one for CI and
-the one matching a paper) as plain dictionaries of *knobs*::
+A chapter's *presets* (a fast one for CI, the one this page shows, the one matching a
+paper) are plain dictionaries of *knobs*, declared as data in :mod:`lib.book.presets`
+(one module per chapter) or passed directly::
 
     PRESETS = {
-        "fast":  {"epochs": 5,   "hidden": 32,  "lr": 0.1},
-        "paper": {"epochs": 100, "hidden": 512, "lr": 0.05},
+        "fast":  {"epochs": 5,   "hidden": [32],  "lr": 0.1},
+        "paper": {"epochs": 100, "hidden": [512], "lr": 0.05},
     }
-    cfg = setup("fast", PRESETS, epochs=None, lr=0.2)
+    cfg = setup("fast", PRESETS, lr=0.2)
     cfg.epochs, cfg.lr, cfg.device, cfg.seed   # -> 5, 0.2, device('cpu'), 0
+    cfg = setup("small", "curvature", knobs={"epochs": 3})   # a chapter's own presets
 
-Overrides are validated against the preset so that a typo or a wrong type
-fails loudly at the top of the notebook instead of silently later on.
+Overrides are checked against the presets so that a typo, a wrong type or a value out of
+range fails loudly at the top of the notebook instead of silently later on: their types
+and ranges are inferred from the presets' values (:mod:`lib.book.rules`), with explicit
+rules only where inference cannot know them.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import numpy as np
 import torch
 
 from .._checks import check_seed
+from .rules import check_knobs, check_relations, rules_for
 
 __all__ = ["Settings", "setup", "resolve_device", "seed_everything"]
 
 # Names that `setup` fills in itself, so a preset may not use them as knobs.
-_RESERVED = ("preset", "device", "seed")
+_RESERVED = ("preset", "device", "seed", "knobs", "checks", "relations")
 
 
 
@@ -200,59 +205,84 @@ def _validate_presets(presets: Any) -> None:
                 )
 
 
-def _apply_checks(values: dict[str, Any], checks: Mapping[str, tuple[Callable, str]]) -> None:
-    for knob, check in checks.items():
-        if knob not in values:
-            raise ValueError(f"check given for unknown knob {knob!r}")
-        if not (isinstance(check, tuple) and len(check) == 2 and callable(check[0])):
-            raise TypeError(f"check for {knob!r} must be a (predicate, description) tuple")
-        predicate, description = check
-        if not predicate(values[knob]):
-            raise ValueError(f"{knob} must be {description}, got {values[knob]!r}")
+def _chapter_presets(presets: Any) -> tuple[Mapping, Mapping, list]:
+    """(presets, rules, relations) of a chapter's name (from :mod:`lib.book.presets`)."""
+    from . import presets as chapter_presets
+
+    declared = chapter_presets.load(presets)
+    return declared.presets, declared.rules, list(declared.relations)
+
+
+def _merge_overrides(knobs: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    if knobs is None:
+        return dict(overrides)
+    if not isinstance(knobs, Mapping):
+        raise TypeError(f"knobs must be a dict of knob values, e.g. {{'epochs': 3}}, "
+                        f"got {type(knobs).__name__} {knobs!r}")
+    both = sorted(set(knobs) & set(overrides))
+    if both:
+        raise ValueError(f"knobs {both} given both in knobs= and as keyword arguments")
+    return {**knobs, **overrides}
 
 
 def setup(
     preset: str,
-    presets: Mapping[str, Mapping[str, Any]],
+    presets: str | Mapping[str, Mapping[str, Any]],
     *,
     device: str | torch.device = "auto",
     seed: int = 0,
-    checks: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None,
+    knobs: Mapping[str, Any] | None = None,
+    checks: Mapping[str, Any] | None = None,
+    relations: list[tuple[Callable[..., bool], str]] | None = None,
     **overrides: Any,
 ) -> Settings:
     """Resolve a preset plus overrides into validated settings and seed everything.
 
     Args:
-        preset: name of the preset to use, a key of ``presets``.
-        presets: ``{preset_name: {knob: default_value}}``.
+        preset: name of the preset to use, a key of the presets.
+        presets: ``{preset_name: {knob: default_value}}``, or a chapter's name
+            (``"curvature"``), whose presets, rules and relations
+            :func:`lib.book.presets.load` reads.
         device: see :func:`resolve_device`.
         seed: non-negative int; seeds ``random``, numpy and torch.
-        checks: optional ``{knob: (predicate, description)}``; a final value
-            for which ``predicate(value)`` is false raises
-            ``ValueError("<knob> must be <description>, got <value>")``.
-        **overrides: knob values replacing the preset's; ``None`` keeps the
-            preset's value (so papermill parameters can default to None).
+        knobs: ``{knob: value}`` overrides (a chapter's papermill parameter ``knobs``).
+        checks: explicit rules ``{knob: rule}`` where inference from the presets' values
+            cannot know them (see :mod:`lib.book.rules`): a string such as ``">= 4"``,
+            ``"in [0, 1)"``, ``"one of a, b"``, ``"matches REGEX"``, ``"any"``; a
+            ``(rule, reason)`` pair; or a ``(predicate, description)`` pair. Every other
+            knob gets the rule inferred from its values in all presets.
+        relations: ``[(predicate, message)]`` between knobs, see
+            :func:`lib.book.rules.check_relations`.
+        **overrides: knob values replacing the preset's, like ``knobs``; ``None`` keeps
+            the preset's value (so papermill parameters can default to None).
 
     Returns:
-        :class:`Settings` with ``preset``, ``device``, ``seed`` and every knob.
+        :class:`Settings` with ``preset``, ``device``, ``seed`` and every knob, in the
+        preset's order.
 
     Raises:
-        ValueError: unknown preset, unknown knob, failed check, bad device or seed.
-        TypeError: an override of the wrong type, or malformed ``presets``.
+        ValueError: unknown preset, unknown knob, a value breaking its rule or a
+            relation, bad device or seed. The message names the knob.
+        TypeError: an override of the wrong type, or malformed ``presets``, ``knobs`` or rules.
     """
+    if isinstance(presets, str):
+        if checks is not None or relations is not None:
+            raise TypeError("checks and relations come with a chapter's presets; pass a dict of presets")
+        presets, checks, relations = _chapter_presets(presets)
     _validate_presets(presets)
     if not isinstance(preset, str) or preset not in presets:
         known = ", ".join(repr(name) for name in presets)
         raise ValueError(f"unknown preset {preset!r}; known presets: {known}")
-    knobs = dict(presets[preset])
-    for name, value in overrides.items():
-        if name not in knobs:
+    values = dict(presets[preset])
+    for name, value in _merge_overrides(knobs, overrides).items():
+        if name not in values:
             raise ValueError(
-                f"unknown knob {name!r} for preset {preset!r}; known knobs: {', '.join(knobs)}"
+                f"unknown knob {name!r} for preset {preset!r}; known knobs: {', '.join(values)}"
             )
         if value is not None:
-            knobs[name] = _coerce_knob(name, knobs[name], value)
-    _apply_checks(knobs, checks or {})
+            values[name] = _coerce_knob(name, values[name], value)
+    check_knobs(values, rules_for(presets, checks))
+    check_relations(values, relations or [])
     resolved_device = resolve_device(device)
     seed_everything(seed)
-    return Settings({"preset": preset, "device": resolved_device, "seed": int(seed), **knobs})
+    return Settings({"preset": preset, "device": resolved_device, "seed": int(seed), **values})

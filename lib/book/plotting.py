@@ -15,7 +15,7 @@ import numpy as np
 
 from .._checks import check_int
 
-__all__ = ["BOOK_STYLE", "COLORS", "use_style", "new_figure", "label"]
+__all__ = ["BOOK_STYLE", "COLORS", "use_style", "new_figure", "label", "cell_edges"]
 
 # Colour-blind-safe palette (Okabe & Ito), used as the default colour cycle.
 #: The default colour cycle.
@@ -100,3 +100,25 @@ def label(ax, title: str | None = None, xlabel: str | None = None,
             raise TypeError(f"labels must be strings, got {type(text).__name__} {text!r}")
         setter(text)
     return ax
+
+
+def cell_edges(values: Any, log: bool = False) -> np.ndarray:
+    """Edges of heat-map cells centred on a grid, for ``pcolormesh``.
+
+    Args:
+        values: ``(k,)`` grid points, k >= 2, increasing (positive where ``log``).
+        log: centre the cells on a log axis (geometric midpoints).
+
+    Returns:
+        ``(k + 1,)`` edges: the midpoints between neighbours and, at both ends, the
+        outer points half a step beyond the first and last value.
+
+    Example:
+        >>> cell_edges([1.0, 2.0, 3.0]).tolist()
+        [0.5, 1.5, 2.5, 3.5]
+    """
+    v = np.log(values) if log else np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"values must be a 1-d grid of at least 2 points, got shape {np.shape(values)}")
+    e = np.concatenate([[1.5 * v[0] - 0.5 * v[1]], (v[1:] + v[:-1]) / 2, [1.5 * v[-1] - 0.5 * v[-2]]])
+    return np.exp(e) if log else e

@@ -3,9 +3,12 @@
 The front door to papermill for the book's chapters (``make run CHAPTER=... ARGS="..."``
 calls it). Before anything executes it
 
-* checks every ``-p`` name against the chapter's ``parameters`` cell: an unknown knob is
-  an error that names the known ones (papermill itself only logs a warning and runs the
-  chapter with its defaults);
+* checks every ``-p`` name against the chapter's ``parameters`` cell (``preset``,
+  ``device``, ``seed``, ``knobs``) and its presets' knobs (:mod:`lib.book.presets`): an
+  unknown name is an error that names the known ones (papermill itself only logs a
+  warning and runs the chapter with its defaults);
+* passes a knob of the presets (``-p epochs 3``) in the chapter's ``knobs`` dict, the one
+  parameter through which a chapter takes them (plain papermill: ``-y "knobs: {epochs: 3}"``);
 * reads each value as a Python literal, so lists need no special flag
   (``-p hidden "[64, 64]"``, ``-p tasks '["digits/mlp"]'``); anything that is not a
   literal stays a string (``-p preset paper``);
@@ -16,7 +19,8 @@ Examples::
 
     python -m lib.book.run curvature -p preset tiny
     python -m lib.book.run reparametrization -p preset paper -p device cuda
-    python -m lib.book.run inpca --list            # the chapter's knobs and defaults
+    python -m lib.book.run curvature -p preset tiny -p epochs 3 -p hidden "[32]"
+    python -m lib.book.run inpca --list            # the chapter's knobs, their values per preset
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any
 
 from .paths import REPO_ROOT, in_clone
 
-__all__ = ["chapter_path", "chapter_parameters", "parse_value", "check_parameters", "paper_warning", "main"]
+__all__ = ["chapter_path", "chapter_parameters", "chapter_knobs", "parse_value", "check_parameters",
+           "paper_warning", "main"]
 
 
 def chapter_path(chapter: str) -> Path:
@@ -69,6 +74,19 @@ def chapter_parameters(path: Path) -> dict[str, Any]:
                     knobs[node.targets[0].id] = ast.literal_eval(node.value)
             return knobs
     raise ValueError(f"{path} has no code cell tagged 'parameters'")
+
+
+def chapter_knobs(path: Path) -> dict[str, Any]:
+    """The knobs of the chapter's presets (:mod:`lib.book.presets`) with their values in its
+    ``small`` preset (the first preset where it has none); ``{}`` for a notebook without presets."""
+    from . import presets
+
+    stem = Path(path).stem
+    if stem not in presets.chapters():
+        return {}
+    declared = presets.load(stem)
+    default = declared.presets.get("small") or next(iter(declared.presets.values()))
+    return dict(default)
 
 
 def parse_value(text: str) -> Any:
@@ -120,23 +138,47 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _pack_knobs(given: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with the presets' knobs moved into its ``knobs`` dict (where the chapter takes them)."""
+    packed = {name: value for name, value in given.items() if name in knobs}
+    if not packed:
+        return given
+    extra = given.get("knobs") or {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"knobs must be a dict such as {{'epochs': 3}}, got {extra!r}")
+    rest = {name: value for name, value in given.items() if name not in knobs}
+    return {**rest, "knobs": {**extra, **packed}}
+
+
+def _print_list(cell: dict[str, Any], chapter: str) -> None:
+    from . import presets
+
+    width = max(map(len, cell))
+    for name, default in cell.items():
+        print(f"{name:<{width}}  {default!r}")
+    if chapter in presets.chapters():
+        print(f"\nthe knobs of {chapter} (set them with -p NAME VALUE):")
+        print(presets.load(chapter).table())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _arguments(argv)
     try:
         path = chapter_path(args.chapter)
-        knobs = chapter_parameters(path)
+        cell = chapter_parameters(path)
+        knobs = chapter_knobs(path)
         given = {name: parse_value(value) for name, value in args.parameter}
-        check_parameters(given, knobs, path.stem)
+        known = {**{name: value for name, value in cell.items() if name != "knobs" or not knobs}, **knobs}
+        check_parameters({name: value for name, value in given.items() if name != "knobs"}, known, path.stem)
+        given = _pack_knobs(given, knobs)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.list:
-        width = max(map(len, knobs))
-        for name, default in knobs.items():
-            print(f"{name:<{width}}  {default!r}")
+        _print_list(cell, path.stem)
         return 0
-    warning = paper_warning(given.get("preset", knobs.get("preset")), path.stem)
+    warning = paper_warning(given.get("preset", cell.get("preset")), path.stem)
     if warning:
         print(warning, file=sys.stderr)
     try:

@@ -25,56 +25,23 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from .checkpoint import load_checkpoint, save_atomic
 from .batches import as_batches, batches, check_pair, is_pair
 from .models import diagonal_net
 from .paths import resolve_root
 from .progress import progress
+from .runs import History, check_storable, resume_run, run_fingerprint, save_run
 
-__all__ = ["History", "train", "accuracy", "evaluate", "LR_SCHEDULES", "train_diagonal_nets"]
+__all__ = ["train", "accuracy", "evaluate", "LR_SCHEDULES", "train_diagonal_nets"]
 
 Batch = tuple[Tensor, Tensor]
 
 LR_SCHEDULES = (None, "cosine")
-
-
-@dataclass
-class History:
-    """What :func:`train` measured, one entry per completed epoch.
-
-    Attributes:
-        epochs: epoch numbers ``1, 2, ...``.
-        train_loss: mean training loss over each epoch's mini-batches, each
-            measured just before its update (the usual "running" loss). With
-            ``reduction="sum"`` it is the sum over the epoch instead.
-        eval_loss: loss on ``eval_data`` after each epoch (empty without it).
-        eval_accuracy: accuracy on ``eval_data`` after each epoch; empty
-            without ``eval_data`` or for real-valued (regression) targets.
-        records: ``(epoch, value)`` for every non-None value the callback
-            returned, starting with epoch 0 (before training).
-        diverged: True if training stopped early on a non-finite loss.
-        lr: learning rate of the optimizer's first parameter group during
-            each epoch (other groups follow the same schedule from their own
-            initial learning rates).
-    """
-
-    epochs: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    eval_loss: list[float] = field(default_factory=list)
-    eval_accuracy: list[float] = field(default_factory=list)
-    records: list[tuple[int, Any]] = field(default_factory=list)
-    diverged: bool = False
-    lr: list[float] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.epochs)
 
 
 # --------------------------------------------------------------------------- #
@@ -245,190 +212,6 @@ def _record(history: History, callback: Callable | None, epoch: int, model: nn.M
         history.records.append((epoch, value))
 
 
-# --------------------------------------------------------------------------- #
-# Checkpointing
-# --------------------------------------------------------------------------- #
-_CHECKPOINT_VERSION = 1
-_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, bytes)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain data for the run fingerprint (tuples become lists)."""
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if type(value) in _PLAIN_LEAVES:
-        return value
-    for kind in (bool, int, float, str):  # subclasses, e.g. numpy.float64
-        if isinstance(value, kind):
-            return kind(value)
-    return f"<{type(value).__module__}.{type(value).__qualname__}>"
-
-
-def _data_shapes(data: Any) -> Any:
-    if is_pair(data):
-        return [list(data[0].shape), list(data[1].shape)]
-    return [[list(X.shape), list(y.shape)] for X, y in data]
-
-
-def _fingerprint(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                 data: Any, batch_size: int | None, seed: int,
-                 eval_data: tuple[Tensor, Tensor] | None, lr_schedule: str | None,
-                 epochs: int) -> dict[str, Any]:
-    """What must not change between a run and its continuation.
-
-    ``epochs`` is only part of it with a schedule, whose shape it sets. Without
-    one there is no ``lr_schedule`` key at all, so checkpoints written before
-    schedules existed still match.
-    """
-    fingerprint = {
-        "model": {name: [list(p.shape), str(p.dtype)] for name, p in model.named_parameters()},
-        "optimizer": type(optimizer).__qualname__,
-        "optimizer_hyperparameters": [
-            {**{key: _plain(item) for key, item in group.items() if key != "params"},
-             "n_params": len(group["params"])}
-            for group in optimizer.param_groups],
-        "loss_fn": [type(loss_fn).__qualname__, _plain(getattr(loss_fn, "reduction", None))],
-        "data": _data_shapes(data),
-        "eval_data": None if eval_data is None else _data_shapes(eval_data),
-        "batch_size": batch_size,
-        "seed": seed,
-    }
-    if lr_schedule is not None:
-        fingerprint["lr_schedule"] = {"name": lr_schedule, "epochs": epochs}
-    return fingerprint
-
-
-def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Human-readable list of where two fingerprints differ."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        found = []
-        for key in sorted(set(saved) | set(current), key=str):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if key not in saved:
-                found.append(f"{name}: not in checkpoint, now {current[key]!r}")
-            elif key not in current:
-                found.append(f"{name}: checkpoint {saved[key]!r}, now absent")
-            else:
-                found += _differences(saved[key], current[key], name)
-        return found
-    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
-            and any(isinstance(item, dict) for item in saved)):
-        found = []
-        for index, (old, new) in enumerate(zip(saved, current)):
-            found += _differences(old, new, f"{prefix}[{index}]")
-        return found
-    return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, now {current!r}"]
-
-
-def _unstorable(value: Any, where: str) -> str | None:
-    """Where ``value`` holds something ``weights_only`` loading refuses, else None."""
-    if type(value) in _PLAIN_LEAVES or type(value) in (Tensor, nn.Parameter):
-        return None
-    if type(value) in (list, tuple):
-        for index, item in enumerate(value):
-            problem = _unstorable(item, f"{where}[{index}]")
-            if problem:
-                return problem
-        return None
-    if type(value) is dict:
-        for key, item in value.items():
-            problem = (_unstorable(key, f"key {key!r} of {where}")
-                       or _unstorable(item, f"{where}[{key!r}]"))
-            if problem:
-                return problem
-        return None
-    return f"{where} is a {type(value).__module__}.{type(value).__qualname__}"
-
-
-def _check_storable(history: History, checkpoint: Any) -> None:
-    if not history.records:
-        return
-    epoch, value = history.records[-1]
-    problem = _unstorable(value, "the value")
-    if problem:
-        raise TypeError(
-            f"callback returned a value at epoch {epoch} that cannot be stored in checkpoint "
-            f"{checkpoint} ({problem}); return None, numbers, strings, tensors, or lists, "
-            "tuples and dicts of those (e.g. float(x) for a numpy scalar), or train without "
-            "checkpoint=")
-
-
-def _rng_states(device: torch.device) -> dict[str, Tensor]:
-    states = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _set_rng_states(states: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(states["cpu"].cpu())
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
-
-
-def _save_checkpoint(path: Any, fingerprint: dict[str, Any], model: nn.Module,
-                     optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                     history: History, device: torch.device) -> None:
-    save_atomic({
-        "version": _CHECKPOINT_VERSION,
-        "fingerprint": fingerprint,
-        "epoch": history.epochs[-1],
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "rng": _rng_states(device),
-        "history": {
-            "epochs": list(history.epochs),
-            "train_loss": list(history.train_loss),
-            "eval_loss": list(history.eval_loss),
-            "eval_accuracy": list(history.eval_accuracy),
-            "records": [[epoch, value] for epoch, value in history.records],
-            "diverged": history.diverged,
-            "lr": list(history.lr),
-        },
-    }, path)
-
-
-def _resume(path: Any, fingerprint: dict[str, Any], epochs: int, model: nn.Module,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            device: torch.device, lr: float) -> History | None:
-    """Restore the run saved at ``path``; None if there is no checkpoint yet.
-
-    ``lr`` (the first group's initial learning rate) fills ``History.lr`` for
-    checkpoints written before it was recorded; those runs had no schedule,
-    and the fingerprint guarantees the same learning rate.
-    """
-    state = load_checkpoint(path, map_location="cpu")
-    if state is None:
-        return None
-    if state.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has format version {state.get('version')!r}, "
-                         f"expected {_CHECKPOINT_VERSION}; delete it to recompute it")
-    differences = _differences(state["fingerprint"], fingerprint)
-    if differences:
-        raise ValueError(f"checkpoint {path} was written by a different run configuration; "
-                         "delete it or use another checkpoint name. Differences: "
-                         + "; ".join(differences))
-    if state["epoch"] > epochs:
-        raise ValueError(f"checkpoint {path} already holds {state['epoch']} epochs but "
-                         f"epochs={epochs}; pass epochs >= {state['epoch']} or use another "
-                         "checkpoint name")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"].cpu())
-    _set_rng_states(state["rng"], device)
-    saved = state["history"]
-    return History(epochs=list(saved["epochs"]), train_loss=list(saved["train_loss"]),
-                   eval_loss=list(saved["eval_loss"]), eval_accuracy=list(saved["eval_accuracy"]),
-                   records=[(epoch, value) for epoch, value in saved["records"]],
-                   diverged=bool(saved["diverged"]),
-                   lr=list(saved.get("lr", [lr] * len(saved["epochs"]))))
-
-
 def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
           data: tuple[Tensor, Tensor] | Iterable[Batch], optimizer: torch.optim.Optimizer, *,
           epochs: int, batch_size: int | None = None, seed: int = 0,
@@ -470,37 +253,11 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
             The rate of every epoch is in ``History.lr``.
 
     Checkpoints:
-        After every completed epoch (including one that diverged) the file is
-        rewritten atomically (:func:`lib.book.checkpoint.save_atomic`) with the
-        model's and optimizer's ``state_dict``, the epoch number, all
-        :class:`History` fields (``records`` included), the state of the
-        generator that shuffles the batches, torch's global RNG state (CPU,
-        and CUDA for a model on a GPU; dropout and callbacks draw from it) and
-        a fingerprint of the run: the model's parameter names, shapes and
-        dtypes, the optimizer's class and hyper-parameters, the loss, the
-        shapes of ``data`` and ``eval_data``, ``batch_size``, ``seed`` and the
-        ``lr_schedule``. Without a schedule ``epochs`` is not part of it, so a
-        finished run can be extended; with ``"cosine"`` it is, since it sets
-        the learning rate of every epoch (a finished run cannot be extended,
-        and an interrupted one must be resumed with the same ``epochs``). The
-        schedule needs no saved state of its own: its learning rate follows
-        from the epoch number, ``epochs`` and the initial learning rates, which
-        the fingerprint pins down.
-
-        If the file exists when ``train`` starts, it is loaded with
-        ``weights_only=True`` and, when its fingerprint matches, the model,
-        optimizer, generators and history are restored and training goes on
-        from the next epoch; with all ``epochs`` done already, nothing is
-        trained and the cached result is returned. The callback is not run
-        again for completed epochs (epoch 0 included): their records come from
-        the file. Continuing an interrupted run this way gives bit-identical
-        results to an uninterrupted one on the same device. A resumed run
-        that had diverged is not trained further.
-
-        Callback values must then be None, numbers, strings, tensors, or
-        lists, tuples and dicts of those, so the file loads with
-        ``weights_only=True``; anything else raises TypeError when it is
-        returned. Restored tensor records are on the CPU.
+        After every completed epoch the run is saved to ``checkpoint`` and a later call
+        continues it (bit-identical to an uninterrupted run on the same device) or returns
+        the finished result; :mod:`lib.book.runs` says what is saved and when a file
+        matches. Callback values must then be storable (None, numbers, strings, tensors,
+        and lists, tuples and dicts of those), else TypeError when one is returned.
 
     Returns:
         :class:`History` of all epochs, including those restored from
@@ -516,6 +273,51 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         TypeError: if ``checkpoint`` is given and the callback returns a value
             that cannot be stored in it.
     """
+    # (long only by its docstring: the code is split into the helpers below)
+    epochs, batch_size, seed, lr_schedule, checkpoint = _check_train_arguments(
+        model, loss_fn, optimizer, epochs, batch_size, seed, callback, lr_schedule, eval_data, checkpoint)
+    if is_pair(data):
+        check_pair(*data, "data")
+        fixed = None
+    else:
+        if batch_size is not None:
+            raise ValueError("batch_size must be None when data is already a list of batches")
+        fixed = as_batches(data)
+
+    device, was_training = _model_device(model), model.training
+    generator = torch.Generator().manual_seed(seed)
+    # Read before resume_run, whose optimizer state holds the last epoch's
+    # (annealed) rates; the fingerprint check makes these equal to the
+    # interrupted run's initial rates.
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    fingerprint = None if checkpoint is None else run_fingerprint(
+        model, loss_fn, optimizer, data if fixed is None else fixed, batch_size, seed, eval_data,
+        lr_schedule, epochs)
+    history = _start(checkpoint, fingerprint, epochs, model, optimizer, generator, device, base_lrs,
+                     callback)
+    first = len(history) + 1 if not history.diverged else epochs + 1
+    bar = progress(range(first, epochs + 1), desc=desc)
+    saved = (lambda: save_run(checkpoint, fingerprint, model, optimizer, generator, history, device)
+             ) if checkpoint is not None else None
+    try:
+        for epoch in bar:
+            epoch_batches = fixed if fixed is not None else _shuffled(data, batch_size, generator)
+            if lr_schedule is not None:
+                _set_lrs(optimizer, [_cosine_lr(lr0, epoch, epochs) for lr0 in base_lrs])
+            if not _epoch(history, epoch, model, loss_fn, optimizer, epoch_batches, device, eval_data,
+                          bar, callback, checkpoint, saved):
+                break
+    finally:
+        bar.close()
+        model.train(was_training)
+        if lr_schedule is not None:
+            _set_lrs(optimizer, base_lrs)  # so the optimizer can start a new schedule
+    return history
+
+
+def _check_train_arguments(model, loss_fn, optimizer, epochs, batch_size, seed, callback, lr_schedule,
+                           eval_data, checkpoint) -> tuple:
+    """The checked ``(epochs, batch_size, seed, lr_schedule, checkpoint)`` of :func:`train`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -538,75 +340,59 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a str or path, got {type(checkpoint).__name__}")
         checkpoint = resolve_root(checkpoint)
+    return epochs, batch_size, seed, lr_schedule, checkpoint
 
-    if is_pair(data):
-        X, y = data
-        check_pair(X, y, "data")
-        fixed = None
-    else:
-        if batch_size is not None:
-            raise ValueError("batch_size must be None when data is already a list of batches")
-        fixed = as_batches(data)
 
-    device, was_training = _model_device(model), model.training
-    generator = torch.Generator().manual_seed(seed)
-    # Read before _resume, whose optimizer state holds the last epoch's
-    # (annealed) rates; the fingerprint check makes these equal to the
-    # interrupted run's initial rates.
-    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+def _start(checkpoint, fingerprint, epochs, model, optimizer, generator, device, base_lrs,
+           callback) -> History:
+    """The history a run starts from: the checkpoint's, or a new one with the epoch-0 record."""
     history = None
     if checkpoint is not None:
-        fingerprint = _fingerprint(model, loss_fn, optimizer, data if fixed is None else fixed,
-                                   batch_size, seed, eval_data, lr_schedule, epochs)
-        history = _resume(checkpoint, fingerprint, epochs, model, optimizer, generator, device,
-                          base_lrs[0])
+        history = resume_run(checkpoint, fingerprint, epochs, model, optimizer, generator, device,
+                             base_lrs[0])
         if history is not None and history.diverged:
             warnings.warn(f"checkpoint {checkpoint} holds a run that diverged at epoch "
-                          f"{len(history)}; not training it further", RuntimeWarning, stacklevel=2)
+                          f"{len(history)}; not training it further", RuntimeWarning, stacklevel=3)
     if history is None:
         history = History()
         _record(history, callback, 0, model)
         if checkpoint is not None:
-            _check_storable(history, checkpoint)
-    first = len(history) + 1 if not history.diverged else epochs + 1
-    bar = progress(range(first, epochs + 1), desc=desc)
-    try:
-        for epoch in bar:
-            if fixed is None:
-                size = batch_size or X.shape[0]
-                epoch_batches = batches(X, y, size, shuffle=size < X.shape[0], generator=generator)
-            else:
-                epoch_batches = fixed
-            if lr_schedule is not None:
-                _set_lrs(optimizer, [_cosine_lr(lr0, epoch, epochs) for lr0 in base_lrs])
-            lr = float(optimizer.param_groups[0]["lr"])
-            loss = _run_epoch(model, loss_fn, optimizer, epoch_batches, device)
-            history.epochs.append(epoch)
-            history.train_loss.append(loss)
-            history.lr.append(lr)
-            postfix = {"loss": f"{loss:.4g}"}
-            if eval_data is not None:
-                postfix.update(_evaluate_epoch(history, model, loss_fn, *eval_data))
-            bar.set_postfix(postfix)
-            if not math.isfinite(loss):
-                history.diverged = True
-                warnings.warn(f"training loss became {loss} at epoch {epoch}; stopping early",
-                              RuntimeWarning, stacklevel=2)
-                if checkpoint is not None:
-                    _save_checkpoint(checkpoint, fingerprint, model, optimizer, generator,
-                                     history, device)
-                break
-            _record(history, callback, epoch, model)
-            if checkpoint is not None:
-                _check_storable(history, checkpoint)
-                _save_checkpoint(checkpoint, fingerprint, model, optimizer, generator,
-                                 history, device)
-    finally:
-        bar.close()
-        model.train(was_training)
-        if lr_schedule is not None:
-            _set_lrs(optimizer, base_lrs)  # so the optimizer can start a new schedule
+            check_storable(history, checkpoint)
     return history
+
+
+def _shuffled(data: tuple[Tensor, Tensor], batch_size: int | None,
+              generator: torch.Generator) -> list[Batch]:
+    """One epoch's mini-batches of an ``(X, y)`` pair (the whole pair when full batch)."""
+    X, y = data
+    size = batch_size or X.shape[0]
+    return batches(X, y, size, shuffle=size < X.shape[0], generator=generator)
+
+
+def _epoch(history, epoch, model, loss_fn, optimizer, epoch_batches, device, eval_data, bar, callback,
+           checkpoint, save) -> bool:
+    """Train one epoch and record it; False when the loss diverged (training stops)."""
+    lr = float(optimizer.param_groups[0]["lr"])
+    loss = _run_epoch(model, loss_fn, optimizer, epoch_batches, device)
+    history.epochs.append(epoch)
+    history.train_loss.append(loss)
+    history.lr.append(lr)
+    postfix = {"loss": f"{loss:.4g}"}
+    if eval_data is not None:
+        postfix.update(_evaluate_epoch(history, model, loss_fn, *eval_data))
+    bar.set_postfix(postfix)
+    if not math.isfinite(loss):
+        history.diverged = True
+        warnings.warn(f"training loss became {loss} at epoch {epoch}; stopping early",
+                      RuntimeWarning, stacklevel=3)
+        if save is not None:
+            save()
+        return False
+    _record(history, callback, epoch, model)
+    if save is not None:
+        check_storable(history, checkpoint)
+        save()
+    return True
 
 
 def _evaluate_epoch(history: History, model: nn.Module, loss_fn: Callable,

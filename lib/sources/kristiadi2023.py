@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..book.data import make_sine
+from ..book.synthetic import make_sine
 from ..geometry.invariance import pullback_metric
 from ..curvature.dense import dense_function_hessian
 from ..geometry.laplace import (LaplaceResult, fit_map, gaussian_log_density,
@@ -195,7 +195,7 @@ def laplace_torch_sine_data(num_points: int = 150, *, seed: int = LAPLACE_TORCH_
 
     ``x = 8 rand(N)``, ``y = sin x + 0.3 randn`` drawn in float32 after
     ``torch.manual_seed(seed)`` (its ``get_sinusoid_example``), here from a private
-    generator (:func:`lib.book.data.make_sine` with ``sample_dtype=torch.float32``) and cast to
+    generator (:func:`lib.book.synthetic.make_sine` with ``sample_dtype=torch.float32``) and cast to
     ``dtype``. Returns ``(X, y)`` of shapes ``(N, 1)``.
     """
     return make_sine(num_points, noise=0.3, low=0.0, high=8.0, seed=seed, dtype=dtype,
