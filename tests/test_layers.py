@@ -19,7 +19,7 @@ import pytest
 LIB = Path(__file__).resolve().parent.parent / "lib"
 RANK = {"_checks": 0, "book": 0, "operators": 1, "curvature": 2, "geometry": 3, "manifolds": 3, "sources": 4}
 MAX_MODULE_LINES = 600
-MAX_FUNCTION_LINES = 60
+MAX_FUNCTION_LINES = 60  # lines of code and comments, without the docstring
 LONG_REASON = "# long because"  # a function over the limit says why, in a comment inside it
 
 
@@ -111,6 +111,14 @@ def test_modules_are_short(module):
     assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines (> {MAX_MODULE_LINES}): split it"
 
 
+def docstring_lines(node: ast.FunctionDef) -> int:
+    """Lines of a function's docstring: documentation is not what makes a function long."""
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
 @pytest.mark.parametrize("module", sorted(modules()))
 def test_long_functions_say_why(module):
     source = modules()[module].read_text("utf8")
@@ -118,7 +126,7 @@ def test_long_functions_say_why(module):
     too_long = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            length = node.end_lineno - node.lineno + 1
+            length = node.end_lineno - node.lineno + 1 - docstring_lines(node)
             body = "\n".join(lines[node.lineno - 1:node.end_lineno])
             if length > MAX_FUNCTION_LINES and LONG_REASON not in body:
                 too_long.append(f"{node.name} ({length} lines)")

@@ -82,3 +82,24 @@ def test_a_run_with_a_list_value(tmp_path):
     notebook = nbformat.read(output, as_version=4)
     injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "knobs = " in injected[0].source and '"fig1_times": [1, 10]' in injected[0].source
+
+
+@pytest.mark.notebook
+def test_plain_papermill_takes_a_knob_as_its_own_parameter(tmp_path):
+    """`papermill ... -p fig1_times "[1, 10]"` reaches the chapter like knobs={"fig1_times": [1, 10]};
+    given twice (also in knobs) it fails in the set-up cell."""
+    import papermill
+
+    path = ROOT / "chapters" / "linear_models.ipynb"
+    out = papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"), cwd=str(path.parent),
+                                     parameters={"preset": "tiny", "fig1_times": [2, 7]},
+                                     kernel_name="python3", progress_bar=False)
+    printed = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
+    assert "fig1_times" in printed and "[2, 7]" in printed
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError, match="given twice"):
+        papermill.execute_notebook(str(path), str(tmp_path / "twice.ipynb"), cwd=str(path.parent),
+                                   parameters={"preset": "tiny", "fig1_times": [2, 7],
+                                               "knobs": {"fig1_times": [1]}},
+                                   kernel_name="python3", progress_bar=False)

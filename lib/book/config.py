@@ -20,8 +20,9 @@ rules only where inference cannot know them.
 
 from __future__ import annotations
 
+import ast
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -225,6 +226,36 @@ def _merge_overrides(knobs: Any, overrides: Mapping[str, Any]) -> dict[str, Any]
     return {**knobs, **overrides}
 
 
+def papermill_knobs(names: Iterable[str]) -> dict[str, Any]:
+    """Knobs that plain papermill injected as their own parameters (``-p epochs 3``).
+
+    Papermill writes its parameters into a cell whose source starts with ``# Parameters``
+    and runs it after the parameters cell, so ``-p epochs 3`` defines a variable ``epochs``
+    that the chapter never reads (the chapter reads ``knobs``). The running kernel's input
+    history holds that cell, so the names it assigns are known exactly; a variable of the
+    same name defined later in an interactive session is not mistaken for one.
+
+    Args:
+        names: the chapter's knob names.
+
+    Returns:
+        ``{name: value}`` of the injected variables among ``names``; ``{}`` outside IPython
+        or when papermill injected none.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with every notebook kernel
+        return {}
+    shell = get_ipython()
+    if shell is None:
+        return {}
+    names, namespace = set(names), shell.user_ns
+    injected = [source for source in namespace.get("In", []) if source.startswith("# Parameters")]
+    assigned = {target.id for source in injected for node in ast.parse(source).body
+                if isinstance(node, ast.Assign) for target in node.targets if isinstance(target, ast.Name)}
+    return {name: namespace[name] for name in sorted(assigned & names) if name in namespace}
+
+
 def setup(
     preset: str,
     presets: str | Mapping[str, Mapping[str, Any]],
@@ -269,6 +300,12 @@ def setup(
         if checks is not None or relations is not None:
             raise TypeError("checks and relations come with a chapter's presets; pass a dict of presets")
         presets, checks, relations = _chapter_presets(presets)
+        injected = papermill_knobs(next(iter(presets.values())))
+        if injected:  # `papermill -p epochs 3` works like `-p knobs "{epochs: 3}"`
+            both = sorted(set(injected) & set(knobs if isinstance(knobs, Mapping) else {}))
+            if both:
+                raise ValueError(f"knobs {both} are given twice: as papermill parameters and in knobs")
+            knobs = {**injected, **(knobs or {})}
     _validate_presets(presets)
     if not isinstance(preset, str) or preset not in presets:
         known = ", ".join(repr(name) for name in presets)

@@ -290,10 +290,7 @@ def train_trajectory(config: Config, split: Split, *, device: str | torch.device
     names = _check_schedules(schedule)
     device = resolve_device(device)
     shape = tuple(split.X_train.shape[1:]) if input_shape is None else tuple(input_shape)
-    model = classifier(config.arch, shape, split.n_classes, hidden=config.hidden, seed=config.seed)
-    if config.init == "corner":
-        _corner_init(model, config.corner_seed)
-    model = model.to(device=device, dtype=split.X_train.dtype)
+    model = _initial_model(config, split, shape, device)
     optimizer = _optimizer(config, model.parameters())
     X_train, y_train = split.X_train.reshape(-1, *shape), split.y_train
     X_test = split.X_test.reshape(-1, *shape)
@@ -338,11 +335,17 @@ def train_trajectory(config: Config, split: Split, *, device: str | torch.device
                 diverged = True
                 break
     result = _assemble(steps, records, split, config, diverged, total_steps)
-    result["schedules"] = {}
-    for name in names:
-        own = set(per_schedule[name])
-        result["schedules"][name] = torch.tensor([s in own for s in steps])
+    result["schedules"] = {name: torch.tensor([s in set(per_schedule[name]) for s in steps])
+                           for name in names}
     return result
+
+
+def _initial_model(config: Config, split: Split, shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """The configuration's network at its initialization, on ``device`` in the data's dtype."""
+    model = classifier(config.arch, shape, split.n_classes, hidden=config.hidden, seed=config.seed)
+    if config.init == "corner":
+        _corner_init(model, config.corner_seed)
+    return model.to(device=device, dtype=split.X_train.dtype)
 
 
 def _assemble(steps: list[int], records: dict[int, tuple[Tensor, Tensor]], split: Split,
