@@ -46,10 +46,8 @@ def summary(name: str) -> str:
 
 
 def page(name: str) -> str:
-    """A module's page documents what the module defines (not what it re-exports, which
-    has its own page); a subpackage's page is its docstring, which names its modules."""
-    if hasattr(importlib.import_module(name), "__path__"):
-        return f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n```\n"
+    """A module's or subpackage's page documents what it defines itself (not what it
+    re-exports, which has its own page)."""
     return (f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n"
             f"   :ignore-module-all:\n   :show-inheritance:\n```\n")
 

@@ -1,6 +1,6 @@
 """Data sets used in the book, as ready-to-use tensors.
 
-Every loader returns a :class:`Split` of four tensors with inputs standardized
+Every loader returns a :class:`~lib.book.split.Split` of four tensors with inputs standardized
 using *training* statistics only (the test set never leaks into them).
 
 * :func:`load_digits` - scikit-learn's 8x8 digits (bundled, no download).

@@ -1,5 +1,5 @@
 """Experiment drivers that chapters share or would otherwise define inline: each trains or
-measures one piece of a chapter's experiment and caches it with a :class:`ResultCache`.
+measures one piece of a chapter's experiment and caches it with a :class:`~lib.book.checkpoint.ResultCache`.
 
 * :func:`measure` - several measures (sharpness variants, ...) of one model, cached;
 * :func:`diagonal_net_draw` - one draw of the diagonal-network experiment (data,

@@ -50,7 +50,7 @@ __all__ = ["History", "run_fingerprint", "check_storable", "save_run", "resume_r
 
 @dataclass
 class History:
-    """What :func:`train` measured, one entry per completed epoch.
+    """What :func:`~lib.book.train.train` measured, one entry per completed epoch.
 
     Attributes:
         epochs: epoch numbers ``1, 2, ...``.

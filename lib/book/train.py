@@ -260,7 +260,7 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         and lists, tuples and dicts of those), else TypeError when one is returned.
 
     Returns:
-        :class:`History` of all epochs, including those restored from
+        :class:`~lib.book.runs.History` of all epochs, including those restored from
         ``checkpoint``. If the training loss becomes NaN or infinite,
         training stops after that epoch with ``history.diverged = True`` and a
         warning (divergence at large step sizes is something chapters show).

@@ -9,7 +9,7 @@ labels (empirical). Everything is ``(d, d)`` in float64 for a model with ``d`` t
 parameters (in ``model.parameters()`` order), so only tiny models fit.
 
 Conventions are those of :mod:`lib.curvature.products`: ``L = c sum_n l(f_n, y_n)`` over
-all points of all batches, ``c`` the reduction constant (:meth:`Loss.scale`), outputs with
+all points of all batches, ``c`` the reduction constant (:meth:`~lib.curvature.losses.Loss.scale`), outputs with
 extra dimensions read as ``C = d_1 ... d_m`` outputs (MSE).
 """
 
@@ -67,7 +67,7 @@ def dense_hessian(model: nn.Module, loss_fn: nn.Module, data, *,
     """The Hessian of the dataset loss, ``(d, d)`` float64.
 
     Args:
-        model, loss_fn, data: as for :func:`lib.curvature.hessian`.
+        model, loss_fn, data: as for :func:`lib.curvature.products.hessian`.
         mode: ``"forward-over-reverse"`` (``torch.func.hessian``) or
             ``"reverse-over-reverse"`` (``jacrev(grad)``, for models whose forward-mode
             derivatives torch gets wrong, e.g. attention in some versions).
@@ -138,7 +138,7 @@ def dense_fisher(model: nn.Module, loss_fn: nn.Module, data, kind="exact") -> Te
     """A Fisher from per-example gradients, ``(d, d)`` float64.
 
     Args:
-        model, loss_fn, data: as for :func:`lib.curvature.fisher`.
+        model, loss_fn, data: as for :func:`lib.curvature.products.fisher`.
         kind: ``"exact"`` (labels enumerated, :func:`_label_enumeration`), ``"empirical"``
             (the data's labels) or ``"ggn"`` (:func:`dense_ggn`); a Monte-Carlo Fisher has
             no deterministic reference (``ValueError``).

@@ -229,7 +229,7 @@ def layer_rows(loss: Loss, f: Tensor, y: Tensor | None, recorder: LayerRecorder,
                retain_graph: bool = False):
     """Per recorded layer, the rows its factors are built from, after a forward pass ``f``.
 
-    Draws the loss's curvature columns ``S`` (:meth:`Loss.curvature_columns`, ``(K, *f.shape)``),
+    Draws the loss's curvature columns ``S`` (:meth:`~lib.curvature.losses.Loss.curvature_columns`, ``(K, *f.shape)``),
     backpropagates them to every layer output in one (batched) backward pass, and yields,
     in layer order, ``(module, a, T, g)``: input rows ``a`` of shape ``(B * T, in')``, the
     number ``T`` of positions per example, and output-gradient rows ``g`` of shape

@@ -247,7 +247,7 @@ class KFACOperator(_BlockOperator):
     :func:`lib.operators.spectral.trace` of a K-FAC operator is exact.
 
     Attributes:
-        factors: one :class:`KroneckerFactors` per layer.
+        factors: one :class:`~lib.curvature.factors.KroneckerFactors` per layer.
         names: names of the covered parameters, in the order of the flat vector.
         damping: the ``damping`` of ``+ damping * I`` (see :meth:`add_damping`).
     """

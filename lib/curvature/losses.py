@@ -36,7 +36,7 @@ class FisherKind(str, Enum):
     #: ``c sum_n g_n g_n^T`` at the data's own labels; not a Fisher in general.
     EMPIRICAL = "empirical"
     #: The generalized Gauss-Newton ``c sum_n J_n^T (d^2 l / d f^2) J_n`` written from the
-    #: loss Hessian (K-FAC only; :func:`lib.curvature.ggn` is the GGN operator).
+    #: loss Hessian (K-FAC only; :func:`lib.curvature.products.ggn` is the GGN operator).
     GGN = "ggn"
 
     def __str__(self) -> str:

@@ -5,7 +5,7 @@ the product ``G H^T`` can be replaced by ``(G A^-1, H A^T)`` for any invertible 
 (h, h) without changing the function (Definition 3.1 of da Silva et al., 2025,
 ``dasilva2025hideseek``). In multi-head attention this happens twice per head: the
 query/key pair and the value/output pair (Appendix C.1 of the paper; the bias rows
-are included, see :func:`attention_pairs`). The points of one orbit are the same
+are included, see :func:`~lib.geometry.attention.attention_pairs`). The points of one orbit are the same
 network, so sharpness should be measured on the quotient space "weights modulo
 ``GL(h)``". Concretely (Absil et al., 2008), the quotient is represented in the total
 space by

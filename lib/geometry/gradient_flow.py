@@ -52,8 +52,8 @@ from .reparam import Reparametrization
 __all__ = ["gradient_descent", "reparametrized_loss", "pulled_back_metric_field", "map_trajectory",
            "metric_matrix", "MetricField"]
 
+# A metric field: x (d,) -> the metric at x (an SPD operator, a (d, d) or a positive (d,) tensor).
 MetricField = Callable[[Tensor], "LinearOperator | Tensor"]
-"""A metric field: ``x (d,) -> metric at x`` (an SPD operator, ``(d, d)`` or positive ``(d,)`` tensor)."""
 
 
 def _check_point(x: Tensor, name: str) -> Tensor:

@@ -11,8 +11,9 @@ weights ``w``, block by block:
 * rescale pairs (a module's ``rescale_pairs`` attribute) get the ``GL(1)`` metric and its
   exact geodesics (:mod:`lib.geometry.rescale`);
 * every other trainable weight is treated as in adaptive sharpness (App. C.1): the norm is
-``||xi / |w| ||_2``, and the perturbation is the straight line ``w + xi``. The squared norms
-of all blocks add. :class:`QuotientGeometry` puts this together for a whole model.
+  ``||xi / |w| ||_2``, and the perturbation is the straight line ``w + xi``.
+
+The squared norms of all blocks add. :class:`QuotientGeometry` puts this together for a whole model.
 
 It implements the geometry protocol of :func:`lib.geometry.auto_pgd.auto_pgd`
 (``norm / project / ascent_direction / perturb / random``).
@@ -92,7 +93,7 @@ class QuotientGeometry:
         geodesic_norm: False measures attention blocks with the adaptive norm instead
             of the metric (the ablation of Figs. 9-10). Perturbations stay in the
             metric's horizontal space, but the projection onto it is the one orthogonal
-            in the adaptive norm (:meth:`GLPoint.horizontal_adaptive`), so that Auto-PGD
+            in the adaptive norm (:meth:`~lib.geometry.gl_pairs.GLPoint.horizontal_adaptive`), so that Auto-PGD
             ascends along the steepest feasible direction.
         second_order: False moves attention and rescale blocks on the straight line
             ``w + xi`` instead of the (second-order or exact) geodesic.

@@ -437,7 +437,7 @@ def trajectory_distances(trajectories, labels, *, num_points: int = 100, log: bo
     Every trajectory is re-indexed once (progress of its checkpoints, then the segment and
     ``alpha`` of each point of a global grid of ``num_points`` equally spaced progress values
     on [0, 1]); then, grid point by grid point, the ``K`` re-indexed models at that progress
-    are formed (``(K, N, C)``, never all grid points at once) and :func:`bhattacharyya` gives
+    are formed (``(K, N, C)``, never all grid points at once) and :func:`~lib.manifolds.inpca.bhattacharyya` gives
     all their distances. Entry ``(u, v)`` is the mean of ``d_B`` over the grid points inside
     both trajectories' progress ranges, i.e. ``trajectory_distance(u, v,
     grid=torch.linspace(0, 1, num_points))`` (see its docstring for the deviation from the

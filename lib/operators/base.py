@@ -23,7 +23,7 @@ estimators of :mod:`lib.operators.spectral` then use that closed form.
 
 Here: :class:`LinearOperator`, the identity and the operators its algebra builds
 (:class:`SumOperator`, :class:`ScaledOperator`, :class:`ProductOperator`,
-:class:`DampedInverseOperator`); operators held as explicit tensors (``DenseOperator``,
+:class:`~lib.operators.base.DampedInverseOperator`); operators held as explicit tensors (``DenseOperator``,
 ``DiagonalOperator``) are in :mod:`lib.operators.explicit`, the fallbacks' algorithms in
 :mod:`lib.operators.krylov`.
 """
@@ -265,12 +265,12 @@ class LinearOperator:
     def solve(self, v, damping: float = 0.0, *, tol: float = 1e-8, max_steps: int | None = None):
         """``(A + damping I)^-1 v`` for ``v`` of shape ``(d,)``, ``(d, k)`` or a list of
         parameter-shaped tensors (returned in the same form); by conjugate gradients here
-        (``A`` symmetric PSD; see :class:`DampedInverseOperator` for ``tol`` and ``max_steps``)."""
+        (``A`` symmetric PSD; see :class:`~lib.operators.base.DampedInverseOperator` for ``tol`` and ``max_steps``)."""
         return self.inverse(damping, tol=tol, max_steps=max_steps) @ v
 
     def inverse(self, damping: float = 0.0, *, tol: float = 1e-8,
                 max_steps: int | None = None) -> "LinearOperator":
-        """``(A + damping I)^-1`` as an operator; here a :class:`DampedInverseOperator`
+        """``(A + damping I)^-1`` as an operator; here a :class:`~lib.operators.base.DampedInverseOperator`
         (conjugate gradients, ``A`` symmetric positive semi-definite)."""
         return DampedInverseOperator(self, damping, tol=tol, max_steps=max_steps)
 

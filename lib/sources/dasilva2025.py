@@ -135,7 +135,7 @@ def diagonal_net_sharpness(u: Tensor, v: Tensor, X: Tensor, y: Tensor, rho: floa
     metric norm ``sqrt(2) ||B||``):
 
     * ``order=1`` (case A): ``(rho / sqrt 2) ||a||``;
-    * ``order=2`` (cases A/B/C): :func:`trust_region_max` of ``a^T B + B^T Q B``; for
+    * ``order=2`` (cases A/B/C): :func:`~lib.geometry.sharpness.trust_region_max` of ``a^T B + B^T Q B``; for
       ``a = 0`` (case B) this is ``(rho^2 / 2) max(lambda_max(Q), 0)``.
 
     Paper inconsistencies (orthonormal ``X^T X = I``, summed loss, so ``a = 4 r``,

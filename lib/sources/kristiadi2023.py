@@ -141,10 +141,10 @@ def sine_laplace_table(seed: int, *, num_points: int = 150, hidden: int = 20, si
     ``make_sine(num_points, noise=0.3, seed=seed)`` (``x ~ U[0, 8]``,
     ``y = sin x + N(0, 0.3^2)``); model and prior: :class:`SineMLPProblem` (likelihood
     noise ``sigma``, default the true 0.3; prior ``N(0, prior_precision^-1 I)`` on the
-    Cartesian weights); MAP by :func:`fit_map` from ``SineMLPProblem.init(seed)``.
+    Cartesian weights); MAP by :func:`~lib.geometry.laplace.fit_map` from ``SineMLPProblem.init(seed)``.
 
     Returns three :class:`~lib.geometry.laplace.LaplaceResult` at the same network (the same function), and with
-    ``with_ggn`` a fourth, ``"cartesian_ggn"``: :func:`ggn_log_marginal_likelihood` at the
+    ``with_ggn`` a fourth, ``"cartesian_ggn"``: :func:`~lib.geometry.laplace.ggn_log_marginal_likelihood` at the
     same MAP (the GGN instead of the Hessian):
 
     * ``"cartesian"``: the classical value (``G = I`` in Cartesian coordinates).
@@ -245,7 +245,7 @@ def sine_laplace_protocol_run(seed: int, *, data: tuple[Tensor, Tensor] | None =
     * model: 1-``hidden``-1 tanh MLP, :meth:`SineMLPProblem.init_pytorch` ``(seed)``;
     * training: :func:`fit_mse_adam` (full-batch Adam, ``lr``, MSE, no weight decay,
       ``epochs`` steps): not the MAP of the evidence's model;
-    * evidence: :func:`ggn_log_marginal_likelihood` with noise ``sigma`` (laplace-torch's
+    * evidence: :func:`~lib.geometry.laplace.ggn_log_marginal_likelihood` with noise ``sigma`` (laplace-torch's
       default 1) and prior precision ``prior_precision`` (default 1), at the trained point.
 
     With ``weightnorm`` also the two WeightNorm values at the same network, both with the
