@@ -53,6 +53,11 @@ def _dims(dims) -> int:
     return dims
 
 
+def _check_io(in_channels, num_classes) -> tuple[int, int]:
+    """The input channels and classes every image network takes, checked as integers >= 1."""
+    return check_int(in_channels, "in_channels"), check_int(num_classes, "num_classes")
+
+
 def _build(seed: int | None, make: Callable[[], nn.Module]) -> nn.Module:
     """Call ``make()`` with torch's CPU generator seeded by ``seed`` (if given).
 
@@ -130,8 +135,7 @@ def lenet(in_channels: int = 1, num_classes: int = 10, *, image_size: int = 8,
     Returns:
         ``nn.Sequential`` mapping ``(N, C, S, S)`` (or ``(N, C, L)``) to ``(N, K)``.
     """
-    in_channels = check_int(in_channels, "in_channels")
-    num_classes = check_int(num_classes, "num_classes")
+    in_channels, num_classes = _check_io(in_channels, num_classes)
     image_size = check_int(image_size, "image_size")
     if image_size < 4:
         raise ValueError(f"image_size must be at least 4 (two 2x poolings), got {image_size}")
@@ -211,8 +215,7 @@ def small_resnet(in_channels: int = 1, num_classes: int = 10, *, width: int = 16
     Returns:
         ``nn.Sequential`` mapping ``(N, C, H, W)`` (or ``(N, C, L)``) to ``(N, K)``.
     """
-    in_channels = check_int(in_channels, "in_channels")
-    num_classes = check_int(num_classes, "num_classes")
+    in_channels, num_classes = _check_io(in_channels, num_classes)
     width = check_int(width, "width")
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
         raise ValueError(f"num_blocks must be a non-negative int, got {num_blocks!r}")
@@ -321,8 +324,7 @@ def wide_resnet(depth: int = 16, widen_factor: int = 4, in_channels: int = 3,
         raise ValueError(f"depth must be 6n + 4 for an integer n >= 1 (10, 16, 22, 28, ...), "
                          f"got {depth}: (depth - 4) % 6 == {(depth - 4) % 6}")
     widen_factor = check_int(widen_factor, "widen_factor")
-    in_channels = check_int(in_channels, "in_channels")
-    num_classes = check_int(num_classes, "num_classes")
+    in_channels, num_classes = _check_io(in_channels, num_classes)
     dropout = _dropout(dropout)
     blocks_per_group = (depth - 4) // 6
     widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
@@ -431,8 +433,7 @@ def vit(in_channels: int = 1, num_classes: int = 10, *, image_size: int = 8,
     Returns:
         :class:`VisionTransformer` mapping ``(N, C, S, S)`` (or ``(N, C, L)``) to ``(N, K)``.
     """
-    in_channels = check_int(in_channels, "in_channels")
-    num_classes = check_int(num_classes, "num_classes")
+    in_channels, num_classes = _check_io(in_channels, num_classes)
     image_size = check_int(image_size, "image_size")
     patch_size = check_int(patch_size, "patch_size")
     if image_size % patch_size:
