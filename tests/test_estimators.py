@@ -398,3 +398,55 @@ def test_eigvalsh_block_method_and_small_problems():
         top_eigenpairs(MatrixFree(B), 21)
     with pytest.raises(ValueError, match="metric"):
         curvature.eigvalsh(MatrixFree(B), 2, method="block", metric=IdentityOperator(20, torch.float64))
+
+
+# -- the one Krylov engine under Lanczos, SLQ and the block solver ------------------------------
+def _spans(Q, V, atol):
+    """Every column of V lies in the span of Q's orthonormal columns."""
+    return bool(torch.linalg.vector_norm(V - Q @ (Q.T @ V), dim=0).max() <= atol)
+
+
+@pytest.mark.parametrize("p", [1, 3])
+def test_krylov_basis_is_the_orthonormal_block_krylov_space(p):
+    from lib.operators.krylov import krylov_basis
+    A = random_symmetric(60, 53, spectrum=torch.linspace(0.5, 2.0, 60, dtype=torch.float64))
+    X = torch.randn(60, p, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    Q, AQ, residual = krylov_basis(MatrixFree(A), X, 4)
+    assert Q.shape == AQ.shape == (60, 4 * p)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(4 * p, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(AQ, A @ Q, rtol=0, atol=1e-12)
+    powers = [X]
+    for _ in range(3):
+        powers.append(A @ powers[-1])
+    assert _spans(Q, torch.cat(powers, 1) / torch.linalg.vector_norm(torch.cat(powers, 1), dim=0), 1e-10)
+    # the residual is what the next block adds: the part of A Q's last block outside span(Q)
+    last = AQ[:, -p:]
+    assert residual == pytest.approx(float(torch.linalg.vector_norm(last - Q @ (Q.T @ last))), rel=1e-8)
+
+
+def test_lanczos_is_the_engine_with_one_column():
+    from lib.operators.krylov import krylov_basis
+    A = random_symmetric(40, 54)
+    v0 = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alpha, beta, Q = lanczos(MatrixFree(A), 12, v0, return_basis=True)
+    Q1, _, _ = krylov_basis(MatrixFree(A), v0[:, None], 12)
+    torch.testing.assert_close(Q, Q1, rtol=0, atol=0)
+    T = Q.T @ A @ Q  # tridiagonal: its band is alpha, beta and nothing else
+    torch.testing.assert_close(torch.diagonal(T), alpha, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.diagonal(T, 1), beta, rtol=0, atol=1e-12)
+    assert float((torch.triu(T, 2)).abs().max()) < 1e-10
+
+
+def test_krylov_basis_ends_or_refills_at_an_invariant_subspace():
+    from lib.operators.krylov import krylov_basis
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], dtype=torch.float64))
+    x = torch.tensor([1.0, 1.0, 0, 0, 0, 0], dtype=torch.float64)[:, None]  # lives in span(e1, e2)
+    Q, _, residual = krylov_basis(MatrixFree(A), x, 5)
+    assert Q.shape[1] == 2 and residual < 1e-10                       # Lanczos: the space ends
+    generator = torch.Generator().manual_seed(0)
+    Q, AQ, _ = krylov_basis(MatrixFree(A), x, 5,
+                            refill=lambda c: torch.randn(6, c, generator=generator, dtype=torch.float64))
+    assert Q.shape[1] == 5                                            # block: a random column instead
+    torch.testing.assert_close(Q.T @ Q, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="start vector is zero"):
+        krylov_basis(MatrixFree(A), torch.zeros(6, 1, dtype=torch.float64), 3)

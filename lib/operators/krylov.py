@@ -1,11 +1,12 @@
-"""The estimator algorithms on any operator: Hutchinson and Hutch++ traces, Lanczos, stochastic
-Lanczos quadrature (SLQ) and the restarted block Krylov eigensolver.
+"""The estimator algorithms on any operator: Hutchinson and Hutch++ traces, and one Krylov
+engine (:func:`krylov_basis`) under Lanczos, stochastic Lanczos quadrature (SLQ) and the
+restarted block Krylov eigensolver (one column per block for Lanczos, ``p`` for the block).
 
 They use only what every operator has (``op.shape``, ``op.dtype``, ``op.device``,
 ``op.symmetric`` and its block product ``op._matmat(V)``, ``(d, k) -> (d, k)``), so that both
 the fallbacks of :class:`~lib.operators.base.LinearOperator` and the public estimators of
 :mod:`lib.operators.spectral` (which add the argument checks and an operator's closed form)
-run the same arithmetic. Lanczos runs its recurrence in float64 whatever the operator's dtype.
+run the same arithmetic. The Krylov bases are float64 whatever the operator's dtype.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import Tensor
 from .._checks import check_int
 from .linalg import basis_block, rademacher
 
-__all__ = ["check_symmetric", "exact_trace", "hutchinson_trace", "hutchpp_trace", "lanczos_steps",
-           "tridiagonal", "lanczos_top", "slq_nodes", "slq_logdet", "eigenpairs"]
+__all__ = ["check_symmetric", "exact_trace", "hutchinson_trace", "hutchpp_trace", "krylov_basis",
+           "rayleigh_ritz", "lanczos_steps", "tridiagonal", "lanczos_top", "slq_nodes", "slq_logdet", "eigenpairs"]
 
 
 def check_symmetric(op):
@@ -63,60 +64,96 @@ def hutchpp_trace(op, num_probes: int, seed: int) -> float:
     return float((Q * op._matmat(Q)).sum() + (G_perp * op._matmat(G_perp)).sum() / k)
 
 
-def _apply64(op, v: Tensor) -> Tensor:
-    """``op @ v`` for a float64 vector ``v`` ``(d,)``, computed in the operator's dtype."""
-    return op._matmat(v[:, None].to(op.dtype))[:, 0].to(torch.float64)
+def _apply64(op, V: Tensor) -> Tensor:
+    """``op @ V`` for float64 columns ``V`` ``(d, p)``, computed in the operator's dtype."""
+    return op._matmat(V.to(op.dtype)).to(torch.float64)
+
+
+def krylov_basis(op, start: Tensor, num_blocks: int, *, metric=None, solve=None,
+                 refill=None) -> tuple[Tensor, Tensor, float]:
+    """The one Krylov engine: an orthonormal basis of ``[X, B X, ..., B^(num_blocks - 1) X]``
+    for ``B = A`` (or ``B = M^-1 A`` in the ``M``-inner product, when ``metric`` ``M`` and
+    ``solve`` ``M^-1`` are given) from ``X = start`` ``(d, p)``. Lanczos is ``p = 1``.
+
+    Each new column is orthogonalized against every column before it, twice ("twice is
+    enough"), and normalized. A column that vanishes there spans nothing new: without
+    ``refill`` the basis ends (an invariant subspace, where Ritz values are exact: what Lanczos
+    wants); with ``refill`` (``cols -> (d, cols)`` random columns) a random column replaces it,
+    so the block keeps ``p`` columns (what the block eigensolver wants).
+
+    Returns ``(Q (d, n), AQ (d, n), residual)``: the float64 basis (``Q^T M Q = I``), ``A Q``
+    (before ``M^-1``), and the norm of the block that would come next (Lanczos' ``beta_n``).
+    """
+    d, p = start.shape
+    size = min(num_blocks * p, d)
+    Q = torch.zeros(d, size, dtype=torch.float64, device=op.device)
+    AQ = torch.zeros_like(Q)
+    MQ = Q if solve is None else torch.zeros_like(Q)  # M Q: the M-inner products of the reorthogonalization
+    n = 0
+
+    def remainder(w: Tensor) -> tuple[Tensor, Tensor, float]:
+        for _ in range(2):
+            w = w - Q[:, :n] @ (MQ[:, :n].T @ w)
+        Mw = w if solve is None else _apply64(metric, w[:, None])[:, 0]
+        return w, Mw, float(torch.dot(w, Mw).clamp_min(0).sqrt())
+
+    def append(columns: Tensor) -> tuple[float, bool]:
+        # adds the columns while there is room: the norm of their remainders, and whether one
+        # vanished with nothing to refill it (the basis then ends)
+        nonlocal n
+        squares, ended = 0.0, False
+        for w in columns.T:
+            scale = float(torch.linalg.vector_norm(w))
+            w, Mw, norm = remainder(w)
+            squares += norm ** 2
+            if n == size or (norm <= 1e-10 * scale and refill is None):
+                ended = ended or n < size
+                continue
+            while norm <= 1e-10 * scale:
+                w = refill(1)[:, 0].to(Q)
+                scale = float(torch.linalg.vector_norm(w))
+                w, Mw, norm = remainder(w)
+            Q[:, n], MQ[:, n] = w / norm, Mw / norm
+            n += 1
+        return squares ** 0.5, ended
+
+    _, ended = append(start.to(Q))
+    if n == 0:
+        raise ValueError("the Krylov start vector is zero")
+    done, residual = 0, 0.0
+    while done < n and not ended:
+        block = slice(done, n)
+        AQ[:, block] = _apply64(op, Q[:, block])
+        W = AQ[:, block] if solve is None else _apply64(solve, AQ[:, block])
+        done = n
+        residual, ended = append(W)
+    return Q[:, :done], AQ[:, :done], residual
+
+
+def rayleigh_ritz(Q: Tensor, AQ: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenpairs ``(theta (n,), S (n, n))``, ascending, of ``T = Q^T A Q`` (symmetrized), the
+    operator restricted to the basis of :func:`krylov_basis`; Ritz vectors are ``Q S``."""
+    H = Q.T @ AQ
+    return torch.linalg.eigh(0.5 * (H + H.T))
 
 
 def lanczos_steps(op, num_steps: int, v0: Tensor | None = None, *, seed: int = 0, metric=None,
                   solve=None) -> tuple[Tensor, Tensor, Tensor, float]:
-    """Lanczos with full re-orthogonalization, in the ``metric``-inner product when ``metric``
-    (``M``) and ``solve`` (``M^-1``) are given (see :func:`lib.operators.spectral.lanczos`).
+    """Lanczos with full re-orthogonalization (:func:`krylov_basis` with one column), in the
+    ``metric``-inner product when ``metric`` (``M``) and ``solve`` (``M^-1``) are given (see
+    :func:`lib.operators.spectral.lanczos`).
 
     Runs ``min(num_steps, d)`` steps from ``v0`` ``(d,)`` (Gaussian from ``seed`` if ``None``),
     fewer at an invariant subspace. Returns ``(alpha (m,), beta (m - 1,), Q (d, m), residual)``:
     float64 diagonal and off-diagonal of ``T = Q^T A Q``, the basis, and the last ``beta``.
     """
     d = op.shape[0]
-    num_steps = min(num_steps, d)
     if v0 is None:
-        generator = torch.Generator().manual_seed(seed)
-        v0 = torch.randn(d, generator=generator, dtype=torch.float64)
-    v0 = v0.to(device=op.device, dtype=torch.float64)
-    Q = torch.zeros(d, num_steps, dtype=torch.float64, device=op.device)
-    # MQ = M Q (= Q without a metric): the M-inner products of the re-orthogonalization.
-    MQ = Q if solve is None else torch.zeros_like(Q)
-
-    def normalize(w: Tensor, j: int) -> Tensor:
-        Mw = w if solve is None else _apply64(metric, w)
-        norm = torch.dot(w, Mw).clamp_min(0).sqrt()
-        if j < num_steps:
-            Q[:, j] = w / norm
-            if solve is not None:
-                MQ[:, j] = Mw / norm
-        return norm
-
-    normalize(v0, 0)
-    alphas, betas = [], []
-    residual = torch.zeros((), dtype=torch.float64)
-    for j in range(num_steps):
-        w = _apply64(op, Q[:, j])
-        alphas.append(torch.dot(Q[:, j], w))
-        if solve is not None:
-            w = _apply64(solve, w)
-        # Full re-orthogonalization, twice ("twice is enough"), against all earlier vectors.
-        for _ in range(2):
-            w = w - Q[:, :j + 1] @ (MQ[:, :j + 1].T @ w)
-        beta = normalize(w, j + 1)
-        if j + 1 == num_steps or beta <= 1e-10 * max(1.0, float(alphas[0].abs())):
-            # last step, or an invariant subspace (T's eigenvalues are then exact)
-            residual = beta
-            break
-        betas.append(beta)
-    m = len(alphas)
-    alpha = torch.stack(alphas).cpu()
-    beta = torch.stack(betas).cpu() if betas else torch.zeros(0, dtype=torch.float64)
-    return alpha, beta, Q[:, :m], float(residual)
+        v0 = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    Q, AQ, residual = krylov_basis(op, v0.reshape(d, 1), min(num_steps, d), metric=metric, solve=solve)
+    H = Q.T @ AQ
+    T = 0.5 * (H + H.T)  # tridiagonal up to round-off: Krylov spaces of one vector
+    return torch.diagonal(T).cpu(), torch.diagonal(T, 1).cpu(), Q, residual
 
 
 def tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
@@ -184,27 +221,6 @@ def _order(lam: Tensor, U: Tensor, n: int, which: str):
     return lam[idx], U[:, idx]
 
 
-def _orth_against(Q: Tensor | None, Y: Tensor, randn) -> Tensor:
-    """Orthonormalise ``Y``'s columns against ``Q`` and each other; breakdowns get random columns."""
-    norms = torch.linalg.vector_norm(Y, dim=0).clamp(min=1e-300)
-    for _ in range(2):
-        if Q is not None:
-            Y = Y - Q @ (Q.T @ Y)
-    bad = torch.linalg.vector_norm(Y, dim=0) < 1e-10 * norms
-    if bool(bad.any()):
-        Z = randn(int(bad.sum()))
-        for _ in range(2):
-            if Q is not None:
-                Z = Z - Q @ (Q.T @ Z)
-        Y = Y.clone()
-        Y[:, bad] = Z
-    Y, _ = torch.linalg.qr(Y)
-    if Q is not None:                      # QR mixes columns: one more cleaning pass
-        Y = Y - Q @ (Q.T @ Y)
-        Y, _ = torch.linalg.qr(Y)
-    return Y
-
-
 def eigenpairs(op, k: int, which: str, seed: int, tol: float, max_steps: int) -> tuple[Tensor, Tensor]:
     """The ``k`` eigenpairs ``(lam (k,), U (d, k))`` of a symmetric operator that come first by
     ``which`` (see :func:`lib.operators.spectral.top_eigenpairs`): dense from ``A I`` when
@@ -220,31 +236,25 @@ def eigenpairs(op, k: int, which: str, seed: int, tol: float, max_steps: int) ->
 
 def _block_krylov(op, k: int, p: int, which: str, seed: int, tol: float,
                   max_steps: int) -> tuple[Tensor, Tensor]:
-    """:func:`eigenpairs`' restarted block Krylov iteration with blocks of ``p`` columns."""
-    m, dev, matvec = op.shape[0], op.device, op._matmat
-    gen = torch.Generator().manual_seed(seed)
+    """:func:`eigenpairs`' restarted block Krylov iteration with blocks of ``p`` columns, on
+    the one engine :func:`krylov_basis`."""
+    m = op.shape[0]
+    generator = torch.Generator().manual_seed(seed)
 
     def randn(cols):
-        return torch.randn(m, cols, generator=gen, dtype=op.dtype).to(dev)
+        return torch.randn(m, cols, generator=generator, dtype=torch.float64)
 
     q = max(1, min(6, m // p - 1))             # blocks A X, ..., A^q X after X
-    X = _orth_against(None, randn(p), randn)
+    X = randn(p)
     for _ in range(max_steps):
-        blocks, images = [X], []
-        for _ in range(q):
-            Y = matvec(blocks[-1])
-            images.append(Y)
-            blocks.append(_orth_against(torch.cat(blocks, 1), Y, randn))
-        images.append(matvec(blocks[-1]))
-        Q, WQ = torch.cat(blocks, 1), torch.cat(images, 1)      # A Q from the products already made
-        H = Q.T @ WQ
-        theta, S = torch.linalg.eigh(0.5 * (H + H.T))
+        Q, AQ, _ = krylov_basis(op, X, q + 1, refill=randn)
+        theta, S = rayleigh_ritz(Q, AQ)
         theta, S = _order(theta, S, p, which)
-        X, WX = Q @ S, WQ @ S
-        res = torch.linalg.vector_norm(WX[:, :k] - X[:, :k] * theta[:k], dim=0)
+        X, AX = Q @ S, AQ @ S                  # A X from the products already made
+        res = torch.linalg.vector_norm(AX[:, :k] - X[:, :k] * theta[:k], dim=0)
         if float(res.max()) <= tol * max(float(theta[0].abs()), 1e-300):
-            return theta[:k], X[:, :k]
-        X = _orth_against(None, X, randn)
-    warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_steps} restarts "
-                  f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
-    return theta[:k], X[:, :k]
+            break
+    else:
+        warnings.warn(f"the block Krylov eigensolver did not reach tol = {tol} in {max_steps} restarts "
+                      f"(max relative residual {float(res.max()) / float(theta[0].abs()):.2e})", RuntimeWarning)
+    return theta[:k].to(op.dtype), X[:, :k].to(op.dtype)

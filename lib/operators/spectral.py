@@ -318,7 +318,8 @@ def top_eigenpairs(op: LinearOperator, k: int, *, which: str = "magnitude", seed
     "magnitude"``, for indefinite matrices) or the largest ``lambda`` (``which="largest"``).
 
     Restarted block Krylov iteration: from an orthonormal block ``X`` of ``p = k + max(10, k)``
-    columns, build the basis ``[X, A X, ..., A^q X]`` (block Gram-Schmidt, twice), take the
+    columns, build the basis ``[X, A X, ..., A^q X]`` with :func:`lib.operators.krylov.krylov_basis`
+    (the engine under :func:`lanczos` too, here with ``p`` columns per block), take the
     Rayleigh-Ritz pairs of ``A`` on it, keep the ``p`` Ritz vectors that come first as the
     next start, until the residuals ``||A x_i - theta_i x_i||`` of the wanted ``k`` are below
     ``tol * |theta_1|`` (a ``RuntimeWarning`` after ``max_steps`` restarts). Krylov spaces
