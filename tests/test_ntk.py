@@ -12,6 +12,7 @@ from torch.func import functional_call, jacrev
 
 from lib.curvature import jacobian, jacobians, ntk
 from lib.curvature.dense import flat_parameters
+from lib.manifolds.kernels import kernel_pca, kernel_target_alignment, normalize_gram
 
 @pytest.fixture(autouse=True)
 def _float64():
@@ -212,3 +213,98 @@ def test_bad_inputs():
         J @ [torch.randn(2)]
     with pytest.raises(ValueError, match="batch_size"):
         jacobian(model, X, batch_size=0)
+
+
+# -- kernel tools ----------------------------------------------------------------------------
+def random_gram(n=12, r=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    F = torch.randn(n, r, generator=g)
+    return F @ F.T
+
+
+def test_kernel_pca_matches_sklearn():
+    from sklearn.decomposition import KernelPCA as SkKernelPCA
+
+    K = random_gram()
+    pca = kernel_pca(K, k=3)
+    sk = SkKernelPCA(n_components=3, kernel="precomputed")
+    expected = torch.from_numpy(sk.fit_transform(K.numpy()))
+    torch.testing.assert_close(pca.eigenvalues, torch.from_numpy(sk.eigenvalues_), rtol=1e-10, atol=1e-10)
+    signs = torch.sign((pca.projections * expected).sum(0))  # components agree up to sign
+    torch.testing.assert_close(pca.projections, expected * signs, rtol=1e-8, atol=1e-10)
+    peak = pca.projections.abs().argmax(0)
+    assert bool((pca.projections[peak, torch.arange(3)] > 0).all())  # the documented sign
+
+
+def test_kernel_pca_of_an_ntk_is_the_top_of_the_centred_matrix():
+    """On an NTK Gram matrix: the projections reproduce the centred matrix's top part."""
+    model, X = make("mlp", n=8)
+    K = ntk(model, X, output=(0, 1))
+    pca = kernel_pca(K, k=2)
+    n = len(K)
+    H = torch.eye(n) - 1 / n
+    values, vectors = torch.linalg.eigh(H @ K @ H)
+    torch.testing.assert_close(pca.eigenvalues, values.flip(0)[:2], rtol=1e-9, atol=1e-12)
+    top = vectors[:, -2:] @ torch.diag(values[-2:]) @ vectors[:, -2:].T
+    torch.testing.assert_close(pca.projections @ pca.projections.T, top, rtol=1e-9, atol=1e-12)
+
+
+def test_alignment_against_a_hand_computation():
+    K = random_gram(n=6)
+    labels = torch.tensor([0, 2, 2, 1, 0, 2])
+    num = sum(float(K[i, j]) * (labels[i] == labels[j]).item() for i in range(6) for j in range(6))
+    same = sum((labels[i] == labels[j]).item() for i in range(6) for j in range(6))
+    expected = num / (float(K.norm()) * same ** 0.5)
+    assert abs(kernel_target_alignment(K, labels) - expected) < 1e-12
+    onehot = torch.nn.functional.one_hot(labels).double()  # the same Y from a one-hot matrix
+    assert abs(kernel_target_alignment(K, onehot) - expected) < 1e-12
+    s = torch.tensor([1.0, -1, -1, 1, 1, -1])
+    num = sum(float(K[i, j]) * float(s[i] * s[j]) for i in range(6) for j in range(6))
+    assert abs(kernel_target_alignment(K, s) - num / (float(K.norm()) * 6)) < 1e-12
+    H = torch.eye(6) - 1 / 6
+    Kc, Yc = H @ K @ H, H @ torch.outer(s, s) @ H
+    centred = float((Kc * Yc).sum() / (Kc.norm() * Yc.norm()))
+    assert abs(kernel_target_alignment(K, s, centered=True) - centred) < 1e-12
+
+
+def test_alignment_bounds():
+    s = torch.tensor([1.0, -1, 1, 1, -1])
+    Y = torch.outer(s, s)
+    assert abs(kernel_target_alignment(3.0 * Y, s) - 1.0) < 1e-12
+    assert abs(kernel_target_alignment(-Y, s) + 1.0) < 1e-12
+    for seed in range(5):  # symmetric, indefinite: anywhere in [-1, 1]; PSD: in [0, 1]
+        A = torch.randn(5, 5, generator=torch.Generator().manual_seed(seed))
+        assert -1.0 <= kernel_target_alignment(A + A.T, s) <= 1.0
+        assert -1.0 <= kernel_target_alignment(A + A.T, s, centered=True) <= 1.0
+        assert 0.0 <= kernel_target_alignment(A @ A.T, s) <= 1.0
+
+
+def test_normalize_gram():
+    K = random_gram(n=5)
+    N = normalize_gram(K)
+    d = K.diagonal().sqrt()
+    torch.testing.assert_close(N, K / torch.outer(d, d), rtol=1e-12, atol=0)
+    torch.testing.assert_close(N.diagonal(), torch.ones(5), rtol=1e-12, atol=1e-12)
+    assert float(N.abs().max()) <= 1 + 1e-12
+
+
+def test_kernel_tools_bad_inputs():
+    K = random_gram(n=4)
+    with pytest.raises(ValueError, match="diagonal entries <= 0"):
+        normalize_gram(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="not symmetric"):
+        kernel_pca(K + torch.triu(torch.ones(4, 4), 1))
+    with pytest.raises(ValueError, match="k must be <= n"):
+        kernel_pca(K, k=5)
+    with pytest.raises(ValueError, match="square"):
+        kernel_pca(torch.ones(3, 2))
+    with pytest.raises(TypeError, match="floating"):
+        kernel_pca(torch.ones(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="4 examples"):
+        kernel_target_alignment(torch.eye(3), torch.tensor([1, -1, 1, 1]))
+    with pytest.raises(ValueError, match="-1 or \\+1"):
+        kernel_target_alignment(K, torch.tensor([0.5, 1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="single class"):
+        kernel_target_alignment(K, torch.tensor([2, 2, 2, 2]), centered=True)
+    with pytest.raises(TypeError, match="centered"):
+        kernel_target_alignment(K, torch.tensor([1, 0, 1, 0]), centered=1)
