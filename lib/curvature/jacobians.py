@@ -362,7 +362,9 @@ def ntk(model: nn.Module, X1: Tensor, X2: Tensor | None = None, *, output=None,
             B = A if symmetric and i == j else _cached_block(J2, j, cache)
             rows, cols = slice(i * rows1, (i + 1) * rows1), slice(j * rows2, (j + 1) * rows2)
             K[rows, cols] = A @ B.T
-            if symmetric and j != i:
+            if symmetric and j == i:  # exactly symmetric, whatever the matmul's rounding
+                K[rows, cols] = 0.5 * (K[rows, cols] + K[rows, cols].T)
+            elif symmetric:
                 K[cols, rows] = K[rows, cols].T
     return K
 
