@@ -262,7 +262,7 @@ def test_products_in_column_chunks_equal_one_block(kind):
 @pytest.mark.parametrize("mode", curvature.HESSIAN_MODES)
 def test_products_through_multi_head_attention(mode):
     # On the CPU, attention dispatches to kernels without double backward / forward-mode
-    # AD; the operators must route around them (lib.curvature._differentiable_attention).
+    # AD; the operators must route around them (lib.curvature.products.differentiable_attention).
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     model = vit(1, 3, image_size=4, patch_size=2, dim=8, depth=1, heads=2, mlp_ratio=1,

@@ -5,7 +5,9 @@ its data (:mod:`.inspection`), Hessian, generalized Gauss-Newton and Fisher prod
 (:mod:`.products`), the K-FAC factor loop (:mod:`.factors`) and the Kronecker-factored
 operators K-FAC and EKFAC built on it (:mod:`.kronecker`), and dense float64 references of
 all of them for tests, benchmarks and chapters (:mod:`.dense`). Everything takes the same
-``(model, loss_fn, data)``; the operators come from :mod:`lib.operators`.
+``(model, loss_fn, data)``; the operators come from :mod:`lib.operators`. Function space
+(:mod:`.jacobians`) takes ``(model, X)``: the Jacobian of the outputs with its
+push-forward ``J v`` and pull-back ``J^T u``, and the empirical neural tangent kernel.
 """
 
 from .products import *  # noqa: F401,F403  the public names, listed in products.__all__
@@ -15,3 +17,6 @@ from .kronecker import EKFACOperator, KFACOperator, KroneckerFactors, ekfac, kfa
 
 __all__ = [*_products_all, "FisherKind", "Loss", "kfac", "ekfac", "KFACOperator",
            "EKFACOperator", "KroneckerFactors"]
+from .jacobians import Jacobian, jacobian, ntk
+
+__all__ += ["Jacobian", "jacobian", "ntk"]

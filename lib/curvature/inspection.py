@@ -87,13 +87,14 @@ def check_deterministic_forward(model: nn.Module, X: Tensor) -> int:
                      "randomness")
 
 
-def check_no_stochastic_layers(model: nn.Module):
-    """``ValueError`` naming the first module whose training mode makes the loss depend
-    on the batch (BatchNorm) or on chance (every dropout: ``_DropoutNd`` is the base of
-    ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and ``FeatureAlphaDropout``)."""
+def check_no_stochastic_layers(model: nn.Module, what: str = "the loss"):
+    """``ValueError`` naming the first module whose training mode makes ``what`` (the loss,
+    a Jacobian, a kernel) depend on the batch (BatchNorm) or on chance (every dropout:
+    ``_DropoutNd`` is the base of ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
+    ``FeatureAlphaDropout``)."""
     stochastic_types = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
     for name, module in model.named_modules():
         if isinstance(module, stochastic_types) and module.training:
             raise ValueError(f"module '{name or type(module).__name__}' "
-                             f"({type(module).__name__}) is in training mode, which makes the "
-                             "loss depend on the batch or on chance; call model.eval() first")
+                             f"({type(module).__name__}) is in training mode, which makes {what} "
+                             "depend on the batch or on chance; call model.eval() first")

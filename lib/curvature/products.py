@@ -60,7 +60,7 @@ HESSIAN_MODES = ("reverse-over-reverse", "forward-over-reverse")
 
 
 @contextlib.contextmanager
-def _quiet_forward_ad():
+def quiet_forward_ad():
     """Silence torch's own deprecation notice when forward-mode AD first loads.
 
     The first use of forward-mode AD in a process makes torch script some internal
@@ -74,7 +74,7 @@ def _quiet_forward_ad():
 
 
 @contextlib.contextmanager
-def _differentiable_attention():
+def differentiable_attention():
     """Route attention through kernels that support the derivatives the products take.
 
     On the CPU, scaled-dot-product attention dispatches to a flash kernel with neither a
@@ -147,7 +147,7 @@ class CurvatureOperator(LinearOperator):
 
     def _matmat(self, V):
         chunk = max(1, min(V.shape[1], self.block_entries // self.shape[0]))
-        with _differentiable_attention():
+        with differentiable_attention():
             if chunk >= V.shape[1]:
                 return self._matmat_block(V)
             return torch.cat([self._matmat_block(V[:, i:i + chunk])
@@ -216,7 +216,7 @@ class HessianOperator(CurvatureOperator):
             hv = torch.autograd.grad(grads, self.params, grad_outputs=self._as_param_list(V[:, 0]),
                                      allow_unused=True)
             return self._flat(hv)[:, None].to(V.dtype)
-        with _quiet_forward_ad():
+        with quiet_forward_ad():
             hv = torch.autograd.grad(grads, self.params, grad_outputs=self._split_block(V),
                                      is_grads_batched=True, allow_unused=True)
         return self._flat_block(hv, V.shape[1]).to(V.dtype)
@@ -232,7 +232,7 @@ class HessianOperator(CurvatureOperator):
             _, hv = torch.func.jvp(torch.func.grad(loss_of), (primals,), (tangent,))
             return self._flat([hv[n] for n in self.names])
 
-        with _quiet_forward_ad():
+        with quiet_forward_ad():
             if V.shape[1] == 1:
                 return hvp(V[:, 0])[:, None].to(V.dtype)
             return torch.vmap(hvp, in_dims=1, out_dims=1)(V).to(V.dtype)
@@ -304,12 +304,12 @@ class GGNOperator(CurvatureOperator):
             return torch.func.jvp(lambda p: functional_call(self.model, p, (X,)),
                                   (primals,), (tangent,))[1]
 
-        with _quiet_forward_ad():
+        with quiet_forward_ad():
             return out, torch.vmap(jvp_of, in_dims=1)(V.to(self.dtype))
 
     def _output_and_jvp(self, X, tangent: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The outputs f(X) (with an autograd graph to the parameters) and J v."""
-        with _quiet_forward_ad(), fwAD.dual_level():
+        with quiet_forward_ad(), fwAD.dual_level():
             duals = {n: fwAD.make_dual(p, t) for n, p, t in zip(self.names, self.params, tangent)}
             out = functional_call(self.model, duals, (X,))
             f, jv = fwAD.unpack_dual(out)

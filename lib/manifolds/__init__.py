@@ -7,6 +7,8 @@
   simulations, ribbon dimension, phase diagram);
 - :mod:`.linear_variants`: the same for SGD, weight decay, kernel machines and deep linear
   networks.
+- :mod:`.kernels`: Gram matrices of a kernel (e.g. the empirical NTK of
+  :func:`lib.curvature.jacobians.ntk`): normalization, kernel PCA, kernel-target alignment.
 
 Built on :mod:`lib.operators` (InPCA's top-k eigenpairs); the spectral bounds of one source
 are in :mod:`lib.sources.mao2025`.
