@@ -259,6 +259,10 @@ class QuasiDiagonalOperator(LinearOperator):
         groups: list of ``(bias, weights, cross)``: indices ``(U,)``, indices ``(U, m)`` and
             values ``(U, m)``; indices disjoint across units and groups.
 
+    Keeping only part of a PSD matrix's entries, it need not be positive semi-definite itself (a
+    convolution's bias is strongly correlated with its weights); solves then need a damping above
+    ``-lambda_min`` and raise ``ValueError`` otherwise (checked through the Schur complements).
+
     Exact: products, ``to_dense``, ``diagonal``, ``trace``, ``frobenius_norm``
     (``sqrt(sum values^2 + 2 sum cross^2)``), ``logdet``, ``solve`` and ``inverse`` (the Schur
     complement of each arrowhead, ``sigma = d_b + lambda - sum_j c_j^2 / (D_wj + lambda)``).
