@@ -134,6 +134,20 @@ def test_the_implicit_trace_is_exact_in_one_pass(case):
     assert spectral.trace(op) == op.trace()
 
 
+@pytest.mark.parametrize("kind", ["exact", "mc", "empirical"])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_the_implicit_vTMv_needs_no_backward_and_is_exact(kind, loss):
+    model, loss_fn, data, _, _ = make_problem("conv", loss, "mean")
+    op = curvature.fisher(model, loss_fn, data, kind, num_samples=2, seed=1) if kind == "mc" else \
+        curvature.fisher(model, loss_fn, data, kind)
+    M = op.to_dense()
+    V = torch.randn(M.shape[0], 3, generator=torch.Generator().manual_seed(2))
+    assert_close(op.vTMv(V), (V * (M @ V)).sum(0), 1e-10, "vTMv")
+    assert abs(op.vTMv(V[:, 1]) - float(V[:, 1] @ M @ V[:, 1])) < 1e-10 * float(M.abs().max()) * len(M)
+    shaped = op._split(V[:, 0])
+    assert abs(op.vTMv(shaped) - float(V[:, 0] @ M @ V[:, 0])) < 1e-10 * float(M.abs().max()) * len(M)
+
+
 def test_the_implicit_frobenius_norm_falls_back_to_hutchinson():
     model, loss_fn, data, _, _ = make_problem("tanh", "ce", "mean")
     op = curvature.fisher(model, loss_fn, data)

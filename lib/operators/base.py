@@ -253,8 +253,13 @@ class LinearOperator:
         if torch.is_complex(V):
             raise TypeError("vTMv needs a real vector (v^T A v of a complex v is ambiguous)")
         block = (V if V.ndim == 2 else V[:, None]).to(device=self.device, dtype=self.dtype)
-        values = (block * self._matmat(block)).sum(dim=0)
+        values = self._quadratic(block)
         return values if V.ndim == 2 else float(values[0])
+
+    def _quadratic(self, V: Tensor) -> Tensor:
+        """``v^T A v`` for every column of a validated real block ``(d, k)``; ``(k,)``. A subclass
+        with a cheaper form (e.g. forward passes only) overrides it."""
+        return (V * self._matmat(V)).sum(dim=0)
 
     def frobenius_norm(self, *, num_probes: int = 30, seed: int = 0) -> float:
         """``||A||_F``: exact (from :meth:`to_dense`) if ``d <= dense_limit``, else the Hutchinson
