@@ -3,7 +3,9 @@
 The loss in output space and the Fisher kinds (:mod:`.losses`), the checks of a model and
 its data (:mod:`.inspection`), Hessian, generalized Gauss-Newton and Fisher products
 (:mod:`.products`), the K-FAC factor loop (:mod:`.factors`) and the Kronecker-factored
-operators K-FAC and EKFAC built on it (:mod:`.kronecker`), and dense float64 references of
+operators K-FAC and EKFAC built on it (:mod:`.kronecker`), the per-example square-root rows of a
+Fisher (:mod:`.roots`) and every representation of the Fisher from one entry point,
+:func:`~lib.curvature.representations.fisher` (:mod:`.representations`), and dense float64 references of
 all of them for tests, benchmarks and chapters (:mod:`.dense`). Everything takes the same
 ``(model, loss_fn, data)``; the operators come from :mod:`lib.operators`. Function space
 (:mod:`.jacobians`) takes ``(model, X)``: the Jacobian of the outputs with its
@@ -14,9 +16,9 @@ from .products import *  # noqa: F401,F403  the public names, listed in products
 from .products import __all__ as _products_all
 from .losses import FisherKind, Loss
 from .kronecker import EKFACOperator, KFACOperator, KroneckerFactors, ekfac, kfac
-
-__all__ = [*_products_all, "FisherKind", "Loss", "kfac", "ekfac", "KFACOperator",
-           "EKFACOperator", "KroneckerFactors"]
+from .representations import REPRESENTATIONS, Representation, fisher  # fisher: the entry point of every representation
 from .jacobians import Jacobian, jacobian, ntk
 
-__all__ += ["Jacobian", "jacobian", "ntk"]
+__all__ = [*_products_all, "FisherKind", "Loss", "kfac", "ekfac", "KFACOperator",
+           "EKFACOperator", "KroneckerFactors", "Representation", "REPRESENTATIONS",
+           "Jacobian", "jacobian", "ntk"]

@@ -168,6 +168,10 @@ class _BlockOperator(LinearOperator):
         """The sum of the eigenvalues."""
         return float(self._eigenvalues().sum())
 
+    def frobenius_norm(self) -> float:
+        """``||M||_F``, the norm of the eigenvalues (the operator is symmetric)."""
+        return float(torch.linalg.vector_norm(self._eigenvalues().double()))
+
     def logdet(self, damping: float = 0.0) -> float:
         """``log det(self + damping I)`` from the eigenvalues; ``ValueError`` if singular."""
         values = self._eigenvalues() + check_damping(damping)
@@ -311,6 +315,19 @@ class KFACOperator(_BlockOperator):
             if f.has_bias and not f.fold_bias:
                 total += float(torch.trace(f.G))
         return total
+
+    def frobenius_norm(self) -> float:
+        """``||K||_F``: ``sqrt(sum_l ||G_l||_F^2 ||A_l||_F^2 (+ ||G_l||_F^2 for a separate bias))``,
+        from the factors (``||G kron A||_F = ||G||_F ||A||_F``); from the eigenvalues if damped."""
+        if self.damping:
+            return super().frobenius_norm()
+        total = 0.0
+        for f in self.factors:
+            g2 = float(torch.linalg.matrix_norm(f.G.double()) ** 2)
+            total += g2 * float(torch.linalg.matrix_norm(f.A.double()) ** 2)
+            if f.has_bias and not f.fold_bias:
+                total += g2
+        return math.sqrt(total)
 
     def damped_factors(self, factor_damping: float, *, pi: bool = False) -> KFACOperator:
         """``(G + sqrt(lambda) / pi I) kron (A + pi sqrt(lambda) I)``, ``lambda =

@@ -43,6 +43,7 @@ from .._checks import check_int
 from ..book.batches import batch_source
 from .inspection import check_no_stochastic_layers, inspect_data
 from .losses import FisherKind, Loss, fisher_kind
+from .roots import sum_over_rows
 from ..operators.spectral import eigvalsh, logdet, relative_difference, spectral_density, trace
 from ..operators import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                          IdentityOperator, LinearOperator, ProductOperator,
@@ -133,6 +134,10 @@ class CurvatureOperator(LinearOperator):
 
     def _inspect_data(self) -> tuple[int, int]:
         return inspect_data(self.model, self.data, self.params[0].device, self.params[0].dtype)
+
+    def batches(self):
+        """The data's non-empty batches ``(X, y)``, moved to the operator's device (a generator)."""
+        return self._batches()
 
     def _batches(self):
         for X, y in self.data:
@@ -245,7 +250,12 @@ class GGNOperator(CurvatureOperator):
     expected outer product of output gradients under the model, ``"mc"`` its average
     over ``num_samples`` sampled labels (drawn afresh from ``seed`` in every product, so
     the operator is one fixed matrix), ``"empirical"`` the outer product at the true labels.
+
+    ``trace`` is exact (``exact``), in one pass over the data: ``sum_n ||J_n^T M_n^(1/2)||_F^2``
+    from per-example square-root factors (:mod:`lib.curvature.roots`), whatever ``d``.
     """
+
+    exact = frozenset({"trace"})
 
     def __init__(self, model, loss_fn, data, kind: str = "ggn", num_samples: int = 1,
                  seed: int = 0):
@@ -253,6 +263,30 @@ class GGNOperator(CurvatureOperator):
         check_int(num_samples, "num_samples")
         super().__init__(model, loss_fn, data)
         self.kind, self.num_samples, self.seed = kind, num_samples, seed
+
+    def trace(self, **options) -> float:
+        """``tr(c sum_n J_n^T M_n J_n) = sum_{n,k} ||sqrt(c) J_n^T s_nk||^2``, exact, in one pass of
+        per-example vector-Jacobian products (``C`` per example for the exact Fisher and the GGN,
+        ``num_samples`` for ``"mc"``, one for ``"empirical"``); ``options`` are ignored."""
+        with _differentiable_attention():
+            return float(sum_over_rows(self, lambda R: (R.double() ** 2).sum()))
+
+    def _quadratic(self, V: Tensor) -> Tensor:
+        """``v^T F v = c sum_n (J_n v)^T M_n (J_n v)`` per column: forward-mode passes only, no
+        backward (half the cost of ``v . (F v)``); same sampled labels as the products."""
+        generator = None
+        if self.kind == "mc":
+            generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+        def batch_quadratic(X, y):
+            out, JV = self._output_and_jvps(X, V)
+            self.loss.check_output(out, y)
+            y = y if self.loss.name == "cross_entropy" else y.reshape(len(y), -1)
+            f = out.detach().reshape(len(out), -1)
+            JV = JV.detach().reshape(V.shape[1], *f.shape)
+            return self.scale * (JV * self._output_curvature(f, y, JV, generator)).sum(dim=(1, 2))
+        with _differentiable_attention(), torch.no_grad():
+            return self._sum_over_batches(batch_quadratic).to(V.dtype)
 
     def _output_curvature(self, f: Tensor, y: Tensor, U: Tensor, generator) -> Tensor:
         """M_n u_n for every sample and column; f: (B, C), U: (k, B, C) -> (k, B, C)."""

@@ -12,8 +12,8 @@ the result comes back in the same form. Every operator here is a real matrix, so
 complex vector ``v = a + i b`` is multiplied by linearity, ``A v = A a + i A b`` (both
 parts in one block of ``2k`` columns), and comes back complex.
 
-Every operator has one method set: ``@``, :meth:`~LinearOperator.to_dense`,
-:meth:`~LinearOperator.diagonal`, :meth:`~LinearOperator.trace`,
+Every operator has one method set: ``@``, :meth:`~LinearOperator.vTMv`, :meth:`~LinearOperator.to_dense`,
+:meth:`~LinearOperator.diagonal`, :meth:`~LinearOperator.trace`, :meth:`~LinearOperator.frobenius_norm`,
 :meth:`~LinearOperator.logdet`, :meth:`~LinearOperator.eigvalsh`,
 :meth:`~LinearOperator.solve` and :meth:`~LinearOperator.inverse`. The base class
 computes them from products (dense for ``d <= dense_limit``, else Hutchinson, stochastic
@@ -50,7 +50,8 @@ __all__ = [
     "EXACT_QUANTITIES",
 ]
 
-EXACT_QUANTITIES = frozenset({"to_dense", "diagonal", "trace", "logdet", "eigvalsh", "solve", "inverse"})
+EXACT_QUANTITIES = frozenset({"to_dense", "diagonal", "trace", "frobenius_norm", "logdet", "eigvalsh", "solve",
+                              "inverse"})
 """The quantities an operator may know in closed form (the names its ``exact`` may list)."""
 
 
@@ -61,9 +62,9 @@ class LinearOperator:
     Subclasses implement :meth:`_matmat` for a validated block ``V`` of shape
     ``(d, k)`` in the operator's dtype and device, returning ``(d, k)``.
 
-    The method set (``@``, :meth:`to_dense`, :meth:`diagonal`, :meth:`trace`,
-    :meth:`logdet`, :meth:`eigvalsh`, :meth:`solve`, :meth:`inverse`) has generic
-    fallbacks here, built on products only:
+    The method set (``@``, :meth:`vTMv`, :meth:`to_dense`, :meth:`diagonal`, :meth:`trace`,
+    :meth:`frobenius_norm`, :meth:`logdet`, :meth:`eigvalsh`, :meth:`solve`, :meth:`inverse`)
+    has generic fallbacks here, built on products only:
 
     ============  ===========================================  ==========================
     method        ``d <= dense_limit``                         ``d > dense_limit``
@@ -71,6 +72,7 @@ class LinearOperator:
     to_dense      ``d`` products with identity columns         same
     diagonal      exact, from identity columns                 Hutchinson diagonal estimate
     trace         exact, ``sum e_i^T A e_i``                   Hutch++
+    frobenius     exact, from ``to_dense``                     Hutchinson ``sqrt(E ||A v||^2)``
     logdet        dense ``torch.linalg.eigvalsh``              stochastic Lanczos quadrature
     eigvalsh      dense ``torch.linalg.eigvalsh``              Lanczos (``k`` given)
     solve         conjugate gradients (symmetric PSD ``A``)    same
@@ -240,6 +242,36 @@ class LinearOperator:
             return exact_trace(self)
         return hutchpp_trace(self, num_probes, seed)
 
+    def vTMv(self, v):
+        """The quadratic form ``v^T A v``: a float for ``v`` of shape ``(d,)`` or a list of
+        parameter-shaped tensors, a ``(k,)`` tensor (one per column) for a block ``(d, k)``."""
+        if isinstance(v, (list, tuple)):
+            v = self._flatten_params(v)
+        if not isinstance(v, Tensor):
+            raise TypeError(f"vTMv needs a tensor or a list of parameter-shaped tensors, not {type(v).__name__}")
+        V = self._check_vector(v)
+        if torch.is_complex(V):
+            raise TypeError("vTMv needs a real vector (v^T A v of a complex v is ambiguous)")
+        block = (V if V.ndim == 2 else V[:, None]).to(device=self.device, dtype=self.dtype)
+        values = self._quadratic(block)
+        return values if V.ndim == 2 else float(values[0])
+
+    def _quadratic(self, V: Tensor) -> Tensor:
+        """``v^T A v`` for every column of a validated real block ``(d, k)``; ``(k,)``. A subclass
+        with a cheaper form (e.g. forward passes only) overrides it."""
+        return (V * self._matmat(V)).sum(dim=0)
+
+    def frobenius_norm(self, *, num_probes: int = 30, seed: int = 0) -> float:
+        """``||A||_F``: exact (from :meth:`to_dense`) if ``d <= dense_limit``, else the Hutchinson
+        estimate ``sqrt(mean_v ||A v||^2)`` over ``num_probes`` Rademacher probes (``E ||A v||^2 =
+        tr A^T A``; the square is unbiased, the root slightly biased low)."""
+        d = self.shape[0]
+        if d <= self.dense_limit:
+            return float(torch.linalg.matrix_norm(self.to_dense()))
+        V = rademacher(d, check_int(num_probes, "num_probes"), torch.Generator().manual_seed(seed),
+                       self.dtype, self.device)
+        return math.sqrt(float((self._matmat(V) ** 2).sum()) / V.shape[1])
+
     def logdet(self, *, num_probes: int = 10, num_steps: int = 30, seed: int = 0) -> float:
         """``log det A`` of a positive-definite operator: dense if ``d <= dense_limit``, else
         stochastic Lanczos quadrature (see :func:`lib.operators.spectral.logdet`). Raises
@@ -324,6 +356,9 @@ class IdentityOperator(LinearOperator):
     def trace(self) -> float:
         return float(self.shape[0])
 
+    def frobenius_norm(self) -> float:
+        return math.sqrt(self.shape[0])
+
     def logdet(self) -> float:
         return 0.0
 
@@ -376,7 +411,7 @@ class ScaledOperator(LinearOperator):
     def __init__(self, a: LinearOperator, scalar: float):
         super().__init__(a.shape[0], a.dtype, a.device, a.symmetric, a.param_shapes)
         self.a, self.scalar = a, scalar
-        self.exact = a.exact if scalar > 0 else a.exact & {"to_dense", "diagonal", "trace"}
+        self.exact = a.exact if scalar > 0 else a.exact & {"to_dense", "diagonal", "trace", "frobenius_norm"}
 
     def _matmat(self, V):
         return self.scalar * self.a._matmat(V)
@@ -395,6 +430,11 @@ class ScaledOperator(LinearOperator):
         if "trace" not in self.exact:
             return super().trace(**options)
         return self.scalar * self.a.trace()
+
+    def frobenius_norm(self, **options) -> float:
+        if "frobenius_norm" not in self.exact:
+            return super().frobenius_norm(**options)
+        return abs(self.scalar) * self.a.frobenius_norm()
 
     def logdet(self, **options) -> float:
         if "logdet" not in self.exact:
@@ -453,7 +493,8 @@ class DampedInverseOperator(LinearOperator):
         super().__init__(a.shape[0], a.dtype, a.device, True, a.param_shapes)
         self.a, self.damping, self.tol = a, damping, tol
         self.max_steps = max_steps if max_steps is not None else a.shape[0]
-        closed = a.exact & {"to_dense", "diagonal", "trace", "logdet", "eigvalsh"} if "inverse" in a.exact \
+        closed = a.exact & {"to_dense", "diagonal", "trace", "frobenius_norm", "logdet", "eigvalsh"} \
+            if "inverse" in a.exact \
             else frozenset()
         self.exact = frozenset(closed | {"solve", "inverse"})
         self._closed_inverse = None
@@ -472,6 +513,10 @@ class DampedInverseOperator(LinearOperator):
 
     def trace(self, **options) -> float:
         return self._closed().trace() if "trace" in self.exact else super().trace(**options)
+
+    def frobenius_norm(self, **options) -> float:
+        return self._closed().frobenius_norm() if "frobenius_norm" in self.exact \
+            else super().frobenius_norm(**options)
 
     def logdet(self, **options) -> float:
         return self._closed().logdet() if "logdet" in self.exact else super().logdet(**options)

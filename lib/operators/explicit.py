@@ -46,6 +46,9 @@ class DenseOperator(LinearOperator):
     def trace(self) -> float:
         return float(torch.trace(self.matrix))
 
+    def frobenius_norm(self) -> float:
+        return float(torch.linalg.matrix_norm(self.matrix))
+
     def logdet(self) -> float:
         return dense_logdet(self.matrix, self.symmetric)
 
@@ -117,6 +120,9 @@ class DiagonalOperator(LinearOperator):
 
     def trace(self) -> float:
         return float(self.values.sum())
+
+    def frobenius_norm(self) -> float:
+        return float(torch.linalg.vector_norm(self.values))
 
     def logdet(self) -> float:
         if bool((self.values <= 0).any()):
