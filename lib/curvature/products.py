@@ -268,7 +268,7 @@ class GGNOperator(CurvatureOperator):
         """``tr(c sum_n J_n^T M_n J_n) = sum_{n,k} ||sqrt(c) J_n^T s_nk||^2``, exact, in one pass of
         per-example vector-Jacobian products (``C`` per example for the exact Fisher and the GGN,
         ``num_samples`` for ``"mc"``, one for ``"empirical"``); ``options`` are ignored."""
-        with _differentiable_attention():
+        with differentiable_attention():
             return float(sum_over_rows(self, lambda R: (R.double() ** 2).sum()))
 
     def _quadratic(self, V: Tensor) -> Tensor:
@@ -285,7 +285,7 @@ class GGNOperator(CurvatureOperator):
             f = out.detach().reshape(len(out), -1)
             JV = JV.detach().reshape(V.shape[1], *f.shape)
             return self.scale * (JV * self._output_curvature(f, y, JV, generator)).sum(dim=(1, 2))
-        with _differentiable_attention(), torch.no_grad():
+        with differentiable_attention(), torch.no_grad():
             return self._sum_over_batches(batch_quadratic).to(V.dtype)
 
     def _output_curvature(self, f: Tensor, y: Tensor, U: Tensor, generator) -> Tensor:
