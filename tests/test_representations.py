@@ -254,3 +254,22 @@ def test_singular_low_rank_and_quasi_diagonal_need_damping():
         L.solve(torch.ones(L.shape[0]))
     with pytest.raises(ValueError, match="singular"):
         L.logdet()
+
+
+def test_an_indefinite_quasi_diagonal_matrix_still_solves_where_nonsingular():
+    # A convolution's bias is correlated with every weight of its filter, so the bias-weight
+    # terms outweigh the bias entry and the quasi-diagonal matrix is indefinite; its damped
+    # solve is still the unique solution of (Q + lam I) x = v (what NNGeometry computes).
+    model, loss_fn, data, _, _ = make_problem("conv", "ce", "mean", n=10)
+    Q = curvature.fisher(model, loss_fn, data, representation="quasi_diagonal")
+    dense = Q.to_dense()
+    lam = 1e-3 * float(torch.linalg.eigvalsh(dense).abs().max())
+    shifted = dense + lam * torch.eye(Q.shape[0], dtype=dense.dtype)
+    assert float(torch.linalg.eigvalsh(shifted).min()) < 0, "the problem should be indefinite"
+    v = torch.randn(Q.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(Q.solve(v, damping=lam), torch.linalg.solve(shifted, v), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(Q.inverse(damping=lam) @ v, torch.linalg.solve(shifted, v), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="not positive definite"):
+        Q.inverse(damping=lam).logdet()
+    with pytest.raises(ValueError, match="positive definite"):
+        (Q).logdet()

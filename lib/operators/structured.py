@@ -312,12 +312,21 @@ class QuasiDiagonalOperator(LinearOperator):
         cross = sum(float((c ** 2).sum()) for _, _, c in self.groups)
         return math.sqrt(float((self.values ** 2).sum()) + 2.0 * cross)
 
-    def schur(self, damping: float) -> tuple[Tensor, list[Tensor]]:
-        """``values + damping`` and, per group, the Schur complements ``sigma`` ``(U,)``;
-        ``ValueError`` unless all are positive (the matrix plus damping is then positive definite)."""
+    def schur(self, damping: float, *, definite: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """``values + damping`` and, per group, the Schur complements ``sigma`` ``(U,)``.
+
+        ``ValueError`` unless the weights' entries are positive and every ``sigma`` is positive
+        (``definite``: the matrix plus damping is then positive definite, as a log-det needs) or
+        merely nonzero (``definite=False``: nonsingular, all a solve needs). The quasi-diagonal
+        matrix of a Fisher need not be positive semi-definite: the bias-weight terms of a unit
+        can outweigh its bias entry (``sigma < 0``), as they do for convolutions, whose bias is
+        correlated with all of a filter's weights; NNGeometry's solve does not check this.
+        """
         shifted = self.values + check_damping(damping)
         sigmas = [shifted[b] - (c ** 2 / shifted[w]).sum(dim=1) for b, w, c in self.groups]
-        if bool((shifted <= 0).any()) or any(bool((s <= 0).any()) for s in sigmas):
+        tiny = 1e-12 * float(shifted.abs().max()) if shifted.numel() else 0.0
+        bad = (lambda s: s <= 0) if definite else (lambda s: s.abs() <= tiny)
+        if bool((shifted <= 0).any()) or any(bool(bad(s).any()) for s in sigmas):
             raise ValueError("the quasi-diagonal matrix plus damping " + _SINGULAR)
         return shifted, sigmas
 
@@ -330,11 +339,11 @@ class QuasiDiagonalOperator(LinearOperator):
         return float(total.sum())
 
     def solve(self, v, damping: float = 0.0):
-        shifted, sigmas = self.schur(damping)
+        shifted, sigmas = self.schur(damping, definite=False)
         return _solve_map(self, v, lambda V: _arrowhead_solve(shifted, self.groups, sigmas, V))
 
     def inverse(self, damping: float = 0.0) -> "QuasiDiagonalInverseOperator":
-        return QuasiDiagonalInverseOperator(self, *self.schur(damping))
+        return QuasiDiagonalInverseOperator(self, *self.schur(damping, definite=False))
 
 
 def _arrowhead_solve(shifted: Tensor, groups, sigmas, V: Tensor) -> Tensor:
@@ -376,6 +385,8 @@ class QuasiDiagonalInverseOperator(LinearOperator):
         return float(self.diagonal().sum())
 
     def logdet(self) -> float:
+        if any(bool((s <= 0).any()) for s in self.sigmas):
+            raise ValueError("the quasi-diagonal matrix plus damping is not positive definite: no log-det")
         total = self.shifted.log()
         for (b, _, _), s in zip(self.op.groups, self.sigmas):
             total[b] = s.log()

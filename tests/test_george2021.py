@@ -1,0 +1,90 @@
+"""The measures of NNGeometry's Section 3 (lib.sources.george2021) against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from lib.operators import DenseOperator
+from lib.sources.george2021 import (DAMPINGS, approximation_quality, pick_checkpoints, projection_accuracy,
+                                    unit_vectors)
+
+
+def spd(d, seed):
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(d, 2 * d, generator=g, dtype=torch.float64)
+    return B @ B.T / (2 * d)
+
+
+def test_the_damping_grid_is_the_sources():
+    assert len(DAMPINGS) == 14
+    assert DAMPINGS[0] == pytest.approx(1e-4) and DAMPINGS[-1] == pytest.approx(10 ** -0.75)
+    assert all(b / a == pytest.approx(10 ** 0.25) for a, b in zip(DAMPINGS, DAMPINGS[1:]))
+
+
+def test_unit_vectors_are_on_the_sphere_and_seeded():
+    V = unit_vectors(30, 4, seed=3)
+    torch.testing.assert_close(torch.linalg.vector_norm(V, dim=0), torch.ones(4, dtype=torch.float64))
+    assert torch.equal(V, unit_vectors(30, 4, seed=3)) and not torch.equal(V, unit_vectors(30, 4, seed=4))
+
+
+def test_an_exact_approximation_scores_perfectly():
+    F = DenseOperator(spd(12, 0))
+    q = approximation_quality(F, F, unit_vectors(12, 3, seed=0))
+    assert float(q["trace"]) < 1e-14 and float(q["vTMv"].max()) < 1e-12
+    torch.testing.assert_close(q["cos_Mv"], torch.ones(3, dtype=torch.float64))
+    for order in ("text", "code"):
+        torch.testing.assert_close(q[f"solve_cos_{order}"], torch.ones(14, 3, dtype=torch.float64))
+        assert float(q[f"solve_residual_{order}"].max()) < 1e-9
+
+
+def test_the_measures_match_a_hand_computation_in_both_orders():
+    A, B = spd(10, 1), torch.diag(torch.diagonal(spd(10, 1)))  # B: the diagonal of A, they do not commute
+    V = unit_vectors(10, 2, seed=2)
+    q = approximation_quality(DenseOperator(A), DenseOperator(B), V, dampings=[1e-3, 0.1])
+    assert float(q["trace"]) < 1e-14  # a diagonal has the exact trace
+    for j in range(2):
+        v = V[:, j]
+        assert float(q["vTMv"][j]) == pytest.approx(float(abs(v @ B @ v - v @ A @ v) / (v @ A @ v)), rel=1e-10)
+        assert float(q["cos_Mv"][j]) == pytest.approx(float(torch.cosine_similarity(A @ v, B @ v, dim=0)), rel=1e-12)
+        for i, lam in enumerate([1e-3, 0.1]):
+            I = torch.eye(10, dtype=torch.float64)
+            text = torch.linalg.solve(B + lam * I, (A + lam * I) @ v)
+            code = (A + lam * I) @ torch.linalg.solve(B + lam * I, v)
+            assert float(q["solve_cos_text"][i, j]) == pytest.approx(float(torch.cosine_similarity(v, text, dim=0)), rel=1e-10)
+            assert float(q["solve_cos_code"][i, j]) == pytest.approx(float(torch.cosine_similarity(v, code, dim=0)), rel=1e-10)
+            assert float(q["solve_residual_text"][i, j]) == pytest.approx(float((v - text).norm()), rel=1e-10)
+            assert float(q["solve_residual_code"][i, j]) == pytest.approx(float((v - code).norm()), rel=1e-10)
+    assert not torch.allclose(q["solve_cos_text"], q["solve_cos_code"])  # the two orders differ
+
+
+def test_bad_inputs_of_the_quality_measures():
+    F = DenseOperator(spd(5, 0))
+    with pytest.raises(ValueError, match="differ in shape"):
+        approximation_quality(F, DenseOperator(spd(6, 0)), unit_vectors(5, 1, seed=0))
+    with pytest.raises(ValueError, match="vectors must be"):
+        approximation_quality(F, F, unit_vectors(6, 1, seed=0))
+    with pytest.raises(ValueError, match="dampings"):
+        approximation_quality(F, F, unit_vectors(5, 1, seed=0), dampings=[0.0])
+
+
+def test_pick_checkpoints():
+    assert pick_checkpoints([0.1, 0.3, 0.6, 0.9, 0.85, 0.9], 0.5) == {"init": 0, "during": 2, "best": 3}
+    assert pick_checkpoints([0.7, 0.2, 0.4], 0.3) == {"init": 0, "during": 2, "best": 2}  # epoch 0 never counts
+    with pytest.raises(ValueError, match="no epoch reaches"):
+        pick_checkpoints([0.1, 0.2], 0.5)
+    with pytest.raises(ValueError, match="during"):
+        pick_checkpoints([0.1, 0.2], 1.5)
+    with pytest.raises(ValueError, match="epoch 0"):
+        pick_checkpoints([0.1], 0.5)
+
+
+def test_projection_accuracy():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    separable = torch.randn(40, 2, generator=g) + 4.0 * labels[:, None]
+    assert projection_accuracy(separable, labels) == 1.0
+    mixed = torch.randn(400, 2, generator=g)
+    assert projection_accuracy(mixed, torch.arange(400) % 2) < 0.65
+    with pytest.raises(ValueError, match="two classes"):
+        projection_accuracy(separable, torch.zeros(40))
