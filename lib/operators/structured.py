@@ -138,6 +138,7 @@ class LowRankOperator(LinearOperator):
         super().__init__(factor.shape[1], factor.dtype, factor.device, True, param_shapes)
         self.factor = factor
         self._gram_eig = None
+        self._gram_eigh = None
 
     @property
     def rank_bound(self) -> int:
@@ -164,6 +165,15 @@ class LowRankOperator(LinearOperator):
     def frobenius_norm(self) -> float:
         return float(torch.linalg.matrix_norm(self._small_gram()))
 
+    def gram_eigh(self) -> tuple[Tensor, Tensor]:
+        """The eigendecomposition ``(s (m,), W (m, m))`` of :meth:`_small_gram` (``m = min(r, d)``),
+        ascending, round-off below zero clipped; computed once, so that solves at many dampings
+        (a damping sweep) cost one factorization."""
+        if self._gram_eigh is None:
+            values, vectors = torch.linalg.eigh(self._small_gram())
+            self._gram_eigh = values.clamp_min(0.0), vectors
+        return self._gram_eigh
+
     def _eigenvalues(self) -> Tensor:
         """All ``d`` eigenvalues, ascending (round-off below zero clipped)."""
         if self._gram_eig is None:
@@ -189,7 +199,7 @@ class LowRankOperator(LinearOperator):
         return damping
 
     def solve(self, v, damping: float = 0.0):
-        """``(R^T R + damping I)^-1 v`` by the Woodbury identity (an ``r x r`` Cholesky factorization)."""
+        """``(R^T R + damping I)^-1 v`` by the Woodbury identity (see :class:`WoodburyInverseOperator`)."""
         return self.inverse(damping) @ v
 
     def inverse(self, damping: float = 0.0) -> "WoodburyInverseOperator":
@@ -198,9 +208,10 @@ class LowRankOperator(LinearOperator):
 
 class WoodburyInverseOperator(LinearOperator):
     """``(R^T R + lambda I)^-1`` of a :class:`LowRankOperator`, applied by the Woodbury identity
-    ``(v - R^T (R R^T + lambda I)^-1 R v) / lambda`` (or, when ``d <= r`` or ``lambda = 0``, with
-    a ``d x d`` Cholesky factor). Exact: products, ``to_dense``, ``diagonal``, ``trace``,
-    ``frobenius_norm``, ``eigvalsh``, ``logdet``, ``inverse`` (the low-rank operator plus damping)."""
+    ``(v - R^T (R R^T + lambda I)^-1 R v) / lambda`` (or, when ``d <= r`` or ``lambda = 0``,
+    directly in the ``d x d`` matrix), both through the low-rank operator's cached
+    eigendecomposition of its small Gram matrix (:meth:`LowRankOperator.gram_eigh`). Exact:
+    products, ``to_dense``, ``diagonal``, ``trace``, ``frobenius_norm``, ``eigvalsh``, ``logdet``."""
 
     exact = frozenset({"to_dense", "diagonal", "trace", "frobenius_norm", "eigvalsh", "logdet"})
 
@@ -209,25 +220,28 @@ class WoodburyInverseOperator(LinearOperator):
         self.op, self.damping = op, damping
         R = op.factor
         self.woodbury = damping > 0 and R.shape[0] < R.shape[1]
-        inner = R @ R.T if self.woodbury else R.T @ R
-        L, info = torch.linalg.cholesky_ex(inner + damping * torch.eye(len(inner), dtype=R.dtype, device=R.device))
-        if bool(info.any()):
+        values, self.vectors = op.gram_eigh()
+        shifted = values + damping
+        if float(shifted.min()) <= 1e-12 * max(float(shifted.max()), 1e-300):
             raise ValueError("the low-rank matrix plus damping " + _SINGULAR)
-        self.cholesky = L
+        self.scale = 1.0 / shifted  # (R R^T + lambda I)^-1 (or (R^T R + lambda I)^-1) = W diag(scale) W^T
+
+    def _inner_solve(self, V: Tensor) -> Tensor:
+        return self.vectors @ (self.scale[:, None] * (self.vectors.T @ V))
 
     def _matmat(self, V):
         if not self.woodbury:
-            return torch.cholesky_solve(V, self.cholesky)
+            return self._inner_solve(V)
         R = self.op.factor
-        return (V - R.T @ torch.cholesky_solve(R @ V, self.cholesky)) / self.damping
+        return (V - R.T @ self._inner_solve(R @ V)) / self.damping
 
     def to_dense(self, chunk_size: int = 256):
         return self._matmat(torch.eye(self.shape[0], dtype=self.dtype, device=self.device))
 
     def diagonal(self) -> Tensor:
         if not self.woodbury:
-            return torch.diagonal(self.to_dense()).clone()
-        U = torch.linalg.solve_triangular(self.cholesky, self.op.factor, upper=False)  # L^-1 R
+            return ((self.vectors ** 2) * self.scale).sum(dim=1)
+        U = self.scale.sqrt()[:, None] * (self.vectors.T @ self.op.factor)  # diag(scale)^1/2 W^T R
         return (1.0 - (U ** 2).sum(dim=0)) / self.damping
 
     def _eigenvalues(self) -> Tensor:
@@ -260,8 +274,9 @@ class QuasiDiagonalOperator(LinearOperator):
             values ``(U, m)``; indices disjoint across units and groups.
 
     Keeping only part of a PSD matrix's entries, it need not be positive semi-definite itself (a
-    convolution's bias is strongly correlated with its weights); solves then need a damping above
-    ``-lambda_min`` and raise ``ValueError`` otherwise (checked through the Schur complements).
+    convolution's bias is strongly correlated with its weights). Solves then need only that
+    ``M + lambda I`` be nonsingular (checked through the Schur complements); the log-det needs
+    it positive definite (see :meth:`schur`).
 
     Exact: products, ``to_dense``, ``diagonal``, ``trace``, ``frobenius_norm``
     (``sqrt(sum values^2 + 2 sum cross^2)``), ``logdet``, ``solve`` and ``inverse`` (the Schur
