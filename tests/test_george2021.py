@@ -88,3 +88,26 @@ def test_projection_accuracy():
     assert projection_accuracy(mixed, torch.arange(400) % 2) < 0.65
     with pytest.raises(ValueError, match="two classes"):
         projection_accuracy(separable, torch.zeros(40))
+
+
+def test_the_study_measures_every_representation_and_floor_over_draws():
+    from torch import nn
+    from lib.sources.george2021 import APPROXIMATIONS, FLOORS, representation_study
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 16, 3)).double()
+    X = torch.randn(12, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    out = representation_study(model, nn.CrossEntropyLoss(), (X, y), draws=2, num_samples=3, num_vectors=2,
+                               dampings=[1e-2, 1e-1])
+    assert set(out) == {*APPROXIMATIONS, *FLOORS}
+    for name, measures in out.items():
+        assert measures["trace"].shape == (2,) and measures["cos_Mv"].shape == (2, 2)
+        assert measures["solve_cos_code"].shape == (2, 2, 2)
+    # the exact floor against independent dense Fishers: the reference of draw 0 is the MC Fisher of seed 0
+    from lib.curvature.dense import dense_fisher
+    from lib.curvature import fisher
+    exact = dense_fisher(model, nn.CrossEntropyLoss(), (X, y), "exact")
+    reference = fisher(model, nn.CrossEntropyLoss(), (X, y), "mc", representation="dense", num_samples=3, seed=0).to_dense()
+    want = abs(float(torch.trace(exact) - torch.trace(reference))) / float(torch.trace(reference))
+    assert float(out["exact Fisher"]["trace"][0]) == pytest.approx(want, rel=1e-8)
+    assert float(out["exact Fisher"]["cos_Mv"].min()) > float(out["diagonal"]["cos_Mv"].min())

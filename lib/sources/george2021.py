@@ -29,13 +29,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torch import nn
+
 from .._checks import check_int
+from ..curvature.representations import fisher
 from ..operators.base import LinearOperator
 
-__all__ = ["DAMPINGS", "approximation_quality", "unit_vectors", "pick_checkpoints", "projection_accuracy"]
+__all__ = ["DAMPINGS", "APPROXIMATIONS", "FLOORS", "approximation_quality", "unit_vectors", "representation_study",
+           "pick_checkpoints", "projection_accuracy"]
 
 DAMPINGS = tuple(10.0 ** (-4 + 0.25 * i) for i in range(14))
 """The source's damping grid ``lambda = 10^-4, 10^-3.75, ..., 10^-0.75`` (14 values)."""
+
+
+APPROXIMATIONS = ("diagonal", "quasi_diagonal", "kfac", "ekfac")
+"""The four representations the source's Figs. 3-6 compare."""
+FLOORS = ("MC, another draw", "exact Fisher")
+"""The two noise floors :func:`representation_study` adds: the reference against another Monte-Carlo
+draw of itself, and against the exact Fisher (what no approximation of a Monte-Carlo Fisher can beat)."""
 
 
 def unit_vectors(d: int, k: int, *, seed: int, dtype=torch.float64, device="cpu") -> Tensor:
@@ -132,3 +143,47 @@ def projection_accuracy(points: Tensor, labels: Tensor) -> float:
     scale = X.std(axis=0, keepdims=True)
     X = X / np.where(scale > 0, scale, 1.0)  # the projection's scale changes over training
     return float(LogisticRegression(C=1e4, max_iter=1000).fit(X, y).score(X, y))
+
+
+def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: int, num_samples: int,
+                         num_vectors: int, seed: int = 0, representations=APPROXIMATIONS,
+                         dampings: Sequence[float] = DAMPINGS) -> dict[str, dict[str, Tensor]]:
+    """The source's Section 3.1 protocol at one point of training.
+
+    For each of ``draws`` draws: the reference ``F``, a Monte-Carlo Fisher with ``num_samples``
+    labels per example, and ``num_vectors`` unit vectors; every representation built from its own
+    Monte-Carlo draw (a different seed); :func:`approximation_quality` of each. The two
+    :data:`FLOORS` are measured the same way. The reference and the floors are held as exact
+    low-rank factors (the same matrices the implicit representation multiplies by, with cheap
+    damped solves), so ``data`` must be small enough for ``N K d`` numbers.
+
+    Args:
+        model, loss_fn, data: as for :func:`lib.curvature.fisher` (``data`` an ``(X, y)`` pair).
+        draws, num_samples, num_vectors: the source's 5, 5 and 4.
+        seed: base of every seed (draw ``r`` uses ``1000 seed + 10 r + ...``).
+        representations: names of :class:`lib.curvature.Representation` to compare.
+        dampings: the solve measures' grid.
+
+    Returns:
+        ``{name: {measure: tensor}}`` for every representation and floor, each measure of
+        :func:`approximation_quality` stacked over the draws: ``(draws,)``, ``(draws, k)`` or
+        ``(draws, L, k)``.
+    """
+    check_int(draws, "draws")
+    results: dict[str, list[dict[str, Tensor]]] = {name: [] for name in (*representations, *FLOORS)}
+    exact = fisher(model, loss_fn, data, "exact", representation="low_rank")
+    d = exact.shape[0]
+    for r in range(draws):
+        base = 1000 * seed + 10 * r
+
+        def mc(rep: str, offset: int) -> LinearOperator:
+            return fisher(model, loss_fn, data, "mc", representation=rep, num_samples=num_samples, seed=base + offset)
+
+        reference = mc("low_rank", 0)
+        V = unit_vectors(d, num_vectors, seed=base, dtype=exact.dtype, device=exact.device)
+        for i, name in enumerate(representations):
+            results[name].append(approximation_quality(reference, mc(name, 1 + i), V, dampings))
+        results[FLOORS[0]].append(approximation_quality(reference, mc("low_rank", 9), V, dampings))
+        results[FLOORS[1]].append(approximation_quality(reference, exact, V, dampings))
+    return {name: {key: torch.stack([run[key] for run in runs]) for key in runs[0]}
+            for name, runs in results.items()}
