@@ -72,10 +72,8 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib import curvature
-from lib.curvature.kronecker import ekfac, kfac
 
 pytest.importorskip("nngeometry")
-from nngeometry.backend import TorchHooksJacobianBackend  # noqa: E402
 from nngeometry.gram import GramMatrix  # noqa: E402
 from nngeometry.layercollection import LayerCollection  # noqa: E402
 from nngeometry.metrics import FIM, FIM_MonteCarlo  # noqa: E402
