@@ -24,7 +24,7 @@ speed hits all alike), medians over the rounds, as in ``bench/kfac.py``; every o
 once before the rounds (for the agreement check), which is the warm-up.
 
 Run: ``.venv/bin/python bench/fisher.py [--threads 2] [--rounds 3] [--device cpu]``
-(about three minutes on 2 CPU cores; ``--examples 50`` for a quick check). NNGeometry (the ``test`` extra) is optional: without
+(about ten minutes on 2 shared CPU cores, the dense builds dominating; ``--examples 50`` for a quick check). NNGeometry (the ``test`` extra) is optional: without
 it only lib's columns are printed. This is a benchmark, not a test: it prints a table and
 asserts only that lib's and NNGeometry's products agree.
 """
