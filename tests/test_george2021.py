@@ -111,3 +111,22 @@ def test_the_study_measures_every_representation_and_floor_over_draws():
     want = abs(float(torch.trace(exact) - torch.trace(reference))) / float(torch.trace(reference))
     assert float(out["exact Fisher"]["trace"][0]) == pytest.approx(want, rel=1e-8)
     assert float(out["exact Fisher"]["cos_Mv"].min()) > float(out["diagonal"]["cos_Mv"].min())
+
+
+def test_stored_numbers_counts_what_a_representation_keeps():
+    from torch import nn
+    from lib import curvature
+    from lib.operators import DiagonalOperator
+    from lib.sources.george2021 import stored_numbers
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()   # d = 26
+    data = (torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))
+    F = lambda rep: curvature.fisher(model, nn.CrossEntropyLoss(), data, representation=rep)  # noqa: E731
+    assert stored_numbers(F("dense")) == 26 * 26
+    assert stored_numbers(F("diagonal")) == 26
+    assert stored_numbers(F("low_rank")) == 5 * 2 * 26           # N C rows of d numbers
+    assert stored_numbers(F("implicit")) == 0                   # recomputed from model and data
+    kfac = stored_numbers(F("kfac"))                            # A (in x in), G (out x out), bias factor
+    assert 3 * 3 + 4 * 4 + 4 * 4 + 2 * 2 <= kfac < 26 * 26
+    d = torch.ones(4)
+    assert stored_numbers([DiagonalOperator(d), DiagonalOperator(d)]) == 4  # one tensor counted once

@@ -31,12 +31,15 @@ from torch import Tensor
 
 from torch import nn
 
+import dataclasses
+
 from .._checks import check_int
+from ..curvature.products import CurvatureOperator
 from ..curvature.representations import fisher
 from ..operators.base import LinearOperator
 
 __all__ = ["DAMPINGS", "APPROXIMATIONS", "FLOORS", "approximation_quality", "unit_vectors", "representation_study",
-           "pick_checkpoints", "projection_accuracy"]
+           "pick_checkpoints", "projection_accuracy", "stored_numbers"]
 
 DAMPINGS = tuple(10.0 ** (-4 + 0.25 * i) for i in range(14))
 """The source's damping grid ``lambda = 10^-4, 10^-3.75, ..., 10^-0.75`` (14 values)."""
@@ -187,3 +190,32 @@ def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: i
         results[FLOORS[1]].append(approximation_quality(reference, exact, V, dampings))
     return {name: {key: torch.stack([run[key] for run in runs]) for key in runs[0]}
             for name, runs in results.items()}
+
+
+def stored_numbers(op) -> int:
+    """How many numbers a representation holds: the elements of every tensor it keeps (each
+    tensor counted once), found by walking its attributes, lists, dicts and dataclasses. A
+    matrix-free curvature operator (the implicit representation) keeps none: it recomputes
+    its products from the model and the data, which it only refers to."""
+    seen: set[int] = set()
+
+    def walk(obj) -> int:
+        if isinstance(obj, Tensor):
+            key = obj.data_ptr()
+            if key in seen:
+                return 0
+            seen.add(key)
+            return obj.numel()
+        if isinstance(obj, (CurvatureOperator, nn.Module)):
+            return 0
+        if isinstance(obj, LinearOperator):
+            return walk(vars(obj))
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return sum(walk(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+        if isinstance(obj, dict):
+            return sum(walk(value) for value in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(walk(item) for item in obj)
+        return 0
+
+    return walk(op)
