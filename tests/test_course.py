@@ -154,4 +154,42 @@ def test_the_set_up_cell_is_folded_and_short(path):
     assert "hide-input" in setup.metadata.get("tags", []), "the set-up cell is not tagged hide-input"
     assert f'lib.setup(preset, "{path.stem}"' in setup.source
     lines = len(parameters.source.splitlines()) + len(setup.source.splitlines())
-    assert lines <= 40, f"parameters and set-up cells have {lines} lines"
+    # imports that one or two cells use sit at the top of those cells, not here
+    assert lines <= 26, f"parameters and set-up cells have {lines} lines"
+
+
+DRAWS = re.compile(r"\bnew_figure\(|\bplt\.subplots\(")
+# Code cells that draw a figure and stay unfolded: {(chapter, first line of the cell): reason}. Empty:
+# every drawing cell only draws.
+UNFOLDED_DRAWING: dict[tuple[str, str], str] = {}
+
+
+def drawing_cells(notebook, folded: bool) -> list:
+    """The code cells that draw a figure and are (folded=True) or are not tagged hide-input."""
+    return [cell for cell in notebook.cells if cell.cell_type == "code" and DRAWS.search(cell.source)
+            and ("hide-input" in cell.metadata.get("tags", [])) == folded]
+
+
+def test_an_unfolded_drawing_cell_is_found():
+    cells = [nbformat.v4.new_code_cell("x = 1\nfig, ax = new_figure()\nplt.show()"),
+             nbformat.v4.new_code_cell("fig, ax = plt.subplots()\nplt.show()"),
+             nbformat.v4.new_code_cell("fig, ax = new_figure()", metadata={"tags": ["hide-input"]}),
+             nbformat.v4.new_code_cell("x = 2  # figure_size(3)")]
+    found = drawing_cells(nbformat.v4.new_notebook(cells=cells), folded=False)
+    assert [c.source.splitlines()[0] for c in found] == ["x = 1", "fig, ax = plt.subplots()"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_the_drawing_cells_are_folded(path):
+    # Readers see the computation first: a cell that draws does nothing else (the computation and
+    # what it prints are the visible cell before it) and is folded in the HTML, its figure and
+    # caption stay visible. Exceptions are listed, with their reason, in UNFOLDED_DRAWING.
+    notebook = nbformat.read(path, as_version=4)
+    allowed = {line for chapter, line in UNFOLDED_DRAWING if chapter == path.stem}
+    unfolded = {cell.source.splitlines()[0] for cell in drawing_cells(notebook, folded=False)}
+    assert unfolded <= allowed, f"cells that draw, not tagged hide-input: {sorted(unfolded - allowed)}"
+    assert allowed <= unfolded, f"stale entries in UNFOLDED_DRAWING: {sorted(allowed - unfolded)}"
+    for cell in drawing_cells(notebook, folded=True):
+        printed = [o for o in cell.get("outputs", []) if o.get("output_type") != "display_data"]
+        assert not printed, (f"the folded drawing cell {cell.source.splitlines()[0]!r} prints: "
+                             "its computation belongs in the visible cell before it")
