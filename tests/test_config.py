@@ -225,11 +225,11 @@ def test_every_preset_of_every_chapter_is_valid(chapter):
 
 
 def test_chapter_presets_reject_bad_values_naming_the_knob():
-    with pytest.raises(TypeError, match="n_samples"):
-        setup("tiny", "linear_models", knobs={"n_samples": "20"})
-    with pytest.raises(ValueError, match="n_samples must be an integer >= 4, got 3"):
-        setup("tiny", "linear_models", knobs={"n_samples": 3})
-    with pytest.raises(ValueError, match="n_features > n_samples"):
+    with pytest.raises(TypeError, match="num_points"):
+        setup("tiny", "linear_models", knobs={"num_points": "20"})
+    with pytest.raises(ValueError, match="num_points must be an integer >= 4, got 3"):
+        setup("tiny", "linear_models", knobs={"num_points": 3})
+    with pytest.raises(ValueError, match="n_features > num_points"):
         setup("tiny", "linear_models", knobs={"n_features": 20})
     with pytest.raises(ValueError, match="momentum must be a number in"):
         setup("tiny", "curvature", knobs={"momentum": 1.0})
@@ -265,7 +265,16 @@ def test_unknown_chapter_and_misdeclared_presets(monkeypatch):
 def test_presets_table_lists_every_knob():
     text = presets.load("curvature").table()
     assert text.splitlines()[0].split()[:4] == ["knob", "tiny", "small", "paper"]
-    assert "mc_samples" in text and "label samples of the Monte-Carlo Fisher" in text
+    assert "num_samples" in text and "label samples of the Monte-Carlo Fisher" in text
+
+
+@pytest.mark.parametrize("chapter, old, new", [("curvature", "mc_samples", "num_samples"),
+                                               ("geodesic_sharpness", "n_iter", "num_steps"),
+                                               ("linear_models", "n_samples", "num_points"),
+                                               ("natural_gradient", "kfac_damping", "kfac_factor_damping")])
+def test_a_renamed_knob_names_its_new_name(chapter, old, new):
+    with pytest.raises(ValueError, match=f"knob '{old}' is now called '{new}'"):
+        setup("tiny", chapter, knobs={old: 1})
 
 
 # --------------------------------------------------------------------------- #

@@ -54,12 +54,12 @@ def test_measure_takes_every_variant_once_and_caches_under_the_points(data_folde
     calls = []
     variants = {"norm": lambda m, d: calls.append("norm") or m.weight.detach().norm(),
                 "points": lambda m, d: calls.append("points") or len(d[0])}
-    values = measure(net, data, variants, {"model": 1}, cache=cache, n_iter=3)
+    values = measure(net, data, variants, {"model": 1}, cache=cache, num_steps=3)
     assert values == {"norm": float(net.weight.norm()), "points": 5.0} and calls == ["norm", "points"]
-    assert measure(net, data, variants, {"model": 1}, cache=cache, n_iter=3) == values and len(calls) == 2
-    measure(net, (data[0][:4], data[1][:4]), variants, {"model": 1}, cache=cache, n_iter=3)
+    assert measure(net, data, variants, {"model": 1}, cache=cache, num_steps=3) == values and len(calls) == 2
+    measure(net, (data[0][:4], data[1][:4]), variants, {"model": 1}, cache=cache, num_steps=3)
     assert len(calls) == 4
-    key = {"model": 1, "variants": ["norm", "points"], "n_iter": 3, "points": 5}
+    key = {"model": 1, "variants": ["norm", "points"], "num_steps": 3, "points": 5}
     assert checkpoint_path("chapter/sharpness", key=key).is_file()
 
 

@@ -21,7 +21,7 @@ def test_knobs_come_from_the_parameters_cell_and_the_presets():
     assert list(cell) == ["preset", "device", "seed", "knobs"]
     assert cell["preset"] == "small" and cell["knobs"] == {}
     knobs = run.chapter_knobs(path)
-    assert knobs["n_samples"] == 50 and list(knobs)[-1] == "deep_width"  # the small preset's values
+    assert knobs["num_points"] == 50 and list(knobs)[-1] == "deep_width"  # the small preset's values
     assert run.chapter_knobs(Path("elsewhere/not_a_chapter.ipynb")) == {}
 
 
@@ -43,9 +43,9 @@ def test_values_are_literals_or_strings(text, value):
 
 
 def test_an_unknown_knob_is_an_error_naming_the_known_ones(capsys):
-    assert run.main(["curvature", "-p", "mc_sample", "5"]) == 2
+    assert run.main(["curvature", "-p", "num_sample", "5"]) == 2
     message = capsys.readouterr().err
-    assert "no knob 'mc_sample' (did you mean 'mc_samples'?)" in message
+    assert "no knob 'num_sample' (did you mean 'num_samples' or 'num_probes'?)" in message
     assert "its knobs are: preset, device, seed" in message
 
 
@@ -103,3 +103,8 @@ def test_plain_papermill_takes_a_knob_as_its_own_parameter(tmp_path):
                                    parameters={"preset": "tiny", "fig1_times": [2, 7],
                                                "knobs": {"fig1_times": [1]}},
                                    kernel_name="python3", progress_bar=False)
+
+
+def test_an_old_knob_name_is_told_its_new_one(capsys):
+    assert run.main(["curvature", "-p", "mc_samples", "5"]) == 2
+    assert "no knob 'mc_samples' (now called 'num_samples')" in capsys.readouterr().err

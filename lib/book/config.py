@@ -33,6 +33,10 @@ from .rules import check_knobs, check_relations, rules_for
 
 __all__ = ["Settings", "setup", "resolve_device", "seed_everything"]
 
+RENAMED_KNOBS = {"mc_samples": "num_samples", "n_iter": "num_steps", "n_samples": "num_points",
+                 "kfac_damping": "kfac_factor_damping"}
+"""Chapter knobs renamed to the library's vocabulary (0.3): the old name gets an error naming the new one."""
+
 # Names that `setup` fills in itself, so a preset may not use them as knobs.
 _RESERVED = ("preset", "device", "seed", "knobs", "checks", "relations")
 
@@ -313,6 +317,10 @@ def setup(
     values = dict(presets[preset])
     for name, value in _merge_overrides(knobs, overrides).items():
         if name not in values:
+            renamed = RENAMED_KNOBS.get(name)
+            if renamed in values:
+                raise ValueError(f"knob {name!r} is now called {renamed!r} (one word per concept: "
+                                 "chapters/library.md)")
             raise ValueError(
                 f"unknown knob {name!r} for preset {preset!r}; known knobs: {', '.join(values)}"
             )

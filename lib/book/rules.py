@@ -32,7 +32,7 @@ string says it, a ``(predicate, description)`` pair replacing the inferred rule 
 A failed rule raises ``ValueError("<knob> must be <description>, got <value>")``.
 
 *Relations* between knobs are ``(predicate, message)`` pairs whose predicate's argument
-names are knobs (``lambda n_features, n_samples: n_features > n_samples``); the message is
+names are knobs (``lambda n_features, num_points: n_features > num_points``); the message is
 formatted with the knobs' values.
 """
 

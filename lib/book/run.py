@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import REPO_ROOT, in_clone
+from .config import RENAMED_KNOBS
 
 __all__ = ["chapter_path", "chapter_parameters", "chapter_knobs", "parse_value", "check_parameters",
            "paper_warning", "main"]
@@ -105,6 +106,9 @@ def check_parameters(given: dict[str, Any], knobs: dict[str, Any], chapter: str)
         return
     lines = []
     for name in unknown:
+        if RENAMED_KNOBS.get(name) in knobs:
+            lines.append(f"{name!r} (now called {RENAMED_KNOBS[name]!r})")
+            continue
         close = difflib.get_close_matches(name, list(knobs), n=2)
         lines.append(f"{name!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
     raise ValueError(f"{chapter} has no knob {', '.join(lines)}; its knobs are: {', '.join(knobs)}")
