@@ -32,7 +32,7 @@ PRESETS = {
     "small": dict(dataset="digits", width=6, blocks=2, epochs=30, lr=0.1, momentum=0.9, weight_decay=5e-4,
                   batch_size=64, during_accuracy=0.5, fisher_points=450, num_samples=5, draws=5, num_vectors=4,
                   ntk_per_class=40, ntk_pairs=[[3, 8], [0, 1]], ntk_seeds=3, big_hidden=[512, 512],
-                  big_points=1000, trace_points=100, cg_damping=0.001, cg_steps=100),
+                  big_points=1000, trace_points=100, cg_damping=0.01, cg_steps=300),
     "paper": dict(dataset="mnist", width=16, blocks=3, epochs=30, lr=0.1, momentum=0.9, weight_decay=5e-4,
                   batch_size=64, during_accuracy=0.5, fisher_points=500, num_samples=5, draws=5, num_vectors=4,
                   ntk_per_class=50, ntk_pairs=[[3, 8], [0, 1]], ntk_seeds=5, big_hidden=[2048, 2048],
