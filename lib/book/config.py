@@ -35,7 +35,7 @@ __all__ = ["Settings", "setup", "resolve_device", "seed_everything"]
 
 RENAMED_KNOBS = {"mc_samples": "num_samples", "n_iter": "num_steps", "n_samples": "num_points",
                  "kfac_damping": "kfac_factor_damping"}
-"""Chapter knobs renamed to the library's vocabulary (0.3): the old name gets an error naming the new one."""
+"""Old chapter knob names and their new names in the library's vocabulary; an old name is an error naming the new one."""
 
 # Names that `setup` fills in itself, so a preset may not use them as knobs.
 _RESERVED = ("preset", "device", "seed", "knobs", "checks", "relations")

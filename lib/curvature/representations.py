@@ -34,7 +34,7 @@ __all__ = ["Representation", "REPRESENTATIONS", "QUASI_DIAGONAL_MODULES", "fishe
 
 _FISHER_KINDS = (FisherKind.EXACT, FisherKind.MC, FisherKind.EMPIRICAL)
 QUASI_DIAGONAL_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""The layers the quasi-diagonal representation supports: a weight ``(out, ...)`` and a bias ``(out,)``."""
+"""The layers the quasi-diagonal representation supports, each with a weight ``(out, ...)`` and a bias ``(out,)``."""
 
 
 class Representation(str, Enum):
@@ -53,7 +53,7 @@ class Representation(str, Enum):
     #: K-FAC's ``G kron A`` per layer (:func:`lib.curvature.kronecker.kfac`); an approximation
     #: even of the blocks (exact for one example with one output column).
     KFAC = "kfac"
-    #: EKFAC: K-FAC's eigenbasis with the exact second moments in it as eigenvalues
+    #: K-FAC's eigenbasis with the exact second moments in it as eigenvalues
     #: (:func:`lib.curvature.kronecker.ekfac`); its diagonal in the eigenbasis is exact.
     EKFAC = "ekfac"
     #: Per output unit of a Linear/Conv layer, the diagonal plus the bias-weight cross terms

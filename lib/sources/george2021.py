@@ -76,7 +76,7 @@ def approximation_quality(reference: LinearOperator, approx: LinearOperator, vec
         dampings: the ``L`` values of ``lambda`` of the solve measures.
 
     Returns:
-        float64 tensors: ``"trace"`` (0-d), ``"vTMv"`` and ``"cos_Mv"`` ``(k,)``, and
+        Float64 tensors, ``"trace"`` (0-d), ``"vTMv"`` and ``"cos_Mv"`` ``(k,)``, and
         ``"solve_cos_text"``, ``"solve_residual_text"``, ``"solve_cos_code"``,
         ``"solve_residual_code"`` ``(L, k)``; see the module docstring.
     """
@@ -161,10 +161,10 @@ def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: i
     damped solves), so ``data`` must be small enough for ``N K d`` numbers.
 
     Args:
-        model, loss_fn, data: as for :func:`lib.curvature.fisher` (``data`` an ``(X, y)`` pair).
+        model, loss_fn, data: as for :func:`lib.curvature.representations.fisher` (``data`` an ``(X, y)`` pair).
         draws, num_samples, num_vectors: the source's 5, 5 and 4.
         seed: base of every seed (draw ``r`` uses ``1000 seed + 10 r + ...``).
-        representations: names of :class:`lib.curvature.Representation` to compare.
+        representations: names of :class:`lib.curvature.representations.Representation` to compare.
         dampings: the solve measures' grid.
 
     Returns:
