@@ -53,3 +53,14 @@ def installed_lib(tmp_path_factory) -> Path:
                    check=True, cwd=tmp_path_factory.mktemp("build"),
                    env={**os.environ, "PIP_NO_CACHE_DIR": "1"})
     return target
+
+
+def pytest_collection_finish(session):
+    # A test module that changes torch's default dtype when it is imported changes it for
+    # every test collected after it (once, a whole CI run trained float64 models on float32
+    # data); such a module must use a fixture that restores the dtype.
+    import torch
+
+    if torch.get_default_dtype() != torch.float32:
+        raise pytest.UsageError(f"a test module set torch's default dtype to {torch.get_default_dtype()} "
+                                "at import; set it in a fixture that restores it")
