@@ -64,3 +64,16 @@ def pytest_collection_finish(session):
     if torch.get_default_dtype() != torch.float32:
         raise pytest.UsageError(f"a test module set torch's default dtype to {torch.get_default_dtype()} "
                                 "at import; set it in a fixture that restores it")
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype set to float64 for one test, and restored after it. Test modules
+    whose models and inputs are all float64 use it with
+    ``pytestmark = pytest.mark.usefixtures("float64_default")`` (never set it at import)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

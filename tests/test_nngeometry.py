@@ -86,12 +86,7 @@ TIGHT = dict(rtol=1e-10, atol=1e-13)
 BATCH = 7
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # every model and input here is float64
 
 
 class Problem:

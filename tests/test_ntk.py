@@ -14,13 +14,7 @@ from lib.curvature import jacobian, jacobians, ntk
 from lib.curvature.dense import flat_parameters
 from lib.manifolds.kernels import kernel_pca, kernel_target_alignment, normalize_gram
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """Every model and input here is float64 (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # every model and input here is float64
 
 
 class Shared(nn.Module):

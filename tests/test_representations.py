@@ -22,13 +22,7 @@ from operator_problems import assert_close, compare_with_dense, make_problem
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """Every model and input here is float64 (restored afterwards: at import it would change every test module)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # every model and input here is float64
 
 
 SMALL = [("tanh", "ce", "mean"), ("relu", "mse", "mean"), ("conv", "ce", "mean"), ("tanh", "ce", "sum"),
