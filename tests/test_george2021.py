@@ -111,6 +111,16 @@ def test_the_study_measures_every_representation_and_floor_over_draws():
     want = abs(float(torch.trace(exact) - torch.trace(reference))) / float(torch.trace(reference))
     assert float(out["exact Fisher"]["trace"][0]) == pytest.approx(want, rel=1e-8)
     assert float(out["exact Fisher"]["cos_Mv"].min()) > float(out["diagonal"]["cos_Mv"].min())
+    # a reference too large for its low-rank factor is held implicitly: the same matrices, so the
+    # same measures, except that the floors' solves (which would need CG) are skipped
+    implicit = representation_study(model, nn.CrossEntropyLoss(), (X, y), draws=2, num_samples=3, num_vectors=2,
+                                    dampings=[1e-2, 1e-1], max_numbers=100)
+    for name, measures in out.items():
+        for key, value in measures.items():
+            if name in FLOORS and key.startswith("solve"):
+                assert bool(implicit[name][key].isnan().all()), (name, key)
+            else:
+                torch.testing.assert_close(implicit[name][key], value, rtol=1e-7, atol=1e-12)
 
 
 def test_stored_numbers_counts_what_a_representation_keeps():
@@ -124,9 +134,58 @@ def test_stored_numbers_counts_what_a_representation_keeps():
     F = lambda rep: curvature.fisher(model, nn.CrossEntropyLoss(), data, representation=rep)  # noqa: E731
     assert stored_numbers(F("dense")) == 26 * 26
     assert stored_numbers(F("diagonal")) == 26
-    assert stored_numbers(F("low_rank")) == 5 * 2 * 26           # N C rows of d numbers
+    assert stored_numbers(F("low_rank")) == 5 * (2 - 1) * 26     # N (C - 1) rows of d numbers
+    assert stored_numbers(F("quasi_diagonal")) == 26 + 4 * 3 + 2 * 4  # diagonal, cross terms, no indices
     assert stored_numbers(F("implicit")) == 0                   # recomputed from model and data
     kfac = stored_numbers(F("kfac"))                            # A (in x in), G (out x out), bias factor
     assert 3 * 3 + 4 * 4 + 4 * 4 + 2 * 2 <= kfac < 26 * 26
     d = torch.ones(4)
     assert stored_numbers([DiagonalOperator(d), DiagonalOperator(d)]) == 4  # one tensor counted once
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_representation_sizes_predict_what_each_representation_stores(arch):
+    from torch import nn
+    from lib import curvature
+    from lib.curvature.representations import REPRESENTATIONS
+    from lib.sources.george2021 import representation_sizes, stored_numbers
+    torch.manual_seed(0)
+    if arch == "mlp":
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3, bias=False), nn.Tanh(),
+                              nn.Linear(3, 3)).double()
+        X = torch.randn(5, 3, dtype=torch.float64)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)).double()
+        X = torch.randn(5, 1, 5, 5, dtype=torch.float64)
+    data = (X, torch.randint(0, 3, (5,)))
+    sizes = representation_sizes(model, 5, 3)
+    for rep in REPRESENTATIONS:
+        op = curvature.fisher(model, nn.CrossEntropyLoss(), data, representation=rep)
+        assert sizes[rep] == stored_numbers(op), rep
+
+
+def test_the_chapters_networks():
+    from lib.book.models import num_parameters
+    from lib.sources.george2021 import network, representation_sizes
+    small = network("small_resnet", 1, 10, width=4, blocks=1, seed=0)
+    assert small(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'.*resnet50"):
+        network("vgg", 1, 10, width=4, blocks=1, seed=0)
+    big = network("resnet50", 3, 200, width=4, blocks=1, seed=0)
+    sizes = representation_sizes(big, 500, 200)
+    assert sizes["dense"] == num_parameters(big) ** 2   # about 5.7e14 numbers: 2.3 PB in float32
+    assert sizes["kfac"] < 2 * 10 ** 8 and sizes["ekfac"] < 2 * 10 ** 8
+
+
+def test_resnet50_without_normalization_is_the_sources_24m_parameter_network():
+    from torch import nn
+    from lib.book.models import num_parameters
+    from lib.sources.george2021 import resnet50
+    state = torch.random.get_rng_state()
+    net = resnet50(seed=0)
+    assert torch.equal(state, torch.random.get_rng_state())  # a seeded build leaves the global generator alone
+    assert num_parameters(net) == 23_864_712  # "a 24M parameters Resnet50" on 200 classes
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 200)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), resnet50(seed=0).parameters()))
+    assert resnet50(1, 10, seed=1)(torch.randn(1, 1, 8, 8)).shape == (1, 10)  # any input size and channels

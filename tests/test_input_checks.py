@@ -210,6 +210,16 @@ def test_the_determinism_check_costs_two_forward_passes_of_the_first_batch_at_co
     assert sorted(per_product) == sorted([4, 6] * (len(per_product) // 2))
 
 
+def test_the_determinism_check_probes_only_the_first_inputs_of_a_large_batch():
+    from lib.curvature.inspection import PROBE_SIZE
+    model = _mlp(0)
+    X, y = _regression(n=3 * PROBE_SIZE)
+    sizes = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    curvature.ggn(model, nn.MSELoss(), (X, y))
+    assert sizes == [PROBE_SIZE, PROBE_SIZE]  # a fraction of a forward pass, however large the batch
+
+
 # --------------------------------------------------------------------------------------
 # 14. Complex vectors: applied to both parts, for every operator
 # --------------------------------------------------------------------------------------

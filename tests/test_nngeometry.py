@@ -253,7 +253,7 @@ def test_low_rank(problem):
     theirs, ours = problem.theirs(PMatLowRank), problem.ours("low_rank")
     n = len(problem.X)
     assert theirs.data.shape == (problem.C - 1, n, problem.d)  # C - 1 Cholesky rows
-    assert ours.factor.shape == (n * problem.C, problem.d)      # C rows per example
+    assert ours.factor.shape == (n * (problem.C - 1), problem.d)  # the same count
     close(theirs.to_torch(), ours.to_dense())
     close(theirs.get_diag(), ours.diagonal())
     check_operations(problem, theirs, ours, solve=False)

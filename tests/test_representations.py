@@ -11,6 +11,7 @@ diagonal; quasi-diagonal: the diagonal and the bias-weight entries), and every o
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 from torch import nn
 
@@ -276,3 +277,100 @@ def test_an_indefinite_quasi_diagonal_matrix_still_solves_where_nonsingular():
         Q.inverse(damping=lam).logdet()
     with pytest.raises(ValueError, match="positive definite"):
         (Q).logdet()
+
+
+# --------------------------------------------------------------------------------------
+# The two ways to the diagonal: per-layer hooks (Linear/Conv2d) and the rows R (any layer)
+# --------------------------------------------------------------------------------------
+class _Shared(nn.Module):
+    """One Linear applied twice: the hooks see two calls, so the rows must be used."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.out = nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+
+def _sequence_model():
+    """A Linear applied at 4 positions (T > 1), then a Conv2d: both per-example sums."""
+    return nn.Sequential(nn.Unflatten(1, (4, 3)), nn.Linear(3, 2), nn.Tanh(), nn.Unflatten(1, (1, 4)),
+                         nn.Conv2d(1, 2, (2, 2), padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 5 * 3, 3))
+
+
+@pytest.mark.parametrize("kind", ["exact", "mc", "empirical"])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_the_layer_path_and_the_rows_give_the_same_quasi_diagonal(kind, loss):
+    from lib.curvature.products import GGNOperator
+    from lib.curvature.representations import _quasi_diagonal_from_rows
+    from lib.curvature.roots import layer_diagonals
+    torch.manual_seed(0)
+    model = _sequence_model().double()
+    X = torch.randn(9, 12)
+    y = torch.randint(0, 3, (9,)) if loss == "ce" else torch.randn(9, 3)
+    loss_fn = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()
+    op = GGNOperator(model, loss_fn, [(X[:5], y[:5]), (X[5:], y[5:])], kind=kind, num_samples=3, seed=4)
+    hooks = layer_diagonals(op, cross=True, max_entries=50)   # forces several chunks for T > 1
+    rows = _quasi_diagonal_from_rows(op)
+    assert hooks is not None and len(hooks) == len(rows) == 3
+    for got, want in zip(hooks, rows):
+        for a, b in zip(got, want):
+            assert_close(a, b, 1e-10, "layer path")
+    from lib.curvature.roots import _hooked_layers, _hooked_rows, _vmap_rows
+    by_hooks = torch.cat(list(_hooked_rows(op, _hooked_layers(op), max_entries=200)))  # several chunks
+    assert_close(by_hooks, torch.cat(list(_vmap_rows(op, max_entries=200))), 1e-10, "rows, row by row")
+    F = dense_fisher(model, loss_fn, [(X[:5], y[:5]), (X[5:], y[5:])], kind) if kind != "mc" else None
+    if F is not None:
+        assert abs(op.trace() - float(torch.trace(F))) < 1e-10 * float(torch.trace(F))
+
+
+def test_shared_weights_and_other_layers_take_the_rows():
+    from lib.curvature.products import GGNOperator
+    from lib.curvature.roots import layer_diagonals
+    torch.manual_seed(0)
+    data = (torch.randn(6, 3), torch.randint(0, 2, (6,)))
+    model = _Shared().double()
+    assert layer_diagonals(GGNOperator(model, nn.CrossEntropyLoss(), data, kind="exact")) is None
+    L = curvature.fisher(model, nn.CrossEntropyLoss(), data, representation="low_rank")
+    assert_close(L.to_dense(), dense_fisher(model, nn.CrossEntropyLoss(), data, "exact"), 1e-10, "shared low-rank")
+    F = dense_fisher(model, nn.CrossEntropyLoss(), data, "exact")
+    D = curvature.fisher(model, nn.CrossEntropyLoss(), data, representation="diagonal")
+    assert_close(D.diagonal(), torch.diagonal(F), 1e-10, "diagonal with a shared layer")
+    assert abs(curvature.fisher(model, nn.CrossEntropyLoss(), data).trace() - float(torch.trace(F))) < 1e-10
+    conv1d = nn.Sequential(nn.Unflatten(1, (1, 3)), nn.Conv1d(1, 2, 2), nn.Tanh(), nn.Flatten(),
+                           nn.Linear(4, 2)).double()
+    Q = curvature.fisher(conv1d, nn.CrossEntropyLoss(), data, representation="quasi_diagonal").to_dense()
+    F = dense_fisher(conv1d, nn.CrossEntropyLoss(), data, "exact")
+    assert_close(Q, torch.where(_quasi_mask_conv1d(conv1d), F, 0.0), 1e-10, "quasi-diagonal with Conv1d")
+
+
+def _quasi_mask_conv1d(model):
+    mask = torch.eye(sum(p.numel() for p in model.parameters()), dtype=torch.bool)
+    start = 0
+    for module in (model[1], model[4]):
+        nw, nb = module.weight.numel(), module.bias.numel()
+        per = nw // nb
+        for i in range(nb):
+            mask[start + nw + i, start + i * per:start + (i + 1) * per] = True
+            mask[start + i * per:start + (i + 1) * per, start + nw + i] = True
+        start += nw + nb
+    return mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12), st.floats(0.0, 80.0), st.integers(0, 2 ** 16))
+def test_the_multinomial_cholesky_factor_is_a_square_root(C, scale, seed):
+    """``L L^T = diag(p) - p p^T`` with C - 1 columns, also for near one-hot ``p`` (tiny tails)."""
+    from lib.curvature.losses import Loss, multinomial_cholesky
+    g = torch.Generator().manual_seed(seed)
+    f = scale * torch.randn(7, C, generator=g)
+    p = f.softmax(dim=1)
+    L = multinomial_cholesky(p)
+    assert L.shape == (7, C, C - 1) and bool(torch.isfinite(L).all())
+    M = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    assert float((L @ L.transpose(1, 2) - M).abs().max()) < 1e-13
+    S = Loss(nn.CrossEntropyLoss()).curvature_columns(f, None, "exact", 1, None, minimal=True)
+    full = Loss(nn.CrossEntropyLoss()).curvature_columns(f, None, "exact", 1, None)
+    assert S.shape == (C - 1, 7, C)
+    assert float((torch.einsum("kbi,kbj->bij", S, S) - torch.einsum("kbi,kbj->bij", full, full)).abs().max()) < 1e-13

@@ -83,31 +83,38 @@ def supported_layers(model: nn.Module, unsupported: str) -> list[tuple[str, nn.M
     return layers
 
 
-def patches(module: nn.Conv2d, x: Tensor) -> Tensor:
+def patches(module: nn.Conv2d, x: Tensor, extra_columns: int = 0) -> Tensor:
     """The input patches a convolution sees, ``(B, Ho * Wo, C * kh * kw)``.
 
     The same numbers as ``F.unfold`` (transposed), built from strided views and a single
     copy: ``im2col`` on the CPU was measured several times slower than the convolution.
+    ``extra_columns`` leaves that many trailing columns uninitialized (the bias's ones, when
+    folded), so no second copy is needed to append them.
     """
     (ph, pw), (kh, kw) = conv_padding(module), module.kernel_size
     (sh, sw), (dh, dw) = module.stride, module.dilation
     x = nn.functional.pad(x, (pw, pw, ph, ph))
     windows = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
-    windows = windows[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
-    B, C, Ho, Wo = windows.shape[:4]
-    return windows.permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, C * kh * kw)
+    windows = windows[..., ::dh, ::dw].permute(0, 2, 3, 1, 4, 5)  # (B, Ho, Wo, C, kh, kw)
+    B, Ho, Wo, C = windows.shape[:4]
+    out = x.new_empty(B, Ho * Wo, C * kh * kw + extra_columns)
+    out[..., :C * kh * kw].view(B, Ho, Wo, C, kh, kw).copy_(windows)
+    return out
 
 
 def input_matrix(module: nn.Module, x: Tensor, fold_bias: bool) -> tuple[Tensor, int]:
     """Rows ``a`` of the layer's input, ``(N * T, in')``, and ``T`` (shared positions)."""
+    fold = int(fold_bias and module.bias is not None)
     if isinstance(module, nn.Conv2d):
-        unfolded = patches(module, x)
+        unfolded = patches(module, x, extra_columns=fold)
         T = unfolded.shape[1]
         rows = unfolded.reshape(-1, unfolded.shape[2])
-    else:
-        T = x[0].numel() // x.shape[-1]
-        rows = x.reshape(-1, x.shape[-1])
-    if fold_bias and module.bias is not None:
+        if fold:
+            rows[:, -1] = 1.0
+        return rows, T
+    T = x[0].numel() // x.shape[-1]
+    rows = x.reshape(-1, x.shape[-1])
+    if fold:
         rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
     return rows, T
 
@@ -226,17 +233,17 @@ def output_grads(f: Tensor, outputs: list[Tensor], S: Tensor, retain_graph: bool
 
 def layer_rows(loss: Loss, f: Tensor, y: Tensor | None, recorder: LayerRecorder, kind,
                num_samples: int, generator: torch.Generator | None, fold_bias: bool,
-               retain_graph: bool = False):
+               retain_graph: bool = False, minimal: bool = False):
     """Per recorded layer, the rows its factors are built from, after a forward pass ``f``.
 
     Draws the loss's curvature columns ``S`` (:meth:`~lib.curvature.losses.Loss.curvature_columns`, ``(K, *f.shape)``),
     backpropagates them to every layer output in one (batched) backward pass, and yields,
     in layer order, ``(module, a, T, g)``: input rows ``a`` of shape ``(B * T, in')``, the
     number ``T`` of positions per example, and output-gradient rows ``g`` of shape
-    ``(K, B * T, out)``.
+    ``(K, B * T, out)``. ``minimal``: as for :meth:`~lib.curvature.losses.Loss.curvature_columns`.
     """
     inputs, outputs = recorder.recorded()
-    S = loss.curvature_columns(f.detach(), y, kind, num_samples, generator)
+    S = loss.curvature_columns(f.detach(), y, kind, num_samples, generator, minimal=minimal)
     grads = output_grads(f, outputs, S, retain_graph=retain_graph)
     for (_, module), x, g in zip(recorder.layers, inputs, grads):
         a, T = input_matrix(module, x, fold_bias)

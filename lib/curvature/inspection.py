@@ -13,7 +13,11 @@ from torch import Tensor, nn
 from .._checks import check_finite
 from ..book.batches import check_batch
 
-__all__ = ["inspect_data", "check_deterministic_forward", "check_no_stochastic_layers"]
+__all__ = ["PROBE_SIZE", "inspect_data", "check_deterministic_forward", "check_no_stochastic_layers"]
+
+PROBE_SIZE = 16
+"""How many inputs of the first batch :func:`inspect_data` evaluates twice to check that the
+forward pass is deterministic."""
 
 
 def inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
@@ -23,8 +27,10 @@ def inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
       have the model's dtype (``TypeError``); ``X`` and floating-point targets ``y`` are
       finite (``ValueError``). This rides on the counting pass over the batches that
       builds ``N`` anyway, one reduction per tensor, never a pass per product;
-    * the first non-empty batch is evaluated twice (without gradients) and the outputs
-      compared (:func:`check_deterministic_forward`): a forward pass that draws random
+    * the first :data:`PROBE_SIZE` inputs of the first non-empty batch are evaluated twice
+      (without gradients) and the outputs compared (:func:`check_deterministic_forward`;
+      a few inputs suffice, since a random operation changes some of their outputs almost
+      surely, and they cost a fraction of a forward pass): a forward pass that draws random
       numbers (dropout through ``F.dropout`` in a custom module, noise injection) would
       make every product a different matrix, and no module type reveals it (curvlinops
       probes the same way). The module types that do reveal it are checked first, by
@@ -58,7 +64,7 @@ def inspect_data(model: nn.Module, batches, device, dtype) -> tuple[int, int]:
             first = X
     if num_data == 0:
         raise ValueError("data is empty: the loss of zero data points has no curvature")
-    return num_data, check_deterministic_forward(model, first.to(device))
+    return num_data, check_deterministic_forward(model, first[:PROBE_SIZE].to(device))
 
 
 def check_deterministic_forward(model: nn.Module, X: Tensor) -> int:

@@ -39,6 +39,7 @@ Conventions, chosen to agree with curvlinops' ``KFACLinearOperator`` (``tests/``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -207,15 +208,16 @@ class _BlockOperator(LinearOperator):
         parameter-shaped tensors (returned in the same form), exactly: ``inverse(damping) @ v``."""
         return self.inverse(damping) @ v
 
-    def _spectral_function(self, kfac: KFACOperator, damping: float, power: float
-                           ) -> EKFACOperator:
+    def _spectral_function(self, damping: float, power: float) -> EKFACOperator:
         """``(self + damping I)^power`` as an operator in the same eigenbasis."""
         damping = check_damping(damping)
-        scalings = [self._layer_spectrum(i)[2:] for i in range(len(self.factors))]
+        spectra = [self._layer_spectrum(i) for i in range(len(self.factors))]
+        scalings = [tuple(spectrum[2:]) for spectrum in spectra]
         values = torch.cat([t.reshape(-1) for pair in scalings for t in pair if t is not None])
         if bool((values + damping <= 0).any()):
             raise ValueError(f"the {type(self).__name__} matrix is singular; pass damping > 0")
-        return EKFACOperator(kfac, scalings, damping=damping, power=power)
+        return EKFACOperator(self.factors, self.names, [tuple(spectrum[:2]) for spectrum in spectra], scalings,
+                             dtype=self.dtype, device=self.device, damping=damping, power=power)
 
     def _matmat(self, V):
         k, out, start = V.shape[1], [], 0
@@ -407,7 +409,7 @@ class KFACInverseOperator(_BlockOperator):
         plain inverse without further damping, else an operator in the same eigenbasis."""
         if check_damping(damping) == 0 and self.power == -1:
             return self.op.add_damping(self.damping)
-        return self._spectral_function(self.op, damping, -1)
+        return self._spectral_function(damping, -1)
 
 
 # --------------------------------------------------------------------------------------
@@ -418,29 +420,37 @@ class EKFACOperator(_BlockOperator):
     ``Q_G kron Q_A`` with the exact second moments of the gradients in that basis as
     eigenvalues, ``S_ij = c sum_{n,k} ((Q_G^T grad_nk Q_A)_ij)^2``.
 
-    The method set of :class:`KFACOperator`, all exact. Attributes: ``kfac`` (the
-    underlying K-FAC operator), ``scalings`` (per layer, ``(out, in')`` and, for a
-    separate bias, ``(out,)`` or None), and ``power`` / ``damping``: the operator applies
-    ``(S + damping)^power`` in the basis.
+    The method set of :class:`KFACOperator`, all exact. It keeps the eigenbases and the
+    scalings only (not K-FAC's factors ``A`` and ``G``): the memory of NNGeometry's EKFAC.
+
+    Args:
+        factors: per layer, its :class:`~lib.curvature.factors.KroneckerFactors` (only their
+            layout is kept: shapes, bias; ``A`` and ``G`` are dropped).
+        names: names of the covered parameters, in the order of the flat vector.
+        bases: per layer ``(Q_G, Q_A)``, orthogonal ``(out, out)`` and ``(in', in')``.
+        scalings: per layer ``(S, S_b)``: ``(out, in')`` and, for a separate bias, ``(out,)``
+            or None.
+        damping, power: the operator applies ``(S + damping)^power`` in the basis.
     """
 
-    def __init__(self, op: KFACOperator, scalings: list[tuple[Tensor, Tensor | None]],
-                 *, damping: float = 0.0, power: int = 1):
-        super().__init__(op.factors, op.names, op.dtype, op.device)
-        self.kfac, self.scalings, self.damping, self.power = op, scalings, damping, power
+    def __init__(self, factors: list[KroneckerFactors], names: list[str], bases: list[tuple[Tensor, Tensor]],
+                 scalings: list[tuple[Tensor, Tensor | None]], *, dtype, device, damping: float = 0.0,
+                 power: float = 1):
+        layouts = [dataclasses.replace(f, A=None, G=None) for f in factors]
+        super().__init__(layouts, names, dtype, device)
+        self.bases, self.scalings, self.damping, self.power = bases, scalings, damping, power
+
+    def _scaled(self, index: int) -> tuple[Tensor, Tensor | None]:
+        return tuple(None if t is None else (t + self.damping) ** self.power for t in self.scalings[index])
 
     def _layer_apply(self, index, M, Mb):
-        _, QA, _, QG = (t.to(M.dtype) for t in self.kfac.eigendecompositions()[index])
-        S, Sb = ((None if t is None else ((t + self.damping) ** self.power).to(M.dtype))
-                 for t in self.scalings[index])
+        QG, QA = (t.to(M.dtype) for t in self.bases[index])
+        S, Sb = (None if t is None else t.to(M.dtype) for t in self._scaled(index))
         Rb = None if Mb is None else ((Mb @ QG) * Sb) @ QG.T
         return QG @ ((QG.T @ M @ QA) * S) @ QA.T, Rb
 
     def _layer_spectrum(self, index):
-        _, QA, _, QG = self.kfac.eigendecompositions()[index]
-        S, Sb = ((None if t is None else (t + self.damping) ** self.power)
-                 for t in self.scalings[index])
-        return QG, QA, S, Sb
+        return (*self.bases[index], *self._scaled(index))
 
     def _eigenvalues(self) -> Tensor:
         values = torch.cat([t.reshape(-1) for pair in self.scalings for t in pair if t is not None])
@@ -448,27 +458,41 @@ class EKFACOperator(_BlockOperator):
 
     def inverse(self, damping: float = 0.0) -> EKFACOperator:
         """``(E + damping I)^-1`` in the same eigenbasis."""
-        return self._spectral_function(self.kfac, damping, -1)
+        return self._spectral_function(damping, -1)
 
     def inverse_sqrt(self, damping: float = 0.0) -> EKFACOperator:
         """The symmetric ``(E + damping I)^-1/2`` (see :meth:`KFACOperator.inverse_sqrt`)."""
-        return self._spectral_function(self.kfac, damping, -0.5)
+        return self._spectral_function(damping, -0.5)
+
+
+_MAX_ENTRIES = 2 ** 24  # numbers of per-example gradients EKFAC forms at once
 
 
 def _eigenbasis_moments(module, a, T, g, basis, batch_size, fold_bias, scale):
     """A batch's share of a layer's EKFAC scalings: ``c sum (Q_G^T grad Q_A)^2`` over
     examples and columns, ``(out, in')``, and for a separate bias ``(out,)`` (else None).
     ``a``, ``T``, ``g`` as from :func:`lib.curvature.factors.layer_rows`."""
-    _, QA, _, QG = basis
+    QG, QA = basis
     K, B = g.shape[0], batch_size
     a = (a @ QA.to(a.dtype)).reshape(B, T, -1)                     # (B, T, in')
     rows = g.reshape(K, B, T, -1) @ QG.to(a.dtype)
-    # per-example gradient in the eigenbasis: sum_t g_t a_t^T, (K, B, out, in')
-    proj = torch.einsum("kbto,bti->kboi", rows, a)
-    moment = scale * (proj ** 2).sum(dim=(0, 1))
+    if T == 1:  # per-example gradient r a^T: its squares are (r * r)(a * a)^T, no (K, B, out, in')
+        r2 = (rows[:, :, 0] ** 2).sum(dim=0)                       # (B, out)
+        moment = scale * (r2.T @ a[:, 0] ** 2)
+        summed = r2
+    else:
+        # per-example gradients in the eigenbasis, sum_t g_t a_t^T, (K, B', out, in'), for chunks
+        # of examples: all at once they can outgrow memory (ResNet-50: 47 GB for 500 examples)
+        moment = a.new_zeros(rows.shape[3], a.shape[2])
+        chunk = max(1, _MAX_ENTRIES // (K * rows.shape[3] * a.shape[2]))
+        for start in range(0, B, chunk):
+            proj = torch.einsum("kbto,bti->kboi", rows[:, start:start + chunk], a[start:start + chunk])
+            moment += (proj ** 2).sum(dim=(0, 1))
+        moment = scale * moment
+        summed = None
     bias = None
     if module.bias is not None and module.bias.requires_grad and not fold_bias:
-        bias = scale * (rows.sum(dim=2) ** 2).sum(dim=(0, 1))
+        bias = scale * (summed.sum(dim=0) if T == 1 else (rows.sum(dim=2) ** 2).sum(dim=(0, 1)))
     return moment, bias
 
 
@@ -486,7 +510,7 @@ def ekfac(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
     kind, loss, layers, batches, num_data, num_outputs = _prepare(
         model, loss_fn, data, kind, num_samples, unsupported)
     scale = loss.scale(num_data, num_outputs)
-    bases = op.eigendecompositions()
+    bases = [(QG, QA) for _, QA, _, QG in op.eigendecompositions()]
     sums = [[None, None] for _ in layers]
     for X, rows in recorded_batches(model, layers, loss, batches, kind, num_samples, seed,
                                     fold_bias):
@@ -496,4 +520,5 @@ def ekfac(model: nn.Module, loss_fn: nn.Module, data, kind: str = "exact", *,
             old = sums[i]
             sums[i] = [moment if old[0] is None else old[0] + moment,
                        bias if old[1] is None else old[1] + bias]
-    return EKFACOperator(op, [tuple(pair) for pair in sums])
+    return EKFACOperator(op.factors, op.names, bases, [tuple(pair) for pair in sums], dtype=op.dtype,
+                         device=op.device)

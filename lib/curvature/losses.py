@@ -15,7 +15,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FisherKind", "Loss", "fisher_kind"]
+__all__ = ["FisherKind", "Loss", "fisher_kind", "multinomial_cholesky"]
 
 
 class FisherKind(str, Enum):
@@ -166,7 +166,7 @@ class Loss:
         return torch.einsum("bc,bck,bc->bk", p, g, torch.einsum("bck,bk->bc", g, u))
 
     def curvature_columns(self, f: Tensor, y: Tensor | None, kind, num_samples: int,
-                          generator: torch.Generator | None) -> Tensor:
+                          generator: torch.Generator | None, *, minimal: bool = False) -> Tensor:
         """Columns ``S`` with ``sum_k S_k S_k^T`` the per-example output curvature of ``kind``.
 
         Args:
@@ -175,9 +175,16 @@ class Loss:
             y: targets (used by ``"empirical"`` only; may be None otherwise).
             kind: a :class:`FisherKind`.
             num_samples, generator: labels drawn per example for ``"mc"``, and their stream.
+            minimal: for cross-entropy's exact Fisher and GGN, ``C - 1`` columns instead of
+                ``C``: ``diag(p) - p p^T`` has rank ``C - 1`` (its null space is the constant
+                vector), and its Cholesky factor (Tanabe & Sagae 1992,
+                :func:`multinomial_cholesky`) has a zero last column, dropped. The same
+                matrix with one backpropagation fewer per example; a square-root factor
+                ``R`` of the Fisher then has ``N (C - 1)`` rows.
 
         Returns:
-            ``(K, *f.shape)``: ``K = C`` (exact, GGN), ``num_samples`` (MC) or 1 (empirical).
+            ``(K, *f.shape)``: ``K = C`` (exact, GGN; ``C - 1`` with ``minimal`` for
+            cross-entropy), ``num_samples`` (MC) or 1 (empirical).
 
         The squared error sums over all entries and its output Hessian is ``2 I``, so the
         columns are those of the Fisher (= GGN) of :mod:`lib.curvature` with that ``C``.
@@ -201,7 +208,10 @@ class Loss:
         f = f.reshape(len(f), -1)
         if self.name == "mse" and y is not None:
             y = y.reshape(len(y), -1)
-        S = self._flat_columns(f, y, kind, num_samples, generator)
+        if minimal and self.name == "cross_entropy" and kind in ("exact", "ggn"):
+            S = multinomial_cholesky(f.softmax(dim=1)).permute(2, 0, 1)
+        else:
+            S = self._flat_columns(f, y, kind, num_samples, generator)
         return S.reshape(S.shape[0], *shape)
 
     def _flat_columns(self, f, y, kind, num_samples, generator) -> Tensor:
@@ -219,3 +229,32 @@ class Loss:
         if kind == "exact":
             return sqrt_p * (p[None] - eye[:, None, :])
         return sqrt_p * eye[:, None, :] - p[None] * sqrt_p
+
+
+def multinomial_cholesky(p: Tensor) -> Tensor:
+    """The Cholesky factor of the multinomial covariance ``diag(p) - p p^T``, without its zero
+    last column: ``L`` of shape ``(B, C, C - 1)`` with ``L_b L_b^T = diag(p_b) - p_b p_b^T``.
+
+    The closed form of Tanabe & Sagae (1992): with the tail masses ``q_j = sum_{i > j} p_i``,
+    column ``j`` is ``sqrt(d_j) (e_j - [i > j] p_i / q_j)``, ``d_j = p_j q_j / (p_j + q_j)``.
+    The tails are summed from the end (not as ``1 - cumsum``), so a tail much smaller than 1
+    keeps its relative precision; a column whose tail is exactly zero is zero (``d_j = 0``).
+
+    Args:
+        p: probabilities ``(B, C)``, rows summing to 1.
+
+    Example:
+        >>> import torch
+        >>> p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+        >>> L = multinomial_cholesky(p)
+        >>> L.shape, bool(torch.allclose(L[0] @ L[0].T, torch.diag(p[0]) - torch.outer(p[0], p[0])))
+        (torch.Size([1, 3, 2]), True)
+    """
+    C = p.shape[1]
+    tail_from = p.flip(1).cumsum(1).flip(1)                        # sum_{i >= j} p_i
+    q, head = tail_from[:, 1:], tail_from[:, :-1]                  # (B, C - 1)
+    d = torch.where(head > 0, p[:, :-1] * q / head.clamp_min(torch.finfo(p.dtype).tiny), 0.0)
+    ratio = p[:, :, None] / q.clamp_min(torch.finfo(p.dtype).tiny)[:, None, :]  # p_i / q_j
+    below = torch.ones(C, C - 1, dtype=torch.bool, device=p.device).tril(-1)     # i > j
+    eye = torch.eye(C, C - 1, dtype=p.dtype, device=p.device)
+    return torch.where(below, -ratio, eye) * d.sqrt()[:, None, :]

@@ -43,7 +43,7 @@ from .._checks import check_int
 from ..book.batches import batch_source
 from .inspection import check_no_stochastic_layers, inspect_data
 from .losses import FisherKind, Loss, fisher_kind
-from .roots import sum_over_rows
+from .roots import layer_diagonals, sum_over_rows
 from ..operators.spectral import eigvalsh, logdet, relative_difference, spectral_density, trace
 from ..operators import (DampedInverseOperator, DenseOperator, DiagonalOperator,
                          IdentityOperator, LinearOperator, ProductOperator,
@@ -269,6 +269,9 @@ class GGNOperator(CurvatureOperator):
         per-example vector-Jacobian products (``C`` per example for the exact Fisher and the GGN,
         ``num_samples`` for ``"mc"``, one for ``"empirical"``); ``options`` are ignored."""
         with differentiable_attention():
+            layers = layer_diagonals(self)
+            if layers is not None:  # Linear/Conv2d layers: no rows needed
+                return float(sum(float(t.double().sum()) for layer in layers for t in layer[:2] if t is not None))
             return float(sum_over_rows(self, lambda R: (R.double() ** 2).sum()))
 
     def _quadratic(self, V: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from ..operators import (BlockDiagonalOperator, DenseOperator, DiagonalOperator,
 from .kronecker import ekfac, kfac
 from .losses import FisherKind, fisher_kind
 from .products import GGNOperator
-from .roots import square_root_rows, sum_over_rows
+from .roots import LayerDiagonal, layer_diagonals, square_root_rows, sum_over_rows
 
 __all__ = ["Representation", "REPRESENTATIONS", "QUASI_DIAGONAL_MODULES", "fisher", "as_representation",
            "parameter_groups"]
@@ -168,12 +168,19 @@ def _offsets(op: GGNOperator) -> list[int]:
 
 
 def _dense(op: GGNOperator) -> DenseOperator:
-    F = sum_over_rows(op, lambda R: R.T @ R)
+    F = None
+    for R in square_root_rows(op):  # accumulate in place: no (d, d) temporary per chunk
+        F = R.T @ R if F is None else F.addmm_(R.T, R)
     return DenseOperator(0.5 * (F + F.T), symmetric=True, param_shapes=op.param_shapes)
 
 
 def _diagonal(op: GGNOperator) -> DiagonalOperator:
-    return DiagonalOperator(sum_over_rows(op, lambda R: (R ** 2).sum(dim=0)), param_shapes=op.param_shapes)
+    layers = layer_diagonals(op)
+    if layers is None:
+        values = sum_over_rows(op, lambda R: (R ** 2).sum(dim=0))
+    else:
+        values = torch.cat([t.reshape(-1) for layer in layers for t in layer[:2] if t is not None])
+    return DiagonalOperator(values, param_shapes=op.param_shapes)
 
 
 def _block_diagonal(op: GGNOperator) -> BlockDiagonalOperator:
@@ -182,43 +189,53 @@ def _block_diagonal(op: GGNOperator) -> BlockDiagonalOperator:
     blocks = [None] * len(spans)
     for R in square_root_rows(op):
         for i, (a, b) in enumerate(spans):
-            part = R[:, a:b].T @ R[:, a:b]
-            blocks[i] = part if blocks[i] is None else blocks[i].add_(part)
+            part = R[:, a:b]
+            blocks[i] = part.T @ part if blocks[i] is None else blocks[i].addmm_(part.T, part)
     blocks = [0.5 * (B + B.T) for B in blocks]
     return BlockDiagonalOperator(blocks, op.param_shapes, [m for m, _, _ in parameter_groups(op.names)])
 
 
-def _units(op: GGNOperator) -> list[tuple[Tensor, Tensor]]:
-    """Per Linear/ConvNd layer with a trainable weight and bias: flat indices of its biases
-    ``(out,)`` and of the weights into each output unit ``(out, m)``."""
-    offsets, position = _offsets(op), {n: i for i, n in enumerate(op.names)}
-    units = []
-    for module, _, _ in parameter_groups(op.names):
-        prefix = f"{module}." if module else ""
-        w, b = position.get(prefix + "weight"), position.get(prefix + "bias")
-        if w is None or b is None:
-            continue
-        out = op.params[b].numel()
-        weights = torch.arange(offsets[w], offsets[w + 1], device=op.device).reshape(out, -1)
-        units.append((torch.arange(offsets[b], offsets[b + 1], device=op.device), weights))
-    return units
-
-
 def _quasi_diagonal(op: GGNOperator) -> QuasiDiagonalOperator:
-    units = _units(op)
-    diag, cross = None, [None] * len(units)
+    """Each unit's weights and bias are contiguous runs of the flat vector (a layer's weight
+    ``(out, ...)`` is row-major, its bias follows), so the groups store their starts, not indices."""
+    layers = layer_diagonals(op, cross=True)
+    if layers is None:
+        layers = _quasi_diagonal_from_rows(op)
+    offsets, values, groups = _offsets(op), [], []
+    position = 0
+    for weight, bias, cross in layers:
+        values.append(weight.reshape(-1))
+        if bias is not None:
+            values.append(bias)
+            groups.append((offsets[position + 1], offsets[position], cross))
+        position += 1 if bias is None else 2
+    return QuasiDiagonalOperator(torch.cat(values), groups, param_shapes=op.param_shapes)
+
+
+def _quasi_diagonal_from_rows(op: GGNOperator) -> list[LayerDiagonal]:
+    """:func:`~lib.curvature.roots.layer_diagonals` (with ``cross``) from the rows ``R``: the
+    general path, for layers the hooks do not cover (e.g. ``Conv1d``, shared weights)."""
+    offsets, spans = _offsets(op), []
+    for module, first, stop in parameter_groups(op.names):
+        out = op.params[first].shape[0]
+        bias = first + 1 if stop - first == 2 else None
+        spans.append((out, offsets[first], offsets[first + 1], None if bias is None else offsets[bias + 1]))
+    sums = [[None, None, None] for _ in spans]
     for R in square_root_rows(op):
-        part = (R ** 2).sum(dim=0)
-        diag = part if diag is None else diag.add_(part)
-        for i, (bias, weights) in enumerate(units):
-            c = torch.einsum("rum,ru->um", R[:, weights], R[:, bias])
-            cross[i] = c if cross[i] is None else cross[i].add_(c)
-    groups = [(bias, weights, c) for (bias, weights), c in zip(units, cross)]
-    return QuasiDiagonalOperator(diag, groups, param_shapes=op.param_shapes)
+        for total, (out, a, b, c) in zip(sums, spans):
+            W = R[:, a:b].reshape(len(R), out, -1)                     # (rows, out, m)
+            parts = [(W ** 2).sum(dim=0)]
+            if c is not None:
+                Rb = R[:, b:c]                                         # (rows, out)
+                parts += [(Rb ** 2).sum(dim=0), torch.einsum("rum,ru->um", W, Rb)]
+            for i, part in enumerate(parts):
+                total[i] = part if total[i] is None else total[i].add_(part)
+    return [LayerDiagonal(*total) for total in sums]
 
 
 def _low_rank(op: GGNOperator) -> LowRankOperator:
-    return LowRankOperator(torch.cat(list(square_root_rows(op)), dim=0), param_shapes=op.param_shapes)
+    chunks = list(square_root_rows(op, max_entries=None))  # one per batch: R is kept whole anyway
+    return LowRankOperator(chunks[0] if len(chunks) == 1 else torch.cat(chunks), param_shapes=op.param_shapes)
 
 
 _BUILDERS = {Representation.DENSE: _dense, Representation.DIAGONAL: _diagonal,

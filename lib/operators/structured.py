@@ -260,6 +260,43 @@ class WoodburyInverseOperator(LinearOperator):
         return -float(torch.log(self.op._eigenvalues() + self.damping).sum())
 
 
+class _Positions:
+    """Where a unit-shaped tensor (``(U,)`` biases or ``(U, m)`` weights) sits in a flat vector:
+    an index tensor of that shape, or the int start of a contiguous run (row-major), which
+    costs no memory and is read and written through views instead of gathers."""
+
+    def __init__(self, index, shape: tuple[int, ...], device):
+        if isinstance(index, Tensor):
+            if tuple(index.shape) != tuple(shape):
+                raise ValueError(f"an index tensor of shape {tuple(index.shape)} where {tuple(shape)} is needed")
+        elif not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise TypeError(f"positions must be an index tensor or an int start >= 0, got {index!r}")
+        self.index, self.shape, self.device = index, tuple(shape), device
+
+    def take(self, V: Tensor) -> Tensor:
+        """The entries of ``V`` (``(d,)`` or ``(d, k)``) at these positions: ``(*shape, ...)``."""
+        if isinstance(self.index, Tensor):
+            return V[self.index]
+        return V[self.index:self.index + math.prod(self.shape)].reshape(*self.shape, *V.shape[1:])
+
+    def put_(self, V: Tensor, values: Tensor):
+        if isinstance(self.index, Tensor):
+            V[self.index] = values
+        else:
+            self.take(V).copy_(values)
+
+    def add_(self, V: Tensor, values: Tensor):
+        if isinstance(self.index, Tensor):
+            V[self.index] += values
+        else:
+            self.take(V).add_(values)
+
+    def indices(self) -> Tensor:
+        if isinstance(self.index, Tensor):
+            return self.index
+        return torch.arange(self.index, self.index + math.prod(self.shape), device=self.device).reshape(self.shape)
+
+
 class QuasiDiagonalOperator(LinearOperator):
     """A diagonal plus arrowhead cross terms: Ollivier's quasi-diagonal matrix.
 
@@ -270,8 +307,11 @@ class QuasiDiagonalOperator(LinearOperator):
 
     Args:
         values: the diagonal ``(d,)``.
-        groups: list of ``(bias, weights, cross)``: indices ``(U,)``, indices ``(U, m)`` and
-            values ``(U, m)``; indices disjoint across units and groups.
+        groups: list of ``(bias, weights, cross)``: ``cross`` the values ``(U, m)``; ``bias`` an
+            index tensor ``(U,)`` and ``weights`` one of shape ``(U, m)``, or either an int: the
+            start of a contiguous run (``bias[u] = start + u``, ``weights[u, j] = start + u m + j``,
+            a layer's bias and row-major weight, stored without indices); positions disjoint
+            across units and groups.
 
     Keeping only part of a PSD matrix's entries, it need not be positive semi-definite itself (a
     convolution's bias is strongly correlated with its weights). Solves then need only that
@@ -292,29 +332,35 @@ class QuasiDiagonalOperator(LinearOperator):
                 [1., 1., 3.]])
         >>> Q.solve(torch.tensor([3.0, 3.0, 5.0]))
         tensor([1., 1., 1.])
+        >>> bool((QuasiDiagonalOperator(Q.values, [(2, 0, torch.tensor([[1.0, 1.0]]))]).to_dense() == Q.to_dense()).all())
+        True
     """
 
     exact = EXACT_QUANTITIES - {"eigvalsh"}
 
-    def __init__(self, values: Tensor, groups: list[tuple[Tensor, Tensor, Tensor]], param_shapes=None):
+    def __init__(self, values: Tensor, groups: list[tuple], param_shapes=None):
         if values.ndim != 1:
             raise ValueError(f"values must be a vector (d,), got shape {tuple(values.shape)}")
         super().__init__(values.shape[0], values.dtype, values.device, True, param_shapes)
-        self.values, self.groups = values, groups
+        self.values = values
+        self.groups = [(_Positions(bias, cross.shape[:1], values.device),
+                        _Positions(weights, cross.shape, values.device), cross)
+                       for bias, weights, cross in groups]
 
     def _matmat(self, V):
         out = self.values[:, None] * V
         for bias, weights, cross in self.groups:
-            out[weights] += cross[..., None] * V[bias][:, None, :]
-            out[bias] += (cross[..., None] * V[weights]).sum(dim=1)
+            weights.add_(out, cross[..., None] * bias.take(V)[:, None, :])
+            bias.add_(out, (cross[..., None] * weights.take(V)).sum(dim=1))
         return out
 
     def to_dense(self, chunk_size: int = 256):
         M = torch.diag(self.values)
         for bias, weights, cross in self.groups:
-            rows = bias[:, None].expand_as(weights)
-            M[rows, weights] = cross
-            M[weights, rows] = cross
+            w = weights.indices()
+            rows = bias.indices()[:, None].expand_as(w)
+            M[rows, w] = cross
+            M[w, rows] = cross
         return M
 
     def diagonal(self) -> Tensor:
@@ -338,7 +384,7 @@ class QuasiDiagonalOperator(LinearOperator):
         correlated with all of a filter's weights; NNGeometry's solve does not check this.
         """
         shifted = self.values + check_damping(damping)
-        sigmas = [shifted[b] - (c ** 2 / shifted[w]).sum(dim=1) for b, w, c in self.groups]
+        sigmas = [b.take(shifted) - (c ** 2 / w.take(shifted)).sum(dim=1) for b, w, c in self.groups]
         tiny = 1e-12 * float(shifted.abs().max()) if shifted.numel() else 0.0
         bad = (lambda s: s <= 0) if definite else (lambda s: s.abs() <= tiny)
         if bool((shifted <= 0).any()) or any(bool(bad(s).any()) for s in sigmas):
@@ -350,7 +396,7 @@ class QuasiDiagonalOperator(LinearOperator):
         # det of an arrowhead = prod D_w * sigma: replace each bias entry's log by log sigma
         total = shifted.log()
         for (b, _, _), s in zip(self.groups, sigmas):
-            total[b] = s.log()
+            b.put_(total, s.log())
         return float(total.sum())
 
     def solve(self, v, damping: float = 0.0):
@@ -366,11 +412,11 @@ def _arrowhead_solve(shifted: Tensor, groups, sigmas, V: Tensor) -> Tensor:
     ``x_w = (v_w - c x_b) / D_w``; ``V`` ``(d, k)``."""
     X = V / shifted[:, None]
     for (bias, weights, cross), sigma in zip(groups, sigmas):
-        Dw = shifted[weights][..., None]                       # (U, m, 1)
-        vw = V[weights]                                        # (U, m, k)
-        xb = (V[bias] - (cross[..., None] * vw / Dw).sum(dim=1)) / sigma[:, None]
-        X[bias] = xb
-        X[weights] = (vw - cross[..., None] * xb[:, None, :]) / Dw
+        Dw = weights.take(shifted)[..., None]                  # (U, m, 1)
+        vw = weights.take(V)                                   # (U, m, k)
+        xb = (bias.take(V) - (cross[..., None] * vw / Dw).sum(dim=1)) / sigma[:, None]
+        bias.put_(X, xb)
+        weights.put_(X, (vw - cross[..., None] * xb[:, None, :]) / Dw)
     return X
 
 
@@ -392,8 +438,8 @@ class QuasiDiagonalInverseOperator(LinearOperator):
     def diagonal(self) -> Tensor:
         out = 1.0 / self.shifted
         for (bias, weights, cross), sigma in zip(self.op.groups, self.sigmas):
-            out[weights] = out[weights] + (cross / self.shifted[weights]) ** 2 / sigma[:, None]
-            out[bias] = 1.0 / sigma
+            weights.add_(out, (cross / weights.take(self.shifted)) ** 2 / sigma[:, None])
+            bias.put_(out, 1.0 / sigma)
         return out
 
     def trace(self) -> float:
@@ -404,5 +450,5 @@ class QuasiDiagonalInverseOperator(LinearOperator):
             raise ValueError("the quasi-diagonal matrix plus damping is not positive definite: no log-det")
         total = self.shifted.log()
         for (b, _, _), s in zip(self.op.groups, self.sigmas):
-            total[b] = s.log()
+            b.put_(total, s.log())
         return -float(total.sum())

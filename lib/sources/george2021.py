@@ -23,23 +23,28 @@ on the 2-D projection. :func:`pick_checkpoints` chooses the source's "init", "du
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
-
-from torch import nn
-
-import dataclasses
+from torch import Tensor, nn
 
 from .._checks import check_int
+from ..book.models import small_resnet
+from ..curvature.factors import SUPPORTED_MODULES
 from ..curvature.products import CurvatureOperator
-from ..curvature.representations import fisher
+from ..curvature.representations import REPRESENTATIONS, fisher, parameter_groups
 from ..operators.base import LinearOperator
 
-__all__ = ["DAMPINGS", "APPROXIMATIONS", "FLOORS", "approximation_quality", "unit_vectors", "representation_study",
-           "pick_checkpoints", "projection_accuracy", "stored_numbers"]
+__all__ = ["DAMPINGS", "APPROXIMATIONS", "FLOORS", "ARCHITECTURES", "approximation_quality", "unit_vectors",
+           "representation_study", "pick_checkpoints", "projection_accuracy", "stored_numbers", "network",
+           "representation_sizes", "resnet50"]
+
+ARCHITECTURES = ("small_resnet", "resnet50")
+"""The chapter's networks: the small residual CNN (``small`` preset) and the source's ResNet-50
+without normalization layers (``paper`` preset)."""
 
 DAMPINGS = tuple(10.0 ** (-4 + 0.25 * i) for i in range(14))
 """The source's damping grid ``lambda = 10^-4, 10^-3.75, ..., 10^-0.75`` (14 values)."""
@@ -66,7 +71,7 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
 
 
 def approximation_quality(reference: LinearOperator, approx: LinearOperator, vectors: Tensor,
-                          dampings: Sequence[float] = DAMPINGS) -> dict[str, Tensor]:
+                          dampings: Sequence[float] = DAMPINGS, *, solves: bool = True) -> dict[str, Tensor]:
     """The source's four measures of how well ``approx`` (``F_a``) stands in for ``reference`` (``F``).
 
     Args:
@@ -74,6 +79,9 @@ def approximation_quality(reference: LinearOperator, approx: LinearOperator, vec
         approx: the approximation ``F_a``, ``(d, d)``, with ``solve(V, damping)``.
         vectors: ``(d, k)`` test vectors (the source: uniform on the unit sphere, :func:`unit_vectors`).
         dampings: the ``L`` values of ``lambda`` of the solve measures.
+        solves: False skips the solve measures (NaN): for an ``approx`` without a closed-form
+            solve (the implicit Fisher), ``L k`` conjugate-gradient solves would cost more than
+            everything else together.
 
     Returns:
         Float64 tensors, ``"trace"`` (0-d), ``"vTMv"`` and ``"cos_Mv"`` ``(k,)``, and
@@ -94,6 +102,10 @@ def approximation_quality(reference: LinearOperator, approx: LinearOperator, vec
     quad, quad_a = (V * FV).sum(0), (V * FaV).sum(0)
     out["vTMv"] = ((quad_a - quad).abs() / quad.abs()).double()
     out["cos_Mv"] = _cosine(FV, FaV).double()
+    if not solves:
+        nan = torch.full((len(dampings), V.shape[1]), float("nan"), dtype=torch.float64)
+        out.update({f"solve_{what}_{order}": nan for what in ("cos", "residual") for order in ("text", "code")})
+        return out
     # text order: v' = (F_a + lam I)^-1 (F + lam I) v; code order: v' = (F + lam I)(F_a + lam I)^-1 v
     text = torch.stack([approx.solve(FV + lam * V, damping=lam) for lam in dampings])      # (L, d, k)
     U = torch.stack([approx.solve(V, damping=lam) for lam in dampings])                    # (L, d, k)
@@ -150,7 +162,8 @@ def projection_accuracy(points: Tensor, labels: Tensor) -> float:
 
 def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: int, num_samples: int,
                          num_vectors: int, seed: int = 0, representations=APPROXIMATIONS,
-                         dampings: Sequence[float] = DAMPINGS) -> dict[str, dict[str, Tensor]]:
+                         dampings: Sequence[float] = DAMPINGS, max_numbers: int | None = None
+                         ) -> dict[str, dict[str, Tensor]]:
     """The source's Section 3.1 protocol at one point of training.
 
     For each of ``draws`` draws: the reference ``F``, a Monte-Carlo Fisher with ``num_samples``
@@ -158,7 +171,8 @@ def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: i
     Monte-Carlo draw (a different seed); :func:`approximation_quality` of each. The two
     :data:`FLOORS` are measured the same way. The reference and the floors are held as exact
     low-rank factors (the same matrices the implicit representation multiplies by, with cheap
-    damped solves), so ``data`` must be small enough for ``N K d`` numbers.
+    damped solves) when their ``N K d`` numbers fit in ``max_numbers``; otherwise (the source's
+    ResNet-50) as implicit operators, and the floors then have no solve measures (NaN).
 
     Args:
         model, loss_fn, data: as for :func:`lib.curvature.representations.fisher` (``data`` an ``(X, y)`` pair).
@@ -166,6 +180,7 @@ def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: i
         seed: base of every seed (draw ``r`` uses ``1000 seed + 10 r + ...``).
         representations: names of :class:`lib.curvature.representations.Representation` to compare.
         dampings: the solve measures' grid.
+        max_numbers: the most numbers a low-rank reference may hold; None: no limit.
 
     Returns:
         ``{name: {measure: tensor}}`` for every representation and floor, each measure of
@@ -174,7 +189,12 @@ def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: i
     """
     check_int(draws, "draws")
     results: dict[str, list[dict[str, Tensor]]] = {name: [] for name in (*representations, *FLOORS)}
-    exact = fisher(model, loss_fn, data, "exact", representation="low_rank")
+    X = data[0]
+    with torch.no_grad():
+        num_classes = model(X[:1]).shape[1]
+    sizes = representation_sizes(model, len(X), max(num_classes, num_samples + 1))  # N max(C - 1, S) d
+    held = "low_rank" if max_numbers is None or sizes["low_rank"] <= max_numbers else "implicit"
+    exact = fisher(model, loss_fn, data, "exact", representation=held)
     d = exact.shape[0]
     for r in range(draws):
         base = 1000 * seed + 10 * r
@@ -182,12 +202,13 @@ def representation_study(model: nn.Module, loss_fn: nn.Module, data, *, draws: i
         def mc(rep: str, offset: int) -> LinearOperator:
             return fisher(model, loss_fn, data, "mc", representation=rep, num_samples=num_samples, seed=base + offset)
 
-        reference = mc("low_rank", 0)
+        reference = mc(held, 0)
         V = unit_vectors(d, num_vectors, seed=base, dtype=exact.dtype, device=exact.device)
         for i, name in enumerate(representations):
             results[name].append(approximation_quality(reference, mc(name, 1 + i), V, dampings))
-        results[FLOORS[0]].append(approximation_quality(reference, mc("low_rank", 9), V, dampings))
-        results[FLOORS[1]].append(approximation_quality(reference, exact, V, dampings))
+        floors = {"solves": held == "low_rank"}
+        results[FLOORS[0]].append(approximation_quality(reference, mc(held, 9), V, dampings, **floors))
+        results[FLOORS[1]].append(approximation_quality(reference, exact, V, dampings, **floors))
     return {name: {key: torch.stack([run[key] for run in runs]) for key in runs[0]}
             for name, runs in results.items()}
 
@@ -216,6 +237,84 @@ def stored_numbers(op) -> int:
             return sum(walk(value) for value in obj.values())
         if isinstance(obj, (list, tuple)):
             return sum(walk(item) for item in obj)
+        if hasattr(obj, "__dict__") and not isinstance(obj, type):  # e.g. index holders
+            return walk(vars(obj))
         return 0
 
     return walk(op)
+
+
+def resnet50(in_channels: int = 3, num_classes: int = 200, *, seed: int | None = None) -> nn.Module:
+    """The source's network: torchvision's ResNet-50 without normalization layers, about 24M
+    parameters for 200 classes (bottleneck blocks 3-4-6-3).
+
+    NNGeometry's experiments use "a 24M parameters Resnet50" on Tiny ImageNet with no
+    normalization (BatchNorm in training mode couples the examples of a batch, and per-example
+    Fisher computations need them independent). Every BatchNorm is replaced by the identity (its
+    weights and biases disappear); torchvision's initialization is otherwise unchanged, since the
+    source does not say how it trained the network without them.
+
+    Args:
+        in_channels: input channels (torchvision's stem takes 3; another count gets a stem
+            convolution of the same shape otherwise).
+        num_classes: outputs of the final Linear layer.
+        seed: seed for the initial weights (None: the global generator; with a seed, the global
+            generator is left untouched).
+
+    Returns:
+        A module mapping ``(N, in_channels, H, W)`` to logits ``(N, num_classes)``.
+    """
+    from torchvision.models import resnet50 as torchvision_resnet50
+
+    check_int(in_channels, "in_channels")
+    check_int(num_classes, "num_classes")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = torchvision_resnet50(weights=None, num_classes=num_classes, norm_layer=nn.Identity)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def network(architecture: str, in_channels: int, num_classes: int, *, width: int, blocks: int,
+            seed: int) -> nn.Module:
+    """The chapter's classifier, without normalization layers: :func:`lib.book.models.small_resnet`
+    (``width`` channels, ``blocks`` residual blocks) or :func:`resnet50` (the source's, which
+    ignores ``width`` and ``blocks``)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
+    if architecture == "resnet50":
+        return resnet50(in_channels, num_classes, seed=seed)
+    return small_resnet(in_channels, num_classes, width=width, num_blocks=blocks, seed=seed)
+
+
+def representation_sizes(model: nn.Module, num_points: int, num_classes: int) -> dict[str, int]:
+    """How many numbers each representation of the exact cross-entropy Fisher of ``model`` on
+    ``num_points`` examples would store (what :func:`stored_numbers` counts once it is built),
+    computed from the shapes alone, so that a chapter can skip the ones that would not fit.
+
+    ``d`` parameters, per module ``d_l``: dense ``d^2``; diagonal ``d``; block-diagonal
+    ``sum d_l^2``; low-rank ``N (C - 1) d``; quasi-diagonal ``d`` plus one cross term per weight
+    of a layer with a bias; K-FAC (biases separate) ``in'^2 + out^2`` per layer; EKFAC its two
+    eigenbases, ``out in'`` scalings and ``out`` for a bias; implicit none. K-FAC and EKFAC are
+    left out (None) when a trainable module is not an ``nn.Linear`` or ``nn.Conv2d``.
+    """
+    check_int(num_points, "num_points")
+    check_int(num_classes, "num_classes")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    d = sum(p.numel() for p in params)
+    blocks = [sum(params[i].numel() for i in range(a, b)) for _, a, b in parameter_groups(names)]
+    modules = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    biased = [m for m in modules if getattr(m, "bias", None) is not None and m.bias.requires_grad]
+    sizes = {"dense": d * d, "diagonal": d, "block_diagonal": sum(n * n for n in blocks),
+             "low_rank": num_points * (num_classes - 1) * d, "implicit": 0,
+             "quasi_diagonal": d + sum(m.weight.numel() for m in biased)}
+    if all(isinstance(m, SUPPORTED_MODULES) for m in modules):
+        shapes = [(m.weight.shape[0], math.prod(m.weight.shape[1:]), m in biased) for m in modules]
+        sizes["kfac"] = sum(i * i + o * o for o, i, _ in shapes)
+        sizes["ekfac"] = sum(i * i + o * o + o * i + (o if b else 0) for o, i, b in shapes)
+    else:
+        sizes["kfac"] = sizes["ekfac"] = None
+    return {r: sizes[r] for r in REPRESENTATIONS}
