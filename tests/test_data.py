@@ -448,3 +448,58 @@ def test_split_from_arrays_casts_inputs_and_labels():
     assert split.X_train.dtype == torch.float32 and split.y_test.dtype == torch.long
     assert split.n_classes == 3
     assert data.IMAGE_SHAPES["cifar100"] == (3, 32, 100)
+
+
+# --------------------------------------------------------------------------- #
+# Tiny ImageNet, from an archive laid out as the real one (3 classes, a few images)
+# --------------------------------------------------------------------------- #
+def _fake_tiny_imagenet(path: Path, wnids=("n01", "n02", "n03"), per_class=2):
+    import io
+    import zipfile
+
+    from PIL import Image
+    rng = np.random.default_rng(0)
+
+    def jpeg(mode):
+        shape = (64, 64, 3) if mode == "RGB" else (64, 64)
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buffer, "JPEG")
+        return buffer.getvalue()
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("tiny-imagenet-200/wnids.txt", "\n".join(wnids) + "\n")
+        lines = []
+        for c, wnid in enumerate(wnids):
+            for i in range(per_class):
+                mode = "L" if (c, i) == (1, 0) else "RGB"  # the real set has a few grey images
+                archive.writestr(f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG", jpeg(mode))
+            archive.writestr(f"tiny-imagenet-200/val/images/val_{c}.JPEG", jpeg("RGB"))
+            lines.append(f"val_{c}.JPEG\t{wnid}\t0\t0\t63\t63")
+        archive.writestr("tiny-imagenet-200/val/val_annotations.txt", "\n".join(reversed(lines)) + "\n")
+
+
+def test_tiny_imagenet_is_decoded_once_cached_and_standardized(tmp_path):
+    _fake_tiny_imagenet(tmp_path / "tiny-imagenet-200.zip")
+    split = data.load("tiny_imagenet", image=True, root=tmp_path)
+    assert split.X_train.shape == (6, 3, 64, 64) and split.X_test.shape == (3, 3, 64, 64)
+    assert split.n_classes == 3
+    assert split.y_train.tolist() == [0, 0, 1, 1, 2, 2] and split.y_test.tolist() == [0, 1, 2]
+    means = split.X_train.double().mean(dim=(0, 2, 3))
+    assert float(means.abs().max()) < 1e-5  # per channel, training statistics
+    assert (tmp_path / "tiny_imagenet_v1.pt").exists()
+    (tmp_path / "tiny-imagenet-200.zip").unlink()  # the cache alone suffices from now on
+    again = data.load_tiny_imagenet(root=tmp_path, flatten=True)
+    assert torch.equal(again.X_train, split.X_train.flatten(1))
+
+
+def test_tiny_imagenet_offline_errors_say_where_to_put_the_archive(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="download=True.*tiny-imagenet-200.zip"):
+        data.load_tiny_imagenet(root=tmp_path)
+
+    def no_network(url, timeout=None):
+        raise URLError("no route to host")
+    import urllib.request
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(RuntimeError, match="no network.*put it, as it is, at"):
+        data.load_tiny_imagenet(root=tmp_path, download=True)
+    assert list(tmp_path.iterdir()) == []  # no partial archive left behind

@@ -232,3 +232,21 @@ def test_unknown_preset_fails_in_the_setup_cell(path, tmp_path):
     # nothing after the setup cell ran
     later = [c for c in cells[following[0] + 1:] if c.cell_type == "code"]
     assert all(c.get("execution_count") is None for c in later)
+
+
+@pytest.mark.notebook
+def test_the_fisher_chapter_runs_where_a_stored_fisher_would_not_fit(tmp_path):
+    """The ``paper`` preset's code path at the tiny scale: with ``max_stored`` below the dense
+    Fisher, section 1 skips what would not fit and section 2 holds its reference implicitly
+    (its noise floors then have no solve measures); the step schedule trains."""
+    path = CHAPTER_DIR / "fisher_ntk.ipynb"
+    out = tmp_path / path.name
+    run_papermill(path, out, preset="tiny", knobs={"max_stored": 2000, "lr_schedule": "step:3"})
+    nb = read(out)
+    texts = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", f"cell {index}: {output.get('ename')}"
+            texts.append(output.get("text", "") or str(output.get("data", {}).get("text/plain", "")))
+    skipped = [t for t in texts if "skipped, above max_stored" in t]
+    assert skipped and "'dense'" in skipped[0] and "'low_rank'" in skipped[0]

@@ -279,7 +279,7 @@ def _train_with(**overrides):
                     torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))}, TypeError, "split.train"),
     ({"data": [(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))], "batch_size": 2},
      ValueError, "batch_size"),
-    ({"lr_schedule": "step"}, ValueError, "None, 'cosine'"),
+    ({"lr_schedule": "step"}, ValueError, "None, 'constant', 'cosine'"),
     ({"lr_schedule": "Cosine"}, ValueError, "lr_schedule"),
     ({"lr_schedule": 1}, ValueError, "lr_schedule"),
 ])
@@ -378,3 +378,24 @@ def test_train_diagonal_nets_matches_one_network_trained_alone():
     assert bool((many["train_loss"] <= 1e-5).all())
     with pytest.raises(ValueError):
         train_diagonal_nets(X, y, [0.1], [0.05, 0.02], [1], max_steps=10)
+
+
+def test_step_lr_matches_torch_steplr_and_bad_schedules_are_named():
+    X, y = make_regression(20, 3, seed=0)
+    model = mlp(3, [4], 1, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    history = train(model, nn.MSELoss(), (X, y), optimizer, epochs=7, batch_size=8, lr_schedule="step:3")
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(reference, step_size=3, gamma=0.1)
+    expected = []
+    for _ in range(7):
+        expected.append(scheduler.get_last_lr()[0])
+        reference.step()
+        scheduler.step()
+    assert history.lr == pytest.approx(expected, rel=1e-12)
+    assert optimizer.param_groups[0]["lr"] == 0.1  # put back
+    constant = train(model, nn.MSELoss(), (X, y), optimizer, epochs=2, lr_schedule="constant")
+    assert constant.lr == [0.1, 0.1]
+    for bad in ("step", "step:0", "step:-2", "step:x", "steps:3", 3):
+        with pytest.raises(ValueError, match="lr_schedule"):
+            train(model, nn.MSELoss(), (X, y), optimizer, epochs=1, lr_schedule=bad)

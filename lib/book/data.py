@@ -8,6 +8,8 @@ using *training* statistics only (the test set never leaks into them).
   cached as plain arrays in the data folder.
 * :func:`load_torchvision` - MNIST, Fashion-MNIST, CIFAR-10/100 (for the
   larger "paper" presets; downloads only when asked to).
+* :func:`load_tiny_imagenet` - Tiny ImageNet (200 classes of 64x64 images; the Fisher
+  chapter's ``paper`` preset; downloads only when asked to).
 * :func:`load` - any of the above by name, so a preset can name its data set.
 
 The synthetic generators (``make_sine``, ``make_sloppy_gaussian``, ...) are in
@@ -32,6 +34,7 @@ import torch
 
 from .._checks import check_float_dtype, check_seed
 from .paths import resolve_root, write_atomically
+from .progress import progress
 from .split import Split
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "load_digits",
     "load_mnist1d",
     "load_torchvision",
+    "load_tiny_imagenet",
+    "TINY_IMAGENET_URL",
     "TORCHVISION_DATASETS",
     "DATASETS",
     "IMAGE_SHAPES",
@@ -282,14 +287,107 @@ def load_torchvision(name: str, *, root: str | os.PathLike | None = None, downlo
 
 
 # --------------------------------------------------------------------------- #
+# Tiny ImageNet
+# --------------------------------------------------------------------------- #
+#: Where :func:`load_tiny_imagenet` downloads the archive from (the Stanford CS231n course).
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+_TINY_IMAGENET_ARCHIVE = "tiny-imagenet-200.zip"
+_TINY_IMAGENET_CACHE = "tiny_imagenet_v1.pt"  # bump the version when the layout changes
+
+
+def _download(url: str, path: Path, what: str):
+    """Stream ``url`` into ``path`` atomically; ``RuntimeError`` saying how to set it up by hand."""
+    from urllib.request import urlopen
+
+    def write(file):
+        with urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                file.write(chunk)
+    try:
+        write_atomically(path, write)
+    except (URLError, OSError) as error:
+        raise RuntimeError(f"downloading {what} from {url} failed (no network?): {error}. To set it up "
+                           f"offline, fetch that file on a machine with network access and put it, as it "
+                           f"is, at {path}; or set $BOOK_DATA to a folder that already holds it") from error
+
+
+def _decode(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    from PIL import Image
+
+    with archive.open(name) as file:
+        return np.asarray(Image.open(file).convert("RGB"), dtype=np.uint8)  # a few are grey
+
+
+def _read_tiny_imagenet(path: Path) -> dict[str, torch.Tensor]:
+    """Decode the archive: uint8 images ``(N, 3, 64, 64)`` and int64 labels (the order of
+    ``wnids.txt``); the official validation set (50 per class) is the test set."""
+    with zipfile.ZipFile(path) as archive:
+        top = archive.namelist()[0].split("/")[0]
+        wnids = archive.read(f"{top}/wnids.txt").decode().split()
+        label = {wnid: i for i, wnid in enumerate(wnids)}
+        names = sorted(n for n in archive.namelist() if n.startswith(f"{top}/train/") and n.endswith(".JPEG"))
+        train = [(n, label[n.split("/")[2]]) for n in names]
+        lines = archive.read(f"{top}/val/val_annotations.txt").decode().splitlines()
+        test = sorted((f"{top}/val/images/{line.split()[0]}", label[line.split()[1]]) for line in lines if line)
+        out = {"n_classes": torch.tensor(len(wnids))}
+        for split, items in (("train", train), ("test", test)):
+            images = np.stack([_decode(archive, n) for n, _ in progress(items, desc=f"Tiny ImageNet {split}")])
+            out[f"X_{split}"] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+            out[f"y_{split}"] = torch.tensor([c for _, c in items], dtype=torch.long)
+    return out
+
+
+def load_tiny_imagenet(*, root: str | os.PathLike | None = None, download: bool = False,
+                       flatten: bool = False, dtype: torch.dtype = torch.float32) -> Split:
+    """Tiny ImageNet: 100,000 training and 10,000 test images of 64x64 pixels, 200 classes.
+
+    The archive (about 240 MB, :data:`TINY_IMAGENET_URL`) is decoded once into
+    ``<root>/tiny_imagenet_v1.pt`` (uint8 images, written atomically, read back with
+    ``weights_only=True``); the labelled validation set serves as the test set, as it does in
+    NNGeometry's experiments. Images are scaled to [0, 1] and standardized per channel with
+    the training mean and standard deviation. The float tensors take about 5 GB in float32.
+
+    Args:
+        root: folder of the archive and the cache; None is :func:`lib.book.paths.data_root`.
+        download: fetch the archive if neither it nor the cache is there (needs network).
+        flatten: ``(N, 3 * 64 * 64)`` inputs instead of ``(N, 3, 64, 64)``.
+        dtype: floating dtype of ``X``.
+
+    Raises:
+        FileNotFoundError: neither the archive nor the cache is there and ``download`` is False.
+        RuntimeError: ``download`` is True but downloading failed (with how to do it by hand).
+    """
+    check_float_dtype(dtype)
+    folder = resolve_root(root)
+    cache, archive = folder / _TINY_IMAGENET_CACHE, folder / _TINY_IMAGENET_ARCHIVE
+    if not cache.exists():
+        if not archive.exists():
+            if not download:
+                raise FileNotFoundError(f"Tiny ImageNet is not in {folder}; load it with download=True "
+                                        f"(needs network), or fetch {TINY_IMAGENET_URL} by hand and put "
+                                        f"it, as it is, at {archive}")
+            _download(TINY_IMAGENET_URL, archive, "Tiny ImageNet")
+        arrays = _read_tiny_imagenet(archive)
+        write_atomically(cache, lambda file: torch.save(arrays, file))
+    arrays = torch.load(cache, weights_only=True)
+    X_train, X_test = (arrays[k].to(torch.float32) / 255.0 for k in ("X_train", "X_test"))
+    mean = X_train.double().mean(dim=(0, 2, 3), keepdim=True)
+    std = X_train.double().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
+    X_train, X_test = (((X - mean) / std).to(dtype) for X in (X_train, X_test))
+    if flatten:
+        X_train, X_test = X_train.flatten(1), X_test.flatten(1)
+    return Split(X_train, arrays["y_train"], X_test, arrays["y_test"], int(arrays["n_classes"]))
+
+
+# --------------------------------------------------------------------------- #
 # One entry point by name
 # --------------------------------------------------------------------------- #
 #: The names :func:`load` accepts.
-DATASETS = ("digits", "mnist1d", *TORCHVISION_DATASETS)
+DATASETS = ("digits", "mnist1d", *TORCHVISION_DATASETS, "tinyimagenet")
 # (channels, image side, classes) of the image data sets: load(name, image=True) gives
 # X of shape (N, channels, side, side) and labels in range(classes)
 IMAGE_SHAPES = {"digits": (1, 8, 10), "mnist": (1, 28, 10), "fashionmnist": (1, 28, 10),
-                "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
+                "cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tinyimagenet": (3, 64, 200)}
 
 
 def load(name: str, *, image: bool = False, download: bool = False,
@@ -298,11 +396,11 @@ def load(name: str, *, image: bool = False, download: bool = False,
 
     Args:
         name: one of :data:`DATASETS`: ``"digits"``, ``"mnist1d"``, ``"mnist"``,
-            ``"fashionmnist"``, ``"cifar10"``, ``"cifar100"`` (``"MNIST-1D"`` and
-            ``"CIFAR-10"`` are accepted too).
+            ``"fashionmnist"``, ``"cifar10"``, ``"cifar100"``, ``"tinyimagenet"`` (``"MNIST-1D"``,
+            ``"CIFAR-10"`` and ``"tiny_imagenet"`` are accepted too).
         image: inputs shaped for convolutions, ``(N, C, H, W)`` or ``(N, 1, L)`` for
             MNIST-1D; otherwise flat ``(N, D)``.
-        download: for the torchvision data sets, fetch missing files (needs network).
+        download: for the torchvision data sets and Tiny ImageNet, fetch missing files (needs network).
         root: cache folder (MNIST-1D, torchvision); see :func:`lib.book.paths.data_root`.
         dtype: floating dtype of ``X``.
 
@@ -318,4 +416,6 @@ def load(name: str, *, image: bool = False, download: bool = False,
         return load_digits(image=image, dtype=dtype)
     if key == "mnist1d":
         return load_mnist1d(root=root, image=image, dtype=dtype)
+    if key == "tinyimagenet":
+        return load_tiny_imagenet(root=root, download=download, flatten=not image, dtype=dtype)
     return load_torchvision(key, root=root, download=download, flatten=not image, dtype=dtype)

@@ -1,8 +1,8 @@
 """A plain, reproducible training loop with per-epoch hooks.
 
-The loop is deliberately simple (no early stopping; the only learning-rate
-schedule is optional cosine annealing, ``lr_schedule="cosine"``) so that a
-chapter's results depend only on what it shows.
+The loop is deliberately simple (no early stopping; the learning-rate schedules
+are optional cosine annealing, ``lr_schedule="cosine"``, and steps,
+``lr_schedule="step:30"``) so that a chapter's results depend only on what it shows.
 The ``callback`` hook lets a chapter measure, e.g., the top Hessian
 eigenvalue at every epoch, including before training starts::
 
@@ -41,7 +41,9 @@ __all__ = ["train", "accuracy", "evaluate", "LR_SCHEDULES", "train_diagonal_nets
 
 Batch = tuple[Tensor, Tensor]
 
-LR_SCHEDULES = (None, "cosine")
+LR_SCHEDULES = (None, "constant", "cosine", "step:<epochs>")
+"""The ``lr_schedule`` values of :func:`train` (``"constant"`` is None, as in
+:mod:`lib.book.population`); ``"step:30"`` multiplies the rates by 0.1 every 30 epochs."""
 
 
 # --------------------------------------------------------------------------- #
@@ -144,10 +146,27 @@ def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], X: T
 # Learning-rate schedule
 # --------------------------------------------------------------------------- #
 def _check_lr_schedule(lr_schedule: Any) -> str | None:
-    if lr_schedule is not None and not (isinstance(lr_schedule, str) and lr_schedule == "cosine"):
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of "
-                         f"{', '.join(map(repr, LR_SCHEDULES))}")
-    return lr_schedule
+    if lr_schedule == "constant":
+        return None
+    if lr_schedule is None or lr_schedule == "cosine" or _step_period(lr_schedule) is not None:
+        return lr_schedule
+    raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of "
+                     f"{', '.join(map(repr, LR_SCHEDULES))} (e.g. 'step:30', a period >= 1)")
+
+
+def _step_period(lr_schedule: Any) -> int | None:
+    """The period ``K`` of ``"step:K"``, or None if ``lr_schedule`` is not of that form."""
+    if not isinstance(lr_schedule, str) or not lr_schedule.startswith("step:"):
+        return None
+    period = lr_schedule[len("step:"):]
+    return int(period) if period.isdigit() and int(period) >= 1 else None
+
+
+def _scheduled_lr(lr_schedule: str, base_lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch ``epoch`` (1-based) under ``lr_schedule``, in closed form."""
+    if lr_schedule == "cosine":
+        return _cosine_lr(base_lr, epoch, epochs)
+    return base_lr * 0.1 ** ((epoch - 1) // _step_period(lr_schedule))
 
 
 def _cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
@@ -243,12 +262,15 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
             (under ``checkpoints/`` in the data folder); a relative path is taken
             inside the data folder (:func:`lib.book.paths.data_root`). See
             "Checkpoints" below.
-        lr_schedule: None keeps the optimizer's learning rates constant.
+        lr_schedule: None (or ``"constant"``) keeps the optimizer's learning rates constant.
             ``"cosine"`` anneals each parameter group's learning rate from its
             value when ``train`` is called, lr0, to 0 over ``epochs``, stepped
             once per epoch: epoch ``t + 1`` uses
             ``0.5 * lr0 * (1 + cos(pi * t / epochs))`` for ``t = 0..epochs-1``,
             like ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs)``.
+            ``"step:K"`` multiplies them by 0.1 every ``K`` epochs (epoch
+            ``t`` uses ``lr0 * 0.1 ** ((t - 1) // K)``), like
+            ``torch.optim.lr_scheduler.StepLR(step_size=K, gamma=0.1)``.
             The initial learning rates are put back when ``train`` returns.
             The rate of every epoch is in ``History.lr``.
 
@@ -303,7 +325,7 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
         for epoch in bar:
             epoch_batches = fixed if fixed is not None else _shuffled(data, batch_size, generator)
             if lr_schedule is not None:
-                _set_lrs(optimizer, [_cosine_lr(lr0, epoch, epochs) for lr0 in base_lrs])
+                _set_lrs(optimizer, [_scheduled_lr(lr_schedule, lr0, epoch, epochs) for lr0 in base_lrs])
             if not _epoch(history, epoch, model, loss_fn, optimizer, epoch_batches, device, eval_data,
                           bar, callback, checkpoint, saved):
                 break
