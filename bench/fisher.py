@@ -27,7 +27,8 @@ and the time per call reported, so that the timer's resolution and the first cal
 caches do not dominate sub-millisecond products.
 
 The issue's target for K-FAC, "within 2x of one gradient", is for the Monte-Carlo Fisher with
-one sampled label (one backward pass, as a gradient has): the row ``kfac (mc, 1)``. The exact
+one sampled label (one backward pass, as a gradient has): the row ``kfac (mc, 1)``, and a last
+table over wider MLPs, where compute rather than per-call overhead dominates. The exact
 Fisher needs ``C`` backward passes (``C - 1`` with the Cholesky columns), for every
 representation alike.
 
@@ -229,6 +230,28 @@ def bench_model(name, model, X, y, args, device, shared):
         print(f"  {note}")
 
 
+def bench_kfac_scaling(args, device, shared):
+    """K-FAC of the one-sample Monte-Carlo Fisher against one gradient as the MLP grows, where
+    compute rather than per-call overhead dominates (random inputs of MNIST-1D's size, 40)."""
+    print("\nK-FAC (mc, 1 sample, bias folded) / one gradient, MLP 40-w-w-10 (ReLU), random inputs")
+    print(f"{'width':>6s} {'examples':>8s} {'gradient ms':>11s} {'lib':>6s} {'NNG':>6s}")
+    g = torch.Generator().manual_seed(0)
+    for width, n in ((256, 2000), (512, 2000), (1024, 4000)):
+        X, y = torch.randn(n, 40, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device)
+        model = mlp(40, [width, width], 10, activation="relu", seed=0).to(device)
+        params = list(model.parameters())
+        methods = {"gradient": lambda: torch.autograd.grad(nn.CrossEntropyLoss()(model(X), y), params),
+                   "lib": lib_builder(model, X, y, "kfac", kind="mc")}
+        try:
+            methods["NNG"] = nngeometry_builder(model, X, y, "kfac", kind="mc")
+        except ImportError:
+            pass
+        times = time_repeated_round_robin(methods, args.rounds, device, shared)
+        median = {k: statistics.median(ts) for k, ts in times.items()}
+        theirs = f"{median['NNG'] / median['gradient']:6.2f}" if "NNG" in median else f"{'-':>6s}"
+        print(f"{width:6d} {n:8d} {1e3 * median['gradient']:11.1f} {median['lib'] / median['gradient']:6.2f} {theirs}")
+
+
 def main():
     from bench import curvature as shared  # bench/ is a namespace package on ROOT
     args, device = shared.parse_common_args(__doc__, rounds=3, warmup=0,
@@ -236,6 +259,7 @@ def main():
     torch.manual_seed(0)
     for name, model, X, y in models(device, args.examples):
         bench_model(name, model, X, y, args, device, shared)
+    bench_kfac_scaling(args, device, shared)
 
 
 if __name__ == "__main__":
