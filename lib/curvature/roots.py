@@ -113,12 +113,12 @@ def sum_over_rows(op, reduce: Callable[[Tensor], Tensor], max_entries: int = 2 *
 class LayerDiagonal(NamedTuple):
     """One layer's share of the diagonal of ``R^T R`` (see :func:`layer_diagonals`)."""
 
-    #: ``(out, m)``: the weight entries, ``m`` the inputs of one output unit (``in`` or ``in kh kw``).
+    #: The weight entries, shape ``(out, m)``, ``m`` the inputs of one output unit (``in`` or ``in kh kw``).
     weight: Tensor
-    #: ``(out,)``: the bias entries; None without a trainable bias.
+    #: The bias entries, shape ``(out,)``; None without a trainable bias.
     bias: Tensor | None
-    #: ``(out, m)``: the bias-weight entries ``F[bias_u, weight_uj]`` of each unit; None unless
-    #: asked for and the layer has a trainable bias.
+    #: The bias-weight entries ``F[bias_u, weight_uj]`` of each unit, shape ``(out, m)``; None
+    #: unless asked for and the layer has a trainable bias.
     cross: Tensor | None
 
 

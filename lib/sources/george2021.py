@@ -43,7 +43,7 @@ __all__ = ["DAMPINGS", "APPROXIMATIONS", "FLOORS", "ARCHITECTURES", "approximati
            "representation_sizes", "resnet50"]
 
 ARCHITECTURES = ("small_resnet", "resnet50")
-"""The chapter's networks: the small residual CNN (``small`` preset) and the source's ResNet-50
+"""The chapter's networks, the small residual CNN (``small`` preset) and the source's ResNet-50
 without normalization layers (``paper`` preset)."""
 
 DAMPINGS = tuple(10.0 ** (-4 + 0.25 * i) for i in range(14))
