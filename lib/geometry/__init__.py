@@ -13,7 +13,9 @@
 - :mod:`.quotient`: the quotient geometry of a whole model, built from those three;
 - :mod:`.auto_pgd`: the Auto-PGD maximiser over a geometry's ball;
 - :mod:`.sharpness`: adaptive and geodesic sharpness, rank correlation, and the maximum of
-  a quadratic on a ball.
+  a quadratic on a ball;
+- :mod:`.sloppiness`: effective dimensionality, strength and sloppy factor of a spectrum,
+  the analytical PAC-Bayes bound they control, and eigenvector overlaps.
 
 Built on :mod:`lib.curvature` and :mod:`lib.operators`; the closed forms of single sources
 that use these tools are in :mod:`lib.sources`.
