@@ -9,7 +9,9 @@ Fisher (:mod:`.roots`) and every representation of the Fisher from one entry poi
 all of them for tests, benchmarks and chapters (:mod:`.dense`). Everything takes the same
 ``(model, loss_fn, data)``; the operators come from :mod:`lib.operators`. Function space
 (:mod:`.jacobians`) takes ``(model, X)``: the Jacobian of the outputs with its
-push-forward ``J v`` and pull-back ``J^T u``, and the empirical neural tangent kernel.
+push-forward ``J v`` and pull-back ``J^T u``, and the empirical neural tangent kernel. The
+correlation spectra of inputs, activations, activation gradients and logit Jacobians that a
+study of sloppiness plots are in :mod:`.spectra`.
 """
 
 from .products import *  # noqa: F401,F403  the public names, listed in products.__all__
