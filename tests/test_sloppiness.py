@@ -129,3 +129,26 @@ def test_overlaps_of_a_subspace_with_itself_are_one_and_random_ones_match_k_over
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_the_search_picks_the_grid_point_of_the_smallest_bound_and_pays_for_the_grid():
+    from lib.geometry.sloppiness import pac_bayes_search
+    values = torch.exp(-0.02 * torch.arange(300, dtype=torch.float64)) * 0.05
+    n, distance = 5000, 3.0
+    found = pac_bayes_search(values, n, distance, train_loss=0.01, num_steps=600)
+
+    def bound(j):  # the formula, written out again
+        eps = 1e4 * math.exp(-j / 100)
+        bar = 2 * (n - 1) * values + eps
+        kl = 0.5 * (eps * distance + float((torch.log(bar / eps) + eps / bar - 1).sum()))
+        expected = 0.01 + 0.5 * float((values / bar).sum())
+        return expected + math.sqrt((kl + 2 * math.log(j) + math.log(math.pi ** 2 * n / (6 * 0.025))) / (2 * (n - 1)))
+    bounds = [bound(j) for j in range(1, 601)]
+    assert found.index == 1 + min(range(600), key=bounds.__getitem__)
+    assert found.bound == pytest.approx(min(bounds), rel=1e-12)
+    assert found.eps == pytest.approx(1e4 * math.exp(-found.index / 100))
+    assert found.bound > found.expected_loss >= 0.01   # the square-root term is positive
+    with pytest.raises(ValueError, match="delta"):
+        pac_bayes_search(values, n, distance, delta=1.5)
+    with pytest.raises(ValueError, match="minimum"):
+        pac_bayes_search([1.0, -1.0], n, distance)

@@ -33,7 +33,7 @@ from .._checks import check_int
 
 __all__ = ["SLOPPY_FACTOR_METHODS", "descending", "posterior_precisions", "effective_dimensionality",
            "strength", "sloppy_factor", "BoundTerms", "pac_bayes_bound", "pac_bayes_objective", "Overlaps",
-           "eigenvector_overlaps"]
+           "eigenvector_overlaps", "SearchResult", "pac_bayes_search"]
 
 SLOPPY_FACTOR_METHODS = ("supremum", "fit")
 """The two readings of (4.4.3) that :func:`sloppy_factor` offers, ``"supremum"`` (the definition, the
@@ -246,3 +246,72 @@ def eigenvector_overlaps(U: Tensor, V: Tensor) -> Overlaps:
     U, V = U.double(), V.to(device=U.device, dtype=torch.float64)
     per_vector = ((V.T @ U) ** 2).sum(dim=0) / (U ** 2).sum(dim=0)
     return Overlaps(per_vector.cpu(), float(per_vector.mean()), V.shape[1] / V.shape[0])
+
+
+class SearchResult(NamedTuple):
+    """The best prior precision of :func:`pac_bayes_search` and the bound it gives."""
+
+    #: the chosen precision ``eps_j = scale exp(-j / steps)``.
+    eps: float
+    #: its index ``j >= 1`` on the grid.
+    index: int
+    #: the bound on the expected 0-1 error of ``Q``, penalty for the search included.
+    bound: float
+    #: ``KL(Q, P)`` of the optimal posterior for that ``eps``, in nats.
+    kl: float
+    #: ``e(Q)``, the posterior's expected training loss under the quadratic model.
+    expected_loss: float
+
+
+def _kl(values: Tensor, n: int, eps: float, distance_sq: float) -> float:
+    bar = 2 * (n - 1) * values + eps
+    return 0.5 * (eps * distance_sq + float((torch.log(bar / eps) + eps / bar - 1).sum()))
+
+
+def pac_bayes_search(eigenvalues, n: int, distance_sq: float, train_loss: float = 0.0, *, scale: float = 1e4,
+                     steps: int = 100, num_steps: int = 2000, delta: float = 0.025) -> SearchResult:
+    """The prior precision ``eps`` that minimizes the PAC-Bayes bound, searched on a grid and paid
+    for by a union bound (the source's section 4.7.2.1, after Dziugaite & Roy 2017).
+
+    For ``eps_j = scale exp(-j / steps)``, ``j = 1 .. num_steps``, the optimal posterior (4.3.3)
+    gives, with probability ``1 - delta`` for all ``j`` at once,
+
+        e(Q) <= e_bits(Q) + sqrt((KL(Q, P) + 2 log j + log(pi^2 n / (6 delta))) / (2 (n - 1))),
+
+    McAllester's bound with Pinsker's inequality, ``e_bits(Q) = train_loss + 1/2 sum lambda_i /
+    lambda_bar_i`` the quadratic model of the expected loss in bits (which bounds the 0-1
+    error), and ``2 log j`` the price of trying the grid (weights ``6 / (pi^2 j^2)``). The source
+    writes ``eps = c exp(j / b)``, for which its penalty ``2 log(b log(c / eps))`` takes the
+    logarithm of a negative number; the decreasing grid is the one it follows, whose penalty is
+    exactly ``2 log j``.
+
+    Args:
+        eigenvalues: of the Hessian of the training loss in bits at ``w``, non-negative.
+        n: training examples; distance_sq: ``||w - w0||^2``; train_loss: ``e_bits`` at ``w``.
+        scale, steps, num_steps: the grid (``scale`` its largest precision, ``steps`` points per
+            factor ``e``).
+        delta: the bound's failure probability.
+
+    Raises:
+        ValueError: ``n < 2``, a negative eigenvalue, ``distance_sq < 0``, ``delta`` outside (0, 1),
+            a non-positive ``scale``, ``steps`` or ``num_steps``.
+    """
+    n, scale = _check_n_eps(n, scale)
+    steps, num_steps = check_int(steps, "steps"), check_int(num_steps, "num_steps")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if isinstance(distance_sq, bool) or not isinstance(distance_sq, (int, float)) or not distance_sq >= 0:
+        raise ValueError(f"distance_sq must be a number >= 0, got {distance_sq!r}")
+    values = descending(eigenvalues)
+    if bool((values < 0).any()):
+        raise ValueError(f"the search needs a minimum (eigenvalues >= 0); found {float(values.min()):.3g}")
+    best = None
+    for j in range(1, num_steps + 1):
+        eps = scale * math.exp(-j / steps)
+        kl = _kl(values, n, eps, float(distance_sq))
+        expected = float(train_loss) + 0.5 * float((values / (2 * (n - 1) * values + eps)).sum())
+        penalty = 2 * math.log(j) + math.log(math.pi ** 2 * n / (6 * delta))
+        bound = expected + math.sqrt((kl + penalty) / (2 * (n - 1)))
+        if best is None or bound < best.bound:
+            best = SearchResult(eps, j, bound, kl, expected)
+    return best
