@@ -9,6 +9,8 @@
   when positive definite, ``eigvalsh``, ``solve``, ``inverse``, and that
   :func:`lib.operators.spectral.trace` uses a closed form) against a dense float64 matrix,
   e.g. one of :mod:`lib.curvature.dense`.
+* :class:`SharedLayer`: one ``Linear`` applied twice per forward pass (shared weights), the
+  case per-layer hooks cannot attribute (NNGeometry's issue #94).
 
 A new operator's test is then a few lines::
 
@@ -45,6 +47,18 @@ class Problem:
 
     def __iter__(self):
         return iter((self.model, self.loss_fn, self.data, self.X, self.y))
+
+
+class SharedLayer(nn.Module):
+    """``3 -> out``: one ``Linear(3, 3)`` applied twice (``tanh`` before each call), then ``inner``
+    and a ``Linear(3, out)``; the second call shares the first one's weights."""
+
+    def __init__(self, out: int = 2, inner=torch.tanh):
+        super().__init__()
+        self.fc, self.out, self.inner = nn.Linear(3, 3), nn.Linear(3, out), inner
+
+    def forward(self, x):
+        return self.out(self.inner(self.fc(torch.tanh(self.fc(x)))))
 
 
 def _mlp(act):

@@ -72,6 +72,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from lib import curvature
+from operator_problems import SharedLayer
 
 pytest.importorskip("nngeometry")
 from nngeometry.gram import GramMatrix  # noqa: E402
@@ -331,17 +332,6 @@ def test_ntk_one_output(problem):
 # --------------------------------------------------------------------------------------
 # NNGeometry's defects, shown deterministically
 # --------------------------------------------------------------------------------------
-class SharedLayer(nn.Module):
-    """The model of NNGeometry's issue #94: one Linear applied twice per forward pass."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc, self.out = nn.Linear(3, 3), nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.fc(torch.tanh(self.fc(x)))))
-
-
 def test_nngeometry_ntk_is_wrong_for_a_layer_called_twice():
     torch.manual_seed(0)
     model, X = SharedLayer().double(), torch.randn(6, 3)

@@ -13,20 +13,9 @@ from torch.func import functional_call, jacrev
 from lib.curvature import jacobian, jacobians, ntk
 from lib.curvature.dense import flat_parameters
 from lib.manifolds.kernels import kernel_pca, kernel_target_alignment, normalize_gram
+from operator_problems import SharedLayer
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # every model and input here is float64
-
-
-class Shared(nn.Module):
-    """One Linear used twice (the case of NNGeometry issue #94: its Gram matrix disagreed
-    with a torch.func Jacobian)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc, self.out = nn.Linear(3, 3), nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.fc(torch.tanh(self.fc(x)))))
 
 
 def make(arch: str, n: int = 5, seed: int = 0):
@@ -38,7 +27,7 @@ def make(arch: str, n: int = 5, seed: int = 0):
     if arch == "conv":
         model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3))
         return model.double(), torch.randn(n, 1, 5, 5)
-    return Shared().double(), torch.randn(n, 3)
+    return SharedLayer(out=3, inner=torch.relu).double(), torch.randn(n, 3)
 
 
 def reference(model, X, select=lambda f: f) -> torch.Tensor:

@@ -19,7 +19,7 @@ from lib import curvature
 from lib.curvature.dense import dense_fisher
 from lib.curvature.representations import REPRESENTATIONS, parameter_groups
 from lib.operators import spectral
-from operator_problems import assert_close, compare_with_dense, make_problem
+from operator_problems import SharedLayer, assert_close, compare_with_dense, make_problem
 
 
 
@@ -282,17 +282,6 @@ def test_an_indefinite_quasi_diagonal_matrix_still_solves_where_nonsingular():
 # --------------------------------------------------------------------------------------
 # The two ways to the diagonal: per-layer hooks (Linear/Conv2d) and the rows R (any layer)
 # --------------------------------------------------------------------------------------
-class _Shared(nn.Module):
-    """One Linear applied twice: the hooks see two calls, so the rows must be used."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner, self.out = nn.Linear(3, 3), nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
-
-
 def _sequence_model():
     """A Linear applied at 4 positions (T > 1), then a Conv2d: both per-example sums."""
     return nn.Sequential(nn.Unflatten(1, (4, 3)), nn.Linear(3, 2), nn.Tanh(), nn.Unflatten(1, (1, 4)),
@@ -330,7 +319,7 @@ def test_shared_weights_and_other_layers_take_the_rows():
     from lib.curvature.roots import layer_diagonals
     torch.manual_seed(0)
     data = (torch.randn(6, 3), torch.randint(0, 2, (6,)))
-    model = _Shared().double()
+    model = SharedLayer().double()  # the hooks see two calls, so the rows must be used
     assert layer_diagonals(GGNOperator(model, nn.CrossEntropyLoss(), data, kind="exact")) is None
     L = curvature.fisher(model, nn.CrossEntropyLoss(), data, representation="low_rank")
     assert_close(L.to_dense(), dense_fisher(model, nn.CrossEntropyLoss(), data, "exact"), 1e-10, "shared low-rank")
